@@ -1,0 +1,61 @@
+# One entry point for people and CI. Every target bootstraps .venv itself (INTERFACE.md §1).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+GEN    := gen
+PROTOS := $(shell find protos -name '*.proto')
+ARGS   ?=
+
+.PHONY: all run test unit integration e2e conformance lint bench gen clean lock
+
+all: gen
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'aggregator_gen.pth').write_text(str(pathlib.Path('$(GEN)').resolve()) + '\n')"
+	touch $@
+
+# Generated code lives in gen/ only (never beside handwritten code) and is rebuilt, never edited.
+$(GEN)/.stamp: $(VENV)/.installed $(PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py
+	touch $@
+
+gen: $(GEN)/.stamp
+
+run: gen
+	$(VENV)/bin/aggregator up $(ARGS)
+
+test: gen
+	$(VENV)/bin/buf lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: gen
+	$(PY) -m pytest -q tests/unit
+
+integration: gen
+	$(PY) -m pytest -q tests/integration
+
+e2e: gen
+	$(PY) -m pytest -q tests/e2e
+
+conformance: gen
+	$(PY) -m pytest -q tests/conformance
+
+lint: gen
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check services edge tests tools bench
+	$(VENV)/bin/mypy services edge
+
+bench: gen
+	$(PY) -m bench.run
+
+# Re-resolve every pinned version (needs the package registry); commit the result.
+lock:
+	rm -rf /tmp/aggregator-lock-venv && $(PYTHON) -m venv /tmp/aggregator-lock-venv
+	/tmp/aggregator-lock-venv/bin/pip install --quiet ".[dev]"
+	/tmp/aggregator-lock-venv/bin/pip freeze --exclude-editable | grep -v '^aggregator' > requirements.lock
+
+clean:
+	rm -rf $(GEN) $(VENV)
