@@ -1,0 +1,155 @@
+"""The config file (`aggregator.yaml`, INTERFACE.md §3) and the process settings from the
+environment. Parsed once at start-up into frozen dataclasses; nothing reads YAML afterwards."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROVIDER_KINDS = ("openai", "anthropic", "google", "cohere", "openai_compatible")
+MODEL_TYPES = ("chat", "completion", "embedding", "image")
+SERVICE_NAMES = ("auth", "routing", "adapter", "billing", "analytics", "edge")
+
+
+class ConfigError(ValueError):
+    """The config file is invalid; the message names the offending entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str
+    api_key_env: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    provider: str
+    model: str
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    id: str
+    type: str
+    context_window: int
+    routes: tuple[RouteConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    http_port: int = 8080
+    grpc_port: int = 50051
+    admin_port: int = 9901
+    listen_address: str = "0.0.0.0"
+    max_request_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    providers: tuple[ProviderConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    workers: int = 0  # 0: one per CPU core
+    upstream_timeout_s: float = 120.0
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    try:
+        # str() first: a YAML float such as 0.00015 must not pass through binary floating point.
+        price = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ConfigError(f"{where}: not a decimal price: {value!r}") from exc
+    if price < 0 or not price.is_finite():
+        raise ConfigError(f"{where}: price must be a finite non-negative number")
+    return price
+
+
+def parse_config(raw: dict[str, Any] | None) -> Config:
+    """Validates a parsed config file; raises ConfigError naming the first bad entry."""
+    raw = raw or {}
+    edge_raw = raw.get("edge") or {}
+    edge = EdgeConfig(**{k: edge_raw[k] for k in EdgeConfig.__slots__ if k in edge_raw})  # type: ignore[attr-defined]
+    providers: list[ProviderConfig] = []
+    for i, p in enumerate(raw.get("providers") or []):
+        where = f"providers[{i}]"
+        if not p.get("name") or "/" in p["name"]:
+            raise ConfigError(f"{where}: name is required and may not contain '/'")
+        if p.get("kind") not in PROVIDER_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(PROVIDER_KINDS)}")
+        if not p.get("base_url"):
+            raise ConfigError(f"{where}: base_url is required")
+        if any(q.name == p["name"] for q in providers):
+            raise ConfigError(f"{where}: duplicate provider name {p['name']!r}")
+        providers.append(ProviderConfig(p["name"], p["kind"], str(p["base_url"]).rstrip("/"),
+                                        p.get("api_key_env") or ""))
+    names = {p.name for p in providers}
+    models: list[ModelConfig] = []
+    for i, m in enumerate(raw.get("models") or []):
+        where = f"models[{i}]"
+        if not m.get("id"):
+            raise ConfigError(f"{where}: id is required")
+        model_type = m.get("type", "chat")
+        if model_type not in MODEL_TYPES:
+            raise ConfigError(f"{where}: type must be one of {', '.join(MODEL_TYPES)}")
+        routes = []
+        for j, r in enumerate(m.get("routes") or []):
+            rwhere = f"{where}.routes[{j}]"
+            if r.get("provider") not in names:
+                raise ConfigError(f"{rwhere}: unknown provider {r.get('provider')!r}")
+            if not r.get("model"):
+                raise ConfigError(f"{rwhere}: model is required")
+            if "input_per_1k" not in r or "output_per_1k" not in r:
+                # An unpriced model is an error, never $0 (DESIGN.md §2.5).
+                raise ConfigError(f"{rwhere}: input_per_1k and output_per_1k are required")
+            routes.append(RouteConfig(r["provider"], str(r["model"]), _decimal(r["input_per_1k"], rwhere),
+                                      _decimal(r["output_per_1k"], rwhere)))
+        if not routes:
+            raise ConfigError(f"{where}: at least one route is required")
+        models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes)))
+    return Config(edge=edge, providers=tuple(providers), models=tuple(models),
+                  workers=int(raw.get("workers") or 0),
+                  upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0))
+
+
+def config_path(explicit: str | None = None) -> Path:
+    """--config PATH, else AGGREGATOR_CONFIG, else ./aggregator.yaml (INTERFACE.md §2)."""
+    return Path(explicit or os.environ.get("AGGREGATOR_CONFIG") or "aggregator.yaml")
+
+
+def load_config(path: Path) -> Config:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    return parse_config(yaml.safe_load(path.read_text()))
+
+
+def data_dir(explicit: str | None = None) -> Path:
+    """--data-dir DIR, else AGGREGATOR_DATA_DIR, else ./.aggregator/ (INTERFACE.md §2)."""
+    return Path(explicit or os.environ.get("AGGREGATOR_DATA_DIR") or ".aggregator").resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreUrls:
+    """Where the data stores are; `up` fills these for embedded servers before starting workers."""
+
+    database_url: str
+    redis_url: str
+    nats_url: str
+
+    @classmethod
+    def from_env(cls) -> StoreUrls:
+        missing = [k for k in ("DATABASE_URL", "REDIS_URL", "NATS_URL") if not os.environ.get(k)]
+        if missing:
+            raise ConfigError(f"missing environment: {', '.join(missing)}")
+        return cls(os.environ["DATABASE_URL"], os.environ["REDIS_URL"], os.environ["NATS_URL"])

@@ -1,0 +1,190 @@
+"""The gateway's one error type and the one table that maps it onto every wire.
+
+    Exception
+     └── GatewayError(reason, message, param=None, retry_after=None)
+           reason ∈ Reason: one row of ERROR_TABLE gives the gRPC code, the HTTP status and the
+           OpenAI `type`/`code` of the error JSON.
+
+Errors cross process boundaries as a gRPC status whose details hold a `google.rpc.ErrorInfo`
+(reason, domain "aggregator", metadata) and, for the HTTP edge, trailing metadata holding the
+final OpenAI error JSON (`x-openai-error`) and HTTP status (`x-http-status`), which Envoy's Lua
+shaper turns into the response. `from_rpc_error` is the only place that reads a gRPC error back.
+Unknown exceptions become INTERNAL, are logged once by the caller, and leak no detail.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "aggregator"
+ERROR_JSON_KEY = "x-openai-error"
+HTTP_STATUS_KEY = "x-http-status"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class Reason(enum.StrEnum):
+    """Why a request failed. Each value is an `ErrorInfo.reason` (UPPER_SNAKE, per the AIPs)."""
+
+    INVALID_REQUEST = "INVALID_REQUEST"
+    MISSING_API_KEY = "MISSING_API_KEY"
+    INVALID_API_KEY = "INVALID_API_KEY"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    NOT_FOUND = "NOT_FOUND"
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"
+    UPSTREAM_BAD_REQUEST = "UPSTREAM_BAD_REQUEST"
+    UPSTREAM_RATE_LIMITED = "UPSTREAM_RATE_LIMITED"
+    UPSTREAM_AUTH_FAILED = "UPSTREAM_AUTH_FAILED"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_OVERLOADED = "UPSTREAM_OVERLOADED"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    """One row of the table: how a reason shows on each wire."""
+
+    grpc_code: grpc.StatusCode
+    http_status: int
+    openai_type: str
+    openai_code: str | None
+    retriable: bool = False  # whether routing may try the next candidate
+
+
+_C = grpc.StatusCode
+ERROR_TABLE: dict[Reason, ErrorKind] = {
+    Reason.INVALID_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
+    Reason.MISSING_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "missing_api_key"),
+    Reason.INVALID_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "invalid_api_key"),
+    Reason.PERMISSION_DENIED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "insufficient_permissions"),
+    Reason.MODEL_NOT_ALLOWED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "model_not_allowed"),
+    Reason.MODEL_NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "model_not_found"),
+    Reason.NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "not_found"),
+    Reason.REQUEST_TOO_LARGE: ErrorKind(_C.INVALID_ARGUMENT, 413, "invalid_request_error", "request_too_large"),
+    Reason.RATE_LIMITED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "rate_limit_exceeded"),
+    Reason.QUOTA_EXCEEDED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "insufficient_quota", "insufficient_quota"),
+    Reason.CONTEXT_LENGTH_EXCEEDED: ErrorKind(
+        _C.INVALID_ARGUMENT, 400, "invalid_request_error", "context_length_exceeded"),
+    Reason.UPSTREAM_BAD_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
+    Reason.UPSTREAM_RATE_LIMITED: ErrorKind(
+        _C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "upstream_rate_limited", retriable=True),
+    Reason.UPSTREAM_AUTH_FAILED: ErrorKind(_C.UNAVAILABLE, 502, "upstream_error", "upstream_auth_failed",
+                                           retriable=True),
+    Reason.UPSTREAM_ERROR: ErrorKind(_C.UNAVAILABLE, 502, "upstream_error", "upstream_error", retriable=True),
+    Reason.UPSTREAM_UNAVAILABLE: ErrorKind(
+        _C.UNAVAILABLE, 503, "upstream_error", "upstream_unavailable", retriable=True),
+    Reason.UPSTREAM_OVERLOADED: ErrorKind(
+        _C.UNAVAILABLE, 503, "upstream_error", "upstream_overloaded", retriable=True),
+    Reason.UPSTREAM_TIMEOUT: ErrorKind(
+        _C.DEADLINE_EXCEEDED, 504, "upstream_error", "upstream_timeout", retriable=True),
+    Reason.UNIMPLEMENTED: ErrorKind(_C.UNIMPLEMENTED, 501, "invalid_request_error", "not_implemented"),
+    Reason.UNAVAILABLE: ErrorKind(_C.UNAVAILABLE, 503, "server_error", "service_unavailable"),
+    Reason.INTERNAL: ErrorKind(_C.INTERNAL, 500, "server_error", "internal_error"),
+}
+
+
+class GatewayError(Exception):
+    """The one error of the gateway. `message` is shown to clients: never put secrets in it."""
+
+    def __init__(self, reason: Reason, message: str, *, param: str | None = None,
+                 code: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.param = param
+        self.code = code  # overrides the table's OpenAI code (e.g. an upstream's own code)
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> ErrorKind:
+        return ERROR_TABLE[self.reason]
+
+    @property
+    def http_status(self) -> int:
+        return self.kind.http_status
+
+    @property
+    def retriable(self) -> bool:
+        return self.kind.retriable
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI error object: {"error": {message, type, param, code}}."""
+        kind = self.kind
+        return {"error": {"message": self.message, "type": kind.openai_type, "param": self.param,
+                          "code": self.code if self.code is not None else kind.openai_code}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_openai())
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Trailing metadata that carries this error across gRPC, for Envoy and for our clients."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason.value, domain=DOMAIN)
+        if self.param is not None:
+            info.metadata["param"] = self.param
+        if self.code is not None:
+            info.metadata["code"] = self.code
+        if self.retry_after is not None:
+            info.metadata["retry_after"] = f"{self.retry_after:g}"
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=self.kind.grpc_code.value[0], message=self.message, details=[detail])
+        metadata: list[tuple[str, str | bytes]] = [
+            (ERROR_JSON_KEY, self.to_json().decode()),
+            (HTTP_STATUS_KEY, str(self.http_status)),
+            (STATUS_DETAILS_KEY, status.SerializeToString()),
+        ]
+        if self.retry_after is not None:
+            metadata.append(("retry-after", str(max(1, round(self.retry_after)))))
+        return tuple(metadata)
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.reason.value}, {self.message!r})"
+
+
+def internal_error() -> GatewayError:
+    """The error shown for any unexpected exception: no detail leaks."""
+    return GatewayError(Reason.INTERNAL, "The server had an error while processing your request.")
+
+
+_CODE_FALLBACK: dict[grpc.StatusCode, Reason] = {
+    _C.INVALID_ARGUMENT: Reason.INVALID_REQUEST,
+    _C.UNAUTHENTICATED: Reason.INVALID_API_KEY,
+    _C.PERMISSION_DENIED: Reason.PERMISSION_DENIED,
+    _C.NOT_FOUND: Reason.NOT_FOUND,
+    _C.RESOURCE_EXHAUSTED: Reason.RATE_LIMITED,
+    _C.UNIMPLEMENTED: Reason.UNIMPLEMENTED,
+    _C.UNAVAILABLE: Reason.UNAVAILABLE,
+    _C.DEADLINE_EXCEEDED: Reason.UPSTREAM_TIMEOUT,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> GatewayError:
+    """Reads a remote service's error back into a GatewayError (the one place that does)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.domain == DOMAIN and info.reason in Reason.__members__:
+                    retry = info.metadata.get("retry_after")
+                    return GatewayError(Reason(info.reason), status.message, param=info.metadata.get("param"),
+                                        code=info.metadata.get("code"),
+                                        retry_after=float(retry) if retry else None)
+    reason = _CODE_FALLBACK.get(error.code(), Reason.INTERNAL)
+    message = error.details() or "" if reason is not Reason.INTERNAL else internal_error().message
+    return GatewayError(reason, message or reason.value)

@@ -1,0 +1,75 @@
+"""Servicer-side error handling: the one place that turns exceptions into gRPC statuses.
+
+Wrap every RPC method of a servicer with `@rpc_method`. A `GatewayError` becomes a gRPC status
+with its trailing metadata (see `errors.py`); any other exception is logged once and becomes
+INTERNAL with no detail. On the in-process channel (`inproc.py`) the GatewayError is re-raised
+as is, so a co-located caller sees exactly what a remote caller decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from services.core.errors import GatewayError, internal_error
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InProcessContext:
+    """Marker base of the in-process servicer context (see inproc.py)."""
+
+
+async def abort(context: Any, error: GatewayError) -> None:
+    """Ends the RPC with `error`; never returns."""
+    if isinstance(context, InProcessContext):
+        raise error
+    await context.abort(error.kind.grpc_code, error.message, trailing_metadata=error.trailing_metadata())
+
+
+def _as_gateway_error(exc: BaseException, name: str) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    log.exception("unhandled error in %s", name, exc_info=exc)
+    return internal_error()
+
+
+def rpc_method(fn: F) -> F:
+    """Decorates a unary or server-streaming servicer method with the error policy."""
+    name = fn.__qualname__
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one catch-all of the servicer layer
+                await abort(context, _as_gateway_error(exc, name))
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await fn(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, _as_gateway_error(exc, name))
+    return unary  # type: ignore[return-value]
+
+
+def metadata_value(context: Any, key: str) -> str | None:
+    """One invocation metadata value (keys are lower case), or None."""
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
