@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.core.errors import GatewayError, internal_error
+from services.core.telemetry import request_id_var
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +32,12 @@ async def abort(context: Any, error: GatewayError) -> None:
     """Ends the RPC with `error`; never returns."""
     if isinstance(context, InProcessContext):
         raise error
-    await context.abort(error.kind.grpc_code, error.message, trailing_metadata=error.trailing_metadata())
+    metadata = error.trailing_metadata()
+    request_id = request_id_var.get()
+    if request_id:
+        # Trailers-only errors become the HTTP headers: keep the request id on them too.
+        metadata = (*metadata, ("x-request-id", request_id))
+    await context.abort(error.kind.grpc_code, error.message, trailing_metadata=metadata)
 
 
 def _as_gateway_error(exc: BaseException, name: str) -> GatewayError:

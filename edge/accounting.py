@@ -1,0 +1,133 @@
+"""Usage accounting of one request: token counts, exact cost, and the usage event.
+
+The event leaves the request through `UsagePublisher` (JetStream, deduplicated by request id,
+with a durable outbox), from a task the request does not wait for, so a slow NATS never delays
+a response and a client disconnect never loses the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from google.protobuf import timestamp_pb2
+
+from aggregator.events.v1 import usage_event_pb2 as ev
+from aggregator.openai.v1 import chat_pb2
+from aggregator.routing.v1 import route_pb2
+from services.core import telemetry
+from services.routing.catalog import decimal_str
+
+log = logging.getLogger(__name__)
+THOUSAND = Decimal(1000)
+
+
+class Publisher(Protocol):
+    async def publish(self, event: ev.UsageEvent) -> None: ...
+
+
+def estimate_tokens(text_chars: int) -> int:
+    """A conservative estimate (4 characters a token) for streams cut before upstream usage."""
+    return math.ceil(text_chars / 4)
+
+
+def price(candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """Exact cost in USD of the tokens at the candidate's price."""
+    return (Decimal(prompt_tokens) * Decimal(candidate.input_per_1k)
+            + Decimal(completion_tokens) * Decimal(candidate.output_per_1k)) / THOUSAND
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in as it runs."""
+
+    request_id: str
+    endpoint: str
+    public_model: str
+    stream: bool
+    started: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+    organization_id: str = ""
+    api_key_id: str = ""
+    candidate: route_pb2.RouteCandidate | None = None
+    attempts: int = 0
+    usage: chat_pb2.Usage | None = None
+    content_events: int = 0  # upstream chunks that carried content: about one token each
+    prompt_bytes: int = 0
+    first_token_at: float | None = None
+    status: int = ev.REQUEST_STATUS_SUCCEEDED
+    http_status: int = 200
+    error_reason: str = ""
+
+    def fail(self, error: Any) -> None:
+        """Marks the record failed with a GatewayError."""
+        self.status = ev.REQUEST_STATUS_FAILED
+        self.http_status = error.http_status
+        self.error_reason = error.reason.value
+
+    def to_event(self) -> ev.UsageEvent:
+        usage = self.usage
+        if usage is not None:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        else:
+            # No usage from upstream (the stream was cut): bill what was generated, estimated.
+            generated = self.first_token_at is not None
+            prompt = estimate_tokens(self.prompt_bytes) if generated else 0
+            completion = self.content_events
+        cost = price(self.candidate, prompt, completion) if self.candidate is not None else Decimal(0)
+        created = timestamp_pb2.Timestamp()
+        created.FromNanoseconds(int(self.created_at * 1e9))
+        end = time.monotonic()
+        return ev.UsageEvent(
+            request_id=self.request_id, organization_id=self.organization_id, api_key_id=self.api_key_id,
+            endpoint=self.endpoint, public_model=self.public_model,
+            provider=self.candidate.endpoint.provider if self.candidate else "",
+            upstream_model=self.candidate.upstream_model if self.candidate else "", stream=self.stream,
+            status=self.status, http_status=self.http_status, error_reason=self.error_reason,
+            prompt_tokens=prompt, completion_tokens=completion,
+            cached_tokens=usage.prompt_tokens_details.cached_tokens if usage else 0,
+            reasoning_tokens=usage.completion_tokens_details.reasoning_tokens if usage else 0,
+            cache_creation_tokens=usage.prompt_tokens_details.cache_creation_tokens if usage else 0,
+            cost_usd=decimal_str(cost) if cost else "0", latency_ms=int((end - self.started) * 1000),
+            time_to_first_token_ms=int((self.first_token_at - self.started) * 1000) if self.first_token_at else 0,
+            created_at=created, attempts=self.attempts)
+
+
+class UsageRecorder:
+    """Finishes request records: metrics now, the usage event in the background."""
+
+    def __init__(self, publisher: Publisher | None) -> None:
+        self._publisher = publisher
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    def finish(self, record: RequestRecord) -> ev.UsageEvent:
+        event = record.to_event()
+        status = ev.RequestStatus.Name(event.status).removeprefix("REQUEST_STATUS_").lower()
+        telemetry.REQUESTS.labels(record.endpoint, record.public_model, event.provider, status).inc()
+        telemetry.LATENCY.labels(record.endpoint).observe(event.latency_ms / 1000)
+        if event.time_to_first_token_ms:
+            telemetry.TTFT.labels(record.public_model).observe(event.time_to_first_token_ms / 1000)
+        telemetry.TOKENS.labels(record.public_model, "prompt").inc(event.prompt_tokens)
+        telemetry.TOKENS.labels(record.public_model, "completion").inc(event.completion_tokens)
+        telemetry.COST.labels(record.public_model).inc(float(Decimal(event.cost_usd)))
+        if record.organization_id and self._publisher is not None:
+            task = asyncio.get_running_loop().create_task(self._publish(event))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return event
+
+    async def _publish(self, event: ev.UsageEvent) -> None:
+        try:
+            await self._publisher.publish(event)  # type: ignore[union-attr]
+        except Exception:  # the publisher keeps its own outbox; this is a last resort log
+            log.exception("usage event %s could not be recorded", event.request_id)
+
+    async def drain(self) -> None:
+        """Waits for events still being published (graceful stop)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

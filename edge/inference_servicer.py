@@ -1,0 +1,94 @@
+"""InferenceService: the typed gRPC face over the same pipeline as the HTTP face."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import json_format
+
+from aggregator.events.v1 import usage_event_pb2 as ev
+from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
+from edge.pipeline import Pipeline
+from services.core.errors import GatewayError, Reason
+from services.core.rpc import rpc_method
+
+
+def _parse(body: bytes, message: Any) -> Any:
+    return json_format.Parse(body, message, ignore_unknown_fields=True)
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Typed answers for native gRPC clients."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def _with_stream(self, request: chat_pb2.ChatCompletionRequest, stream: bool) -> chat_pb2.ChatCompletionRequest:
+        if request.stream == stream and request.HasField("stream"):
+            return request
+        copy = chat_pb2.ChatCompletionRequest()
+        copy.CopyFrom(request)  # requests may be shared in-process: never mutate them
+        copy.stream = stream
+        return copy
+
+    @rpc_method
+    async def CreateChatCompletion(self, request: chat_pb2.ChatCompletionRequest, context: Any) -> chat_pb2.ChatCompletion:
+        request = self._with_stream(request, False)
+        record = self._pipeline.start(context, "chat.completions", request.model, False)
+        try:
+            async for event in self._pipeline.chat(request, context, record):
+                if event.body:
+                    await context.send_initial_metadata((("x-request-id", record.request_id),))
+                    return _parse(event.body, chat_pb2.ChatCompletion())
+            raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
+        except GatewayError as error:
+            record.fail(error)
+            raise
+        finally:
+            self._pipeline.recorder.finish(record)
+
+    @rpc_method
+    async def StreamChatCompletion(self, request: chat_pb2.ChatCompletionRequest,
+                                   context: Any) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+        request = self._with_stream(request, True)
+        record = self._pipeline.start(context, "chat.completions", request.model, True)
+        started = False
+        try:
+            async for event in self._pipeline.chat(request, context, record):
+                if not started:
+                    started = True
+                    await context.send_initial_metadata((("x-request-id", record.request_id),))
+                chunk = _parse(event.body, chat_pb2.ChatCompletionChunk()) if event.body else None
+                if chunk is None and event.HasField("usage"):
+                    chunk = chat_pb2.ChatCompletionChunk(usage=event.usage)
+                if chunk is not None:
+                    yield chunk
+        except GatewayError as error:
+            record.fail(error)
+            raise  # gRPC has trailers: the status ends the stream cleanly even after chunks
+        except (asyncio.CancelledError, GeneratorExit):
+            record.status = ev.REQUEST_STATUS_CANCELLED
+            record.http_status = 499
+            raise
+        finally:
+            self._pipeline.recorder.finish(record)
+
+    @rpc_method
+    async def CreateEmbedding(self, request: embedding_pb2.EmbeddingRequest,
+                              context: Any) -> embedding_pb2.EmbeddingResponse:
+        if request.HasField("encoding_format") and request.encoding_format != "float":
+            # The typed answer holds floats; base64 is a wire trick of the JSON face.
+            raise GatewayError(Reason.INVALID_REQUEST, "gRPC embeddings are floats: omit 'encoding_format'.",
+                               param="encoding_format")
+        record = self._pipeline.start(context, "embeddings", request.model, False)
+        try:
+            answer = await self._pipeline.embed(request, context, record)
+        except GatewayError as error:
+            record.fail(error)
+            raise
+        finally:
+            self._pipeline.recorder.finish(record)
+        await context.send_initial_metadata((("x-request-id", record.request_id),))
+        return _parse(answer.body, embedding_pb2.EmbeddingResponse())

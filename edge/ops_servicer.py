@@ -1,0 +1,44 @@
+"""OpsService: liveness, readiness (the data stores answer) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.api import httpbody_pb2
+
+from aggregator.ops.v1 import ops_service_pb2 as pb
+from aggregator.ops.v1 import ops_service_pb2_grpc
+from services.core import telemetry
+from services.core.errors import GatewayError, Reason
+from services.core.rpc import rpc_method
+
+Probe = Callable[[], Awaitable[Any]]
+
+
+class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
+    """Unauthenticated operational endpoints."""
+
+    def __init__(self, probes: dict[str, Probe], timeout_s: float = 2.0) -> None:
+        self._probes = probes
+        self._timeout_s = timeout_s
+
+    @rpc_method
+    async def GetHealthz(self, request: pb.GetHealthzRequest, context: Any) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(content_type="application/json", data=b'{"status":"ok"}')
+
+    @rpc_method
+    async def GetReadyz(self, request: pb.GetReadyzRequest, context: Any) -> httpbody_pb2.HttpBody:
+        names = list(self._probes)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self._probes[n](), self._timeout_s) for n in names), return_exceptions=True)
+        failing = [n for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+        if failing:
+            raise GatewayError(Reason.UNAVAILABLE, f"Not ready: {', '.join(failing)} unreachable.")
+        return httpbody_pb2.HttpBody(content_type="application/json", data=b'{"status":"ready"}')
+
+    @rpc_method
+    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(content_type="text/plain; version=0.0.4; charset=utf-8",
+                                     data=telemetry.render_metrics())

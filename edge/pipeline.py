@@ -1,0 +1,142 @@
+"""The request pipeline shared by the HTTP and the gRPC faces:
+
+    authenticate -> validate -> (limits & reservation: the quotas issue) -> route -> adapt -> account
+
+Routing answers ordered candidates; a retriable failure before the first event moves on to the
+next candidate (DESIGN.md §2.8). After the first event the stream belongs to that candidate.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
+from aggregator.auth.v1 import auth_service_pb2 as auth_pb
+from aggregator.openai.v1 import chat_pb2, embedding_pb2
+from aggregator.routing.v1 import route_pb2, routing_service_pb2 as routing_pb
+from edge.accounting import RequestRecord, UsageRecorder
+from edge.clients import ServiceClients
+from edge.validation import validate_chat, validate_embedding
+from services.core import calls, telemetry
+from services.core.errors import GatewayError, Reason
+from services.core.rpc import metadata_value
+
+BEARER = "bearer "
+
+
+def bearer_key(authorization: str | None) -> str:
+    """The key of an `Authorization: Bearer <key>` header; MISSING_API_KEY otherwise."""
+    if authorization and authorization[:len(BEARER)].lower() == BEARER and authorization[len(BEARER):].strip():
+        return authorization[len(BEARER):].strip()
+    raise GatewayError(Reason.MISSING_API_KEY,
+                       "You didn't provide an API key. You need to provide your API key in an Authorization "
+                       "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+
+
+def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None:
+    """A key with `allowed_models` may use only those ids (fallbacks included)."""
+    if not principal.HasField("allowed_models"):
+        return
+    allowed = {v.string_value for v in principal.allowed_models.values}
+    for model in models:
+        if model not in allowed:
+            raise GatewayError(Reason.MODEL_NOT_ALLOWED, f"This API key is not allowed to use the model `{model}`.",
+                               param="model")
+
+
+class Pipeline:
+    """Runs requests through the services; owns no state beyond its collaborators."""
+
+    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int) -> None:
+        self.clients = clients
+        self.recorder = recorder
+        self._timeout_ms = upstream_timeout_ms
+
+    def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
+        """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
+        request_id = metadata_value(context, "x-request-id") or uuid.uuid4().hex
+        telemetry.request_id_var.set(request_id)
+        return RequestRecord(request_id=request_id, endpoint=endpoint, public_model=model, stream=stream)
+
+    async def authenticate(self, context: Any, record: RequestRecord | None = None) -> auth_pb.Principal:
+        key = bearer_key(metadata_value(context, "authorization"))
+        answer = await calls.unary(self.clients.auth.Authenticate, auth_pb.AuthenticateRequest(api_key=key))
+        if record is not None:
+            record.organization_id = answer.principal.organization_id
+            record.api_key_id = answer.principal.api_key_id
+        return answer.principal
+
+    async def _candidates(self, model: str, fallbacks: list[str], model_type: str) -> list[route_pb2.RouteCandidate]:
+        answer = await calls.unary(self.clients.routing.ResolveRoute, routing_pb.ResolveRouteRequest(
+            model=model, fallback_models=fallbacks, model_type=model_type))
+        return list(answer.candidates)
+
+    async def chat(self, request: chat_pb2.ChatCompletionRequest, context: Any,
+                   record: RequestRecord) -> AsyncIterator[adapter_pb.ChatResponse]:
+        """Yields the adapter's events of the first candidate that answers."""
+        principal = await self.authenticate(context, record)
+        validate_chat(request)
+        check_model_allowed(principal, [request.model, *request.models])
+        candidates = await self._candidates(request.model, list(request.models), "chat")
+        record.prompt_bytes = request.ByteSize()
+        last_error: GatewayError | None = None
+        for candidate in candidates:
+            record.candidate = candidate
+            record.attempts += 1
+            call = adapter_pb.ChatRequest(candidate=candidate, request=request, request_id=record.request_id,
+                                          timeout_ms=self._timeout_ms)
+            async with calls.stream(self.clients.adapter.Chat, call) as events:
+                try:
+                    first = await anext(events)
+                except StopAsyncIteration:
+                    first = None
+                    last_error = GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
+                except GatewayError as error:
+                    if not error.retriable:
+                        raise
+                    last_error = error
+                    telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
+                if first is None:
+                    continue
+                self._observe(record, first)
+                yield first
+                async for event in events:
+                    self._observe(record, event)
+                    yield event
+                return
+        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+
+    @staticmethod
+    def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
+        if event.HasField("usage"):
+            record.usage = event.usage
+        if event.has_content:
+            record.content_events += 1
+            if record.first_token_at is None:
+                record.first_token_at = time.monotonic()
+
+    async def embed(self, request: embedding_pb2.EmbeddingRequest, context: Any,
+                    record: RequestRecord) -> adapter_pb.EmbedResponse:
+        """The embeddings of the first candidate that answers."""
+        principal = await self.authenticate(context, record)
+        validate_embedding(request)
+        check_model_allowed(principal, [request.model, *request.models])
+        last_error: GatewayError | None = None
+        for candidate in await self._candidates(request.model, list(request.models), "embedding"):
+            record.candidate = candidate
+            record.attempts += 1
+            try:
+                answer = await calls.unary(self.clients.adapter.Embed, adapter_pb.EmbedRequest(
+                    candidate=candidate, request=request, request_id=record.request_id, timeout_ms=self._timeout_ms))
+            except GatewayError as error:
+                if not error.retriable:
+                    raise
+                last_error = error
+                continue
+            record.usage = answer.usage
+            record.first_token_at = time.monotonic()
+            return answer
+        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")

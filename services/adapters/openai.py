@@ -1,0 +1,115 @@
+"""The OpenAI adapter, and with it every OpenAI-compatible server (vLLM, Ollama, Together, Groq):
+`openai_compatible` is this class with a key that may be absent, not new code.
+
+Requests go to `{base_url}/chat/completions` and `{base_url}/embeddings` (the base URL includes
+`/v1`), carrying our request id as `X-Request-Id`. Translation lives in `openai_translate`, the
+wire types in `openai_wire`, the status table in `upstream_errors`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from aggregator.adapter.v1 import adapter_service_pb2
+from aggregator.routing.v1 import route_pb2
+
+from services.adapters import openai_translate as translate
+from services.adapters.credentials import BEARER, CredentialResolver
+from services.adapters.http import (
+    MAX_ERROR_BODY_BYTES,
+    HttpClient,
+    HttpRequest,
+    HttpResponse,
+    Timeouts,
+    iter_sse,
+)
+from services.adapters.openai_wire import OpenAIErrorBody, parse_object
+from services.adapters.upstream_errors import retry_after_seconds, to_gateway_error
+from services.core.errors import GatewayError
+
+_DONE = b"[DONE]"
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _target(candidate: route_pb2.RouteCandidate) -> translate.Target:
+    return translate.Target(provider=candidate.endpoint.provider, public_model=candidate.public_model,
+                            upstream_model=candidate.upstream_model)
+
+
+class OpenAIAdapter:
+    """Speaks OpenAI's chat completions and embeddings API to one kind of endpoint."""
+
+    def __init__(self, http: HttpClient, credentials: CredentialResolver, *, key_required: bool = True,
+                 default_timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
+        self._http = http
+        self._credentials = credentials
+        self._key_required = key_required  # OpenAI itself needs a key; a local vLLM may not
+        self._default_timeout_s = default_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+
+    def _request(self, candidate: route_pb2.RouteCandidate, path: str, body: dict[str, Any], *,
+                 request_id: str, timeout_ms: int, stream: bool) -> HttpRequest:
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if stream else "application/json"}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        headers.update(self._credentials.auth_headers(candidate.endpoint, BEARER,
+                                                      key_required=self._key_required))
+        timeout_s = timeout_ms / 1000.0 if timeout_ms else self._default_timeout_s
+        # A stream may run long; only silence is bounded. A whole answer is bounded end to end.
+        timeouts = Timeouts(connect=min(self._connect_timeout_s, timeout_s), read_idle=timeout_s,
+                            total=None if stream else timeout_s)
+        url = candidate.endpoint.base_url.rstrip("/") + path
+        return HttpRequest("POST", url, headers, orjson.dumps(body), timeouts)
+
+    async def _failure(self, response: HttpResponse, candidate: route_pb2.RouteCandidate) -> GatewayError:
+        raw = await response.read(MAX_ERROR_BODY_BYTES)
+        failure = OpenAIErrorBody.decode(raw).failure(response.status, retry_after_seconds(response.headers))
+        return to_gateway_error(failure, provider=candidate.endpoint.provider,
+                                upstream_model=candidate.upstream_model)
+
+    async def chat(self, call: adapter_service_pb2.ChatRequest,
+                   ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
+        """Calls `/chat/completions`; see ProviderAdapter.chat."""
+        candidate, stream = call.candidate, call.request.stream
+        request = self._request(candidate, "/chat/completions",
+                                translate.chat_request_body(call.request, candidate.upstream_model),
+                                request_id=call.request_id, timeout_ms=call.timeout_ms, stream=stream)
+        target = _target(candidate)
+        started = time.monotonic()
+        async with self._http.open(request) as response:
+            if response.status >= 300:
+                raise await self._failure(response, candidate)
+            if not stream:
+                raw = await response.read()
+                yield translate.completion_event(raw, target, _elapsed_ms(started))
+                return
+            wants_usage = call.request.stream_options.include_usage
+            async for event in iter_sse(response):
+                if event.data == _DONE:
+                    return
+                obj = parse_object(event.data)
+                error = translate.stream_error(obj)
+                if error is not None:
+                    raise to_gateway_error(error.failure(error.status_hint()), provider=target.provider,
+                                           upstream_model=target.upstream_model)
+                yield translate.chunk_event(obj, target, _elapsed_ms(started), client_wants_usage=wants_usage)
+
+    async def embed(self, call: adapter_service_pb2.EmbedRequest) -> adapter_service_pb2.EmbedResponse:
+        """Calls `/embeddings`; see ProviderAdapter.embed."""
+        candidate = call.candidate
+        request = self._request(candidate, "/embeddings",
+                                translate.embedding_request_body(call.request, candidate.upstream_model),
+                                request_id=call.request_id, timeout_ms=call.timeout_ms, stream=False)
+        started = time.monotonic()
+        async with self._http.open(request) as response:
+            if response.status >= 300:
+                raise await self._failure(response, candidate)
+            raw = await response.read()
+        return translate.embedding_event(raw, _target(candidate), _elapsed_ms(started))

@@ -1,0 +1,134 @@
+"""Translation between our typed messages and OpenAI's JSON: pure functions, no I/O.
+
+Requests: the typed request becomes the JSON body OpenAI documents, field for field (presence
+kept: an explicit 0 or null is sent, an absent field is not), with `model` set to the upstream's
+name and our extensions (`models`, `provider`) removed. Streams always ask for usage so the
+gateway can bill; the client sees the usage chunk only if it asked for it.
+
+Responses: upstream JSON is kept as sent except `model` (the public id) and the added
+`provider` object `{"name", "model" (what the upstream reports), "latency_ms"}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aggregator.adapter.v1 import adapter_service_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.adapters.openai_wire import OpenAIErrorBody, parse_object, usage_to_proto
+
+EXTENSION_FIELDS = ("models", "provider")
+_MAX_EXACT_INT = 2**53
+# Delta or message fields that carry generated output: the first chunk with one is the first token.
+CONTENT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning", "function_call")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Who answers, and how its answers are labelled for the client."""
+
+    provider: str
+    public_model: str
+    upstream_model: str
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Protobuf's Struct/Value and map<string, double> hold every number as a double; a JSON
+    integer (a schema's `minimum`, a token id, a logit-bias value) must go out as an integer."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -_MAX_EXACT_INT < value < _MAX_EXACT_INT else value
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _request_json(request: Message, upstream_model: str) -> dict[str, Any]:
+    body: dict[str, Any] = _whole_numbers(json_format.MessageToDict(
+        request, preserving_proto_field_name=True, unquote_int64_if_possible=True))
+    for name in EXTENSION_FIELDS:
+        body.pop(name, None)
+    body["model"] = upstream_model
+    return body
+
+
+def chat_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
+    """The upstream JSON body of a ChatCompletionRequest."""
+    body = _request_json(request, upstream_model)
+    if body.get("stream"):
+        body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+    return body
+
+
+def embedding_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
+    """The upstream JSON body of an EmbeddingRequest."""
+    return _request_json(request, upstream_model)
+
+
+def _stamp(obj: dict[str, Any], target: Target, latency_ms: int) -> None:
+    reported = obj.get("model")
+    obj["model"] = target.public_model
+    obj["provider"] = {"name": target.provider,
+                       "model": reported if isinstance(reported, str) and reported else target.upstream_model,
+                       "latency_ms": latency_ms}
+
+
+def _carries_content(choices: Any, part: str) -> bool:
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        fields = choice.get(part) if isinstance(choice, dict) else None
+        if isinstance(fields, dict) and any(fields.get(name) for name in CONTENT_FIELDS):
+            return True
+    return False
+
+
+def completion_event(raw: bytes, target: Target, latency_ms: int) -> adapter_service_pb2.ChatResponse:
+    """The one event of a non-streamed completion."""
+    obj = parse_object(raw)
+    _stamp(obj, target, latency_ms)
+    event = adapter_service_pb2.ChatResponse(body=orjson.dumps(obj), latency_ms=latency_ms,
+                                             has_content=_carries_content(obj.get("choices"), "message"))
+    if isinstance(obj.get("usage"), dict):
+        event.usage.CopyFrom(usage_to_proto(obj["usage"]))
+    return event
+
+
+def stream_error(obj: dict[str, Any]) -> OpenAIErrorBody | None:
+    """The error of an in-stream `{"error": ...}` event, or None for an ordinary chunk."""
+    return OpenAIErrorBody.from_object(obj) if obj.get("error") is not None else None
+
+
+def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *,
+                client_wants_usage: bool) -> adapter_service_pb2.ChatResponse:
+    """The event of one parsed stream chunk. When the client did not ask for usage, the `usage`
+    field it would not have seen is removed, and the usage-only chunk becomes an event with an
+    empty body that still carries the counts for billing."""
+    usage = obj.get("usage")
+    event = adapter_service_pb2.ChatResponse(latency_ms=latency_ms)
+    if isinstance(usage, dict):
+        event.usage.CopyFrom(usage_to_proto(usage))
+    if not client_wants_usage and "usage" in obj:
+        del obj["usage"]
+        if usage is not None and not obj.get("choices"):
+            return event
+    _stamp(obj, target, latency_ms)
+    event.body = orjson.dumps(obj)
+    event.has_content = _carries_content(obj.get("choices"), "delta")
+    return event
+
+
+def embedding_event(raw: bytes, target: Target, latency_ms: int) -> adapter_service_pb2.EmbedResponse:
+    """The answer of an embedding call."""
+    obj = parse_object(raw)
+    _stamp(obj, target, latency_ms)
+    response = adapter_service_pb2.EmbedResponse(body=orjson.dumps(obj), latency_ms=latency_ms)
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        response.usage.CopyFrom(usage_to_proto(usage))
+    return response

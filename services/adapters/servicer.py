@@ -1,0 +1,62 @@
+"""AdapterService: a thin servicer over the registry (translate, call, return)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from aggregator.adapter.v1 import adapter_service_pb2, adapter_service_pb2_grpc
+from aggregator.routing.v1 import route_pb2
+
+from services.adapters.credentials import CredentialResolver
+from services.adapters.http import HttpClient, Transport
+from services.adapters.registry import AdapterDeps, AdapterRegistry
+from services.core.errors import GatewayError, Reason
+from services.core.rpc import rpc_method
+
+
+def _check(candidate: route_pb2.RouteCandidate) -> None:
+    if not candidate.endpoint.base_url or not candidate.upstream_model:
+        raise GatewayError(Reason.INVALID_REQUEST, "candidate.endpoint.base_url and candidate.upstream_model "
+                                                   "are required.")
+
+
+class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
+    """Calls the provider a RouteCandidate names and answers OpenAI JSON bytes."""
+
+    def __init__(self, registry: AdapterRegistry, http: HttpClient) -> None:
+        self._registry = registry
+        self._http = http
+
+    @classmethod
+    def create(cls, *, default_timeout_s: float = 120.0, environ: Mapping[str, str] | None = None,
+               transport: Transport | None = None) -> AdapterServicer:
+        """The servicer with its own HTTP client and every known adapter (`environ` defaults to
+        this process's environment; `transport` to the pooled aiohttp one)."""
+        http = HttpClient(transport)
+        deps = AdapterDeps(http=http, credentials=CredentialResolver(environ),
+                           default_timeout_s=default_timeout_s)
+        return cls(AdapterRegistry.build(deps), http)
+
+    @rpc_method
+    async def Chat(self, request: adapter_service_pb2.ChatRequest,
+                   context: Any) -> AsyncIterator[adapter_service_pb2.ChatResponse]:
+        """Streams one event per upstream chunk, or one event with the whole completion."""
+        _check(request.candidate)
+        adapter = self._registry.adapter_for(request.candidate.endpoint.kind)
+        # aclosing: whoever stops reading us (client gone, caller done) closes the upstream now.
+        async with aclosing(adapter.chat(request)) as events:
+            async for event in events:
+                yield event
+
+    @rpc_method
+    async def Embed(self, request: adapter_service_pb2.EmbedRequest,
+                    context: Any) -> adapter_service_pb2.EmbedResponse:
+        """Calls an embedding model."""
+        _check(request.candidate)
+        return await self._registry.adapter_for(request.candidate.endpoint.kind).embed(request)
+
+    async def close(self) -> None:
+        """Closes the pooled upstream connections."""
+        await self._http.close()

@@ -1,0 +1,1 @@
+"""The analytics service: usage reports from the usage events (a later issue)."""

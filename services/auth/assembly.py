@@ -1,0 +1,75 @@
+"""Builds the auth service's parts for one process, for the runtime's bootstrap and for tests."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aggregator.auth.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+)
+
+from services.auth import repository
+from services.auth.authenticator import Authenticator
+from services.auth.cache import PrincipalCache
+from services.auth.last_used import LastUsedRecorder
+from services.auth.management import ApiKeyManager
+from services.auth.records import AuthRecord, auth_record
+from services.auth.servicer import ApiKeyServicer, AuthServicer
+from services.core.server import Registration
+
+
+async def load_auth_record(pool: asyncpg.Pool, key_hash: str) -> AuthRecord | None:
+    """The cache's loader: the live key with this HMAC, as a cache entry."""
+    row = await repository.find_live_key(pool, key_hash)
+    return None if row is None else auth_record(row)
+
+
+@dataclass(slots=True)
+class AuthComponents:
+    """Everything the auth service holds in one process."""
+
+    authenticator: Authenticator
+    cache: PrincipalCache
+    recorder: LastUsedRecorder
+    manager: ApiKeyManager
+    auth_servicer: AuthServicer
+    api_key_servicer: ApiKeyServicer
+
+    def registrations(self) -> list[Registration]:
+        """The servicers, for services.core.server.GrpcServer (or an in-process channel)."""
+        return [
+            Registration(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, self.auth_servicer,
+                         auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name),
+            Registration(api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server, self.api_key_servicer,
+                         api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name),
+        ]
+
+    async def close(self) -> None:
+        """Stops listening for invalidations and writes pending last_used_at updates."""
+        await self.cache.close()
+        await self.recorder.close()
+
+
+async def build_auth(pool: asyncpg.Pool, secret: bytes, nc: Any | None = None, *, ttl_s: float = 60.0,
+                     negative_ttl_s: float = 5.0) -> AuthComponents:
+    """Wires the auth service; subscribes its cache to key invalidations when `nc` is given.
+
+    Without NATS, revocations reach other processes only through the cache TTL. After a NATS
+    reconnect the caller should call `cache.clear()`, as events may have been missed meanwhile.
+    """
+    cache = PrincipalCache(functools.partial(load_auth_record, pool), ttl_s=ttl_s,
+                           negative_ttl_s=negative_ttl_s)
+    if nc is not None:
+        await cache.subscribe(nc)
+    recorder = LastUsedRecorder(functools.partial(repository.touch_keys, pool))
+    authenticator = Authenticator(secret, cache, recorder=recorder)
+    manager = ApiKeyManager(pool, secret, cache, nc)
+    return AuthComponents(authenticator=authenticator, cache=cache, recorder=recorder, manager=manager,
+                          auth_servicer=AuthServicer(authenticator),
+                          api_key_servicer=ApiKeyServicer(authenticator, manager))

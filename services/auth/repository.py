@@ -1,0 +1,193 @@
+"""All SQL of the auth service: organizations, users, API keys and their audit rows.
+
+Every statement is parameterized. Keys are found by their HMAC (`key_hash`, unique index), never
+by plaintext. Connection-level failures of the hot-path lookup become GatewayError(UNAVAILABLE)
+here, the one place that knows the driver's exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.auth.records import LIMIT_FIELDS, KeyRow, KeySettings
+from services.auth.validation import PageCursor
+from services.core.errors import GatewayError, Reason
+
+DEFAULT_ORGANIZATION = "default"
+
+_KEY_COLUMN_NAMES = ("id", "organization_id", "key_hash", "prefix", "name", "role", "allowed_models",
+                     *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at")
+_KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
+_K_KEY_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLUMN_NAMES)
+_STORE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+               asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except _STORE_DOWN as exc:
+        raise GatewayError(Reason.UNAVAILABLE, "The server is temporarily unable to check API keys. "
+                           "Please retry.") from exc
+
+
+async def _audit(conn: Any, organization_id: str | None, actor: str, action: str, target: str | None,
+                 details: dict[str, Any] | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (organization_id, actor, action, target, details) "
+        # text::jsonb: the JSON is sent as text, whatever jsonb codec the pool's connections carry.
+        "VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb)",
+        organization_id, actor, action, target, orjson.dumps(details or {}).decode())
+
+
+# -- organizations and users ----------------------------------------------------------------
+
+async def ensure_organization(pool: asyncpg.Pool, name: str = DEFAULT_ORGANIZATION) -> str:
+    """The id of organization `name`, created if missing (safe under concurrent callers)."""
+    # DO UPDATE (a no-op) rather than DO NOTHING so RETURNING always yields the row's id.
+    return str(await pool.fetchval(
+        "INSERT INTO organizations (name, created_at, updated_at) VALUES ($1, now(), now()) "
+        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id", name))
+
+
+async def create_organization(pool: asyncpg.Pool, name: str, actor: str) -> str:
+    """Creates organization `name`; GatewayError(INVALID_REQUEST) if the name is taken."""
+    async with pool.acquire() as conn, conn.transaction():
+        org_id = await conn.fetchval(
+            "INSERT INTO organizations (name, created_at, updated_at) VALUES ($1, now(), now()) "
+            "ON CONFLICT (name) DO NOTHING RETURNING id", name)
+        if org_id is None:
+            raise GatewayError(Reason.INVALID_REQUEST, f"Organization {name!r} already exists.", param="name")
+        await _audit(conn, str(org_id), actor, "organization.create", str(org_id), {"name": name})
+    return str(org_id)
+
+
+async def find_organization(pool: asyncpg.Pool, ref: str) -> str | None:
+    """The id of the organization whose id or name is `ref`."""
+    row = await pool.fetchval(
+        "SELECT id FROM organizations WHERE id::text = $1 OR name = $1 ORDER BY (id::text = $1) DESC LIMIT 1",
+        ref)
+    return None if row is None else str(row)
+
+
+async def create_user(pool: asyncpg.Pool, organization_id: str, email: str, password_hash: str | None,
+                      role: str, actor: str) -> str:
+    """Creates a user; GatewayError(INVALID_REQUEST) if the email is taken."""
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval(
+            "INSERT INTO users (organization_id, email, password_hash, role, created_at) "
+            "VALUES ($1::uuid, $2, $3, $4, now()) ON CONFLICT (email) DO NOTHING RETURNING id",
+            organization_id, email, password_hash, role)
+        if user_id is None:
+            raise GatewayError(Reason.INVALID_REQUEST, "A user with this email already exists.",
+                               param="email")
+        await _audit(conn, organization_id, actor, "user.create", str(user_id), {"role": role})
+    return str(user_id)
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+async def insert_key(pool: asyncpg.Pool, *, organization_id: str, key_hash: str, prefix: str,
+                     settings: KeySettings, actor: str, user_id: str | None = None) -> KeyRow:
+    """Stores a new key with an audit row, in one transaction."""
+    limits = [getattr(settings, f) for f in LIMIT_FIELDS]
+    models = None if settings.allowed_models is None else list(settings.allowed_models)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
+            f"{', '.join(LIMIT_FIELDS)}, expires_at) "
+            f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12) "
+            f"RETURNING {_KEY_COLUMNS}",
+            organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
+            settings.expires_at)
+        key = KeyRow.from_row(row)
+        await _audit(conn, organization_id, actor, "api_key.create", key.id,
+                     {"name": settings.name, "role": settings.role, "prefix": prefix})
+    return key
+
+
+async def list_keys(pool: asyncpg.Pool, organization_id: str, limit: int,
+                    after: PageCursor | None = None) -> list[KeyRow]:
+    """Live (not revoked) keys of an organization, newest first, starting after `after`."""
+    if after is None:
+        rows = await pool.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE organization_id = $1::uuid AND revoked_at IS NULL "
+            "ORDER BY created_at DESC, id DESC LIMIT $2", organization_id, limit)
+    else:
+        rows = await pool.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE organization_id = $1::uuid AND revoked_at IS NULL "
+            "AND (created_at, id) < ($3, $4::uuid) ORDER BY created_at DESC, id DESC LIMIT $2",
+            organization_id, limit, after.created_at, after.id)
+    return [KeyRow.from_row(r) for r in rows]
+
+
+async def get_key(pool: asyncpg.Pool, organization_id: str, key_id: str) -> KeyRow | None:
+    """A live key of the organization, or None (another organization's key is None too)."""
+    row = await pool.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1::uuid AND organization_id = $2::uuid "
+        "AND revoked_at IS NULL", key_id, organization_id)
+    return None if row is None else KeyRow.from_row(row)
+
+
+async def revoke_key(pool: asyncpg.Pool, organization_id: str, key_id: str, actor: str) -> str | None:
+    """Revokes a key of the organization and answers its key_hash (also when it was already
+    revoked, so that deletion is idempotent); None when the organization has no such key."""
+    async with pool.acquire() as conn, conn.transaction():
+        key_hash = await conn.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid AND organization_id = $2::uuid "
+            "AND revoked_at IS NULL RETURNING key_hash", key_id, organization_id)
+        if key_hash is not None:
+            await _audit(conn, organization_id, actor, "api_key.revoke", key_id)
+            return str(key_hash)
+        found = await conn.fetchval(
+            "SELECT key_hash FROM api_keys WHERE id = $1::uuid AND organization_id = $2::uuid",
+            key_id, organization_id)
+    return None if found is None else str(found)
+
+
+async def find_live_key(pool: asyncpg.Pool, key_hash: str) -> KeyRow | None:
+    """The live key with this HMAC, joined to its organization; None when unknown or revoked.
+    Expiry is the caller's check, so a cached entry expires on time."""
+    with _store_errors():
+        row = await pool.fetchrow(
+            f"SELECT {_K_KEY_COLUMNS} FROM api_keys k "
+            "JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            key_hash)
+    return None if row is None else KeyRow.from_row(row)
+
+
+async def key_state(pool: asyncpg.Pool, key_hash: str) -> str | None:
+    """'live', 'revoked', or None when no row has this HMAC."""
+    row = await pool.fetchrow("SELECT revoked_at FROM api_keys WHERE key_hash = $1", key_hash)
+    if row is None:
+        return None
+    return "live" if row["revoked_at"] is None else "revoked"
+
+
+async def upsert_admin_key(pool: asyncpg.Pool, *, organization_id: str, key_hash: str, prefix: str,
+                           name: str, actor: str) -> bool:
+    """Makes the key with this HMAC a live, non-expiring admin key of the organization, inserting
+    it if missing. Answers True when a row was inserted."""
+    async with pool.acquire() as conn, conn.transaction():
+        # xmax = 0 only on a freshly inserted row version: tells an insert from a conflict update.
+        row = await conn.fetchrow(
+            "INSERT INTO api_keys (organization_id, name, key_hash, prefix, role) "
+            "VALUES ($1::uuid, $2, $3, $4, 'admin') "
+            "ON CONFLICT (key_hash) DO UPDATE SET organization_id = EXCLUDED.organization_id, "
+            "role = 'admin', revoked_at = NULL, expires_at = NULL "
+            "RETURNING id, (xmax = 0) AS inserted", organization_id, name, key_hash, prefix)
+        if row["inserted"]:
+            await _audit(conn, organization_id, actor, "api_key.create", str(row["id"]),
+                         {"name": name, "role": "admin", "prefix": prefix})
+    return bool(row["inserted"])
+
+
+async def touch_keys(pool: asyncpg.Pool, key_ids: Sequence[str]) -> None:
+    """Sets last_used_at to now for these keys, in one statement."""
+    await pool.execute("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::uuid[])", list(key_ids))

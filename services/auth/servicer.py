@@ -1,0 +1,106 @@
+"""The auth gRPC servicers: thin translation between messages and authenticator.py/management.py.
+
+AuthService is internal (other services call it to resolve keys). ApiKeyService is public
+(`/v1/api-keys`): it authenticates its caller from the `authorization` metadata itself and admits
+only admin keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aggregator.auth.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+)
+
+from services.auth.authenticator import Authenticator, missing_key
+from services.auth.management import ApiKeyManager, require_admin
+from services.auth.records import api_key_message
+from services.auth.validation import decode_page_token, encode_page_token, page_size, settings_from_create
+from services.core.errors import GatewayError, Reason
+from services.core.rpc import metadata_value, rpc_method
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+async def _echo_request_id(context: Any) -> None:
+    # Envoy forwards the request id it generated; sending it back makes it a response header.
+    request_id = metadata_value(context, REQUEST_ID_KEY)
+    if request_id:
+        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+
+
+class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    """AuthService: resolves API keys for the other services."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    @rpc_method
+    async def Authenticate(self, request: auth_service_pb2.AuthenticateRequest,
+                           context: Any) -> auth_service_pb2.AuthenticateResponse:
+        """The principal behind `api_key`; UNAUTHENTICATED when it is missing, unknown, revoked or expired."""
+        if not request.api_key:
+            raise missing_key()
+        principal = await self._authenticator.authenticate_key(request.api_key)
+        return auth_service_pb2.AuthenticateResponse(principal=principal)
+
+
+class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
+    """ApiKeyService: the `/v1/api-keys` endpoints, for admin keys of an organization."""
+
+    def __init__(self, authenticator: Authenticator, manager: ApiKeyManager) -> None:
+        self._authenticator = authenticator
+        self._manager = manager
+
+    async def _admin(self, context: Any) -> Any:
+        await _echo_request_id(context)
+        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
+        require_admin(principal)
+        return principal
+
+    @rpc_method
+    async def CreateApiKey(self, request: api_key_service_pb2.CreateApiKeyRequest,
+                           context: Any) -> api_key_service_pb2.CreateApiKeyResponse:
+        """Creates a key; the answer holds its plaintext, once."""
+        caller = await self._admin(context)
+        row, plaintext = await self._manager.create(caller, settings_from_create(request))
+        return api_key_service_pb2.CreateApiKeyResponse(api_key=api_key_message(row, plaintext))
+
+    @rpc_method
+    async def ListApiKeys(self, request: api_key_service_pb2.ListApiKeysRequest,
+                          context: Any) -> api_key_service_pb2.ListApiKeysResponse:
+        """The organization's live keys, newest first, without secrets."""
+        caller = await self._admin(context)
+        size, after = page_size(request.page_size), decode_page_token(request.page_token)
+        rows, following = await self._manager.list(caller, size, after)
+        return api_key_service_pb2.ListApiKeysResponse(
+            object="list", data=[api_key_message(r) for r in rows],
+            next_page_token=encode_page_token(following) if following is not None else "")
+
+    @rpc_method
+    async def GetApiKey(self, request: api_key_service_pb2.GetApiKeyRequest,
+                        context: Any) -> api_key_service_pb2.GetApiKeyResponse:
+        """One key of the organization, without its secret."""
+        caller = await self._admin(context)
+        return api_key_service_pb2.GetApiKeyResponse(api_key=api_key_message(await self._manager.get(caller,
+                                                                                                 request.id)))
+
+    @rpc_method
+    async def UpdateApiKey(self, request: api_key_service_pb2.UpdateApiKeyRequest,
+                           context: Any) -> api_key_service_pb2.UpdateApiKeyResponse:
+        """Not implemented yet (the limits issue brings it)."""
+        await self._admin(context)
+        raise GatewayError(Reason.UNIMPLEMENTED, "Updating an API key is not supported yet; "
+                           "create a new key and delete the old one.")
+
+    @rpc_method
+    async def DeleteApiKey(self, request: api_key_service_pb2.DeleteApiKeyRequest,
+                           context: Any) -> api_key_service_pb2.DeleteApiKeyResponse:
+        """Revokes a key; every process refuses it within 2 s."""
+        caller = await self._admin(context)
+        ident = await self._manager.revoke(caller, request.id)
+        return api_key_service_pb2.DeleteApiKeyResponse(id=ident, object="api_key", deleted=True)

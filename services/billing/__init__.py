@@ -1,0 +1,1 @@
+"""The billing service: budgets, quotas, reservations and the ledger (a later issue)."""

@@ -1,0 +1,73 @@
+"""The NATS client (nats-py) and the JetStream streams this system owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+_log = logging.getLogger(__name__)
+
+USAGE_STREAM = "USAGE"
+USAGE_SUBJECT_PREFIX = "usage."
+
+
+def usage_stream_config(replicas: int = 1) -> StreamConfig:
+    """Usage events, deduplicated by request id (`Nats-Msg-Id`) for 10 minutes, kept 7 days."""
+    return StreamConfig(
+        name=USAGE_STREAM, subjects=[USAGE_SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, num_replicas=replicas,
+        duplicate_window=10 * 60, max_age=7 * 24 * 3600)
+
+
+async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) -> Client:
+    """Connects to `url`, labelled `name`; once connected it reconnects forever, logging quietly.
+
+    The first connection is retried until `connect_timeout`, then ConnectionError is raised
+    (naming host and port only: a URL may carry credentials).
+    """
+    where = urlsplit(url)
+    label = f"{where.hostname}:{where.port or 4222}"
+    state = {"down": False}
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py reports every failed reconnect attempt here; one line per outage is enough.
+        if not state["down"]:
+            _log.warning("nats %s: %s", label, type(exc).__name__)
+        state["down"] = True
+
+    async def on_disconnected() -> None:
+        if not state["down"]:
+            _log.warning("nats %s: disconnected; reconnecting", label)
+        state["down"] = True
+
+    async def on_reconnected() -> None:
+        state["down"] = False
+        _log.info("nats %s: reconnected", label)
+
+    try:
+        return await asyncio.wait_for(nats.connect(
+            servers=[url], name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
+            connect_timeout=2, error_cb=on_error, disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected), connect_timeout)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise ConnectionError(f"cannot connect to NATS at {label}") from exc
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Creates the streams this system publishes to, or brings their configuration up to date."""
+    config = usage_stream_config(replicas)
+    try:
+        await js.update_stream(config)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Another worker created it between our two calls.
+            await js.update_stream(config)

@@ -1,0 +1,127 @@
+"""The `aggregator` command line (INTERFACE.md §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from services.core.config import ConfigError, StoreUrls, config_path, data_dir, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aggregator", description="A self-hosted OpenAI-compatible AI gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole stack and block until SIGINT/SIGTERM")
+    up.add_argument("--config")
+    up.add_argument("--data-dir")
+    up.add_argument("--workers", type=int, default=0, help="service worker processes (default: one per core)")
+
+    serve = sub.add_parser("serve", help="one process hosting the named gRPC services")
+    serve.add_argument("--services", default="all", help="all, or a comma list of auth,routing,adapter,"
+                                                         "billing,analytics,edge")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="gRPC port (default: edge.grpc_port)")
+    serve.add_argument("--remote", action="append", default=[], metavar="NAME=HOST:PORT",
+                       help="where a service that is not local lives (repeatable)")
+    serve.add_argument("--config")
+    serve.add_argument("--data-dir")
+    serve.add_argument("--ready-file", help="written once the server serves")
+
+    migrate = sub.add_parser("migrate", help="apply migrations/ to DATABASE_URL (or the embedded database)")
+    migrate.add_argument("--data-dir")
+
+    admin = sub.add_parser("admin", help="bootstrap administration")
+    admin.add_argument("--data-dir")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    org = admin_sub.add_parser("create-org")
+    org.add_argument("name")
+    user = admin_sub.add_parser("create-user")
+    user.add_argument("--org", default="default")
+    user.add_argument("--email", required=True)
+    user.add_argument("--password", help="read from AGGREGATOR_PASSWORD when omitted")
+    user.add_argument("--role", default="member", choices=("admin", "member"))
+    key = admin_sub.add_parser("create-key")
+    key.add_argument("--org", default="default")
+    key.add_argument("--name", default="")
+    key.add_argument("--role", default="member", choices=("admin", "member"))
+    return parser
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from services.runtime.up import run_up
+
+    path = config_path(args.config)
+    config = load_config(path)
+    workers = args.workers or config.workers or os.cpu_count() or 1
+    return run_up(config, path, data_dir(args.data_dir), workers)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from services.core.telemetry import configure_logging, configure_tracing
+    from services.runtime.topology import parse_remotes, parse_services
+    from services.runtime.worker import WorkerSettings, serve
+
+    configure_logging()
+    path = config_path(args.config)
+    config = load_config(path) if path.exists() else None
+    services = parse_services(args.services)
+    configure_tracing("aggregator-" + "-".join(sorted(services)))
+    port = args.port or (config.edge.grpc_port if config else 50051)
+    settings = WorkerSettings(services=services, host=args.host, port=port, remotes=parse_remotes(args.remote),
+                              stores=StoreUrls.from_env(), data_dir=data_dir(args.data_dir),
+                              upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000))
+
+    def on_ready() -> None:
+        if args.ready_file:
+            Path(args.ready_file).write_text(str(os.getpid()))
+
+    import uvloop
+
+    uvloop.run(serve(settings, on_ready=on_ready))
+    return 0
+
+
+def _store_url(name: str, args: argparse.Namespace) -> str:
+    """The variable where set; else the store of a running `up` (it writes <data-dir>/run/stores.env)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    run_file = data_dir(args.data_dir) / "run" / "stores.env"
+    if run_file.exists():
+        for line in run_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == name and value:
+                return value
+    raise ConfigError(f"{name} is not set and no running `aggregator up` was found in {run_file.parent.parent}; "
+                      f"start `aggregator up` or export {name}.")
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from services.core.migrate import apply_migrations
+
+    applied = asyncio.run(apply_migrations(_store_url("DATABASE_URL", args)))
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from services.runtime.admin_cli import run_admin
+
+    return asyncio.run(run_admin(args, _store_url("DATABASE_URL", args), data_dir(args.data_dir)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"up": _cmd_up, "serve": _cmd_serve, "migrate": _cmd_migrate, "admin": _cmd_admin}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

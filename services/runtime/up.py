@@ -1,0 +1,201 @@
+"""`aggregator up`: the whole gateway on one machine, started and stopped by one command.
+
+Order: data stores (embedded unless DATABASE_URL/REDIS_URL/NATS_URL name external ones) ->
+migrations -> catalog sync -> JetStream streams -> bootstrap admin key -> service workers (one
+per core, sharing the gRPC port with SO_REUSEPORT) -> Envoy. Stop (SIGINT/SIGTERM): Envoy stops
+taking connections, workers finish in-flight calls and flush usage, then stores stop; within 20 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.core.config import Config, StoreUrls
+from services.runtime import children
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+WORKER_READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Stack:
+    """Everything `up` started, so that it can stop it in reverse order."""
+
+    config: Config
+    config_path: Path
+    data_dir: Path
+    workers: int
+    stores: list[Any] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    envoy: Any = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    def start_stores(self) -> StoreUrls:
+        """External stores where their URL is set, embedded real servers otherwise."""
+        from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, free_port
+
+        urls = {}
+        for env, server_class, name in (("DATABASE_URL", EmbeddedPostgres, "postgres"),
+                                        ("REDIS_URL", EmbeddedValkey, "valkey"),
+                                        ("NATS_URL", EmbeddedNats, "nats")):
+            if os.environ.get(env):
+                urls[env] = os.environ[env]
+                continue
+            server = server_class(self.data_dir / name, free_port())
+            urls[env] = server.start()
+            self.stores.append(server)
+            print(f"  {name}: embedded, {_redact(urls[env])}", flush=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_file = self.run_dir / "stores.env"
+        run_file.write_text("".join(f"{k}={v}\n" for k, v in urls.items()))
+        run_file.chmod(0o600)
+        return StoreUrls(urls["DATABASE_URL"], urls["REDIS_URL"], urls["NATS_URL"])
+
+    async def prepare(self, urls: StoreUrls) -> str | None:
+        """Migrations, catalog, streams and the bootstrap admin key; answers a new admin key."""
+        from services.auth.admin import ensure_bootstrap_admin_key
+        from services.auth.secret_files import load_server_secret
+        from services.core.db import create_pool
+        from services.core.migrate import apply_migrations
+        from services.core.nats import connect_nats, ensure_streams
+        from services.routing.repository import sync_catalog
+        from services.routing.servicer import CATALOG_CHANGED_SUBJECT
+
+        applied = await apply_migrations(urls.database_url)
+        if applied:
+            print(f"  migrations applied: {', '.join(applied)}", flush=True)
+        pool = await create_pool(urls.database_url, min_size=1, max_size=2)
+        nc = await connect_nats(urls.nats_url, name="aggregator-up")
+        try:
+            await sync_catalog(pool, self.config)
+            await ensure_streams(nc.jetstream())
+            await nc.publish(CATALOG_CHANGED_SUBJECT, b"")
+            return await ensure_bootstrap_admin_key(pool, load_server_secret(self.data_dir), self.data_dir)
+        finally:
+            await nc.drain()
+            await pool.close()
+
+    def start_workers(self, urls: StoreUrls) -> None:
+        from services.auth.secret_files import load_server_secret
+
+        metrics_dir = self.run_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        for ready in self.run_dir.glob("worker-*.ready"):
+            ready.unlink()
+        env = children.child_env({
+            "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url, "NATS_URL": urls.nats_url,
+            "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(),
+            "AGGREGATOR_DATA_DIR": str(self.data_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        })
+        edge = self.config.edge
+        for index in range(self.workers):
+            argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
+                    "--host", edge.listen_address, "--port", str(edge.grpc_port), "--config", str(self.config_path),
+                    "--ready-file", str(self.run_dir / f"worker-{index}.ready")]
+            self.processes.append(children.spawn(argv, env=env, log_path=self.run_dir / "logs" / f"worker-{index}.log"))
+
+    def wait_workers_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a worker exited with status {dead[0].returncode}; see {self.run_dir / 'logs'}")
+            if len(list(self.run_dir.glob("worker-*.ready"))) >= self.workers:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f} s; see {self.run_dir / 'logs'}")
+
+    def start_envoy(self) -> str:
+        from services.runtime.envoy import EnvoyProcess, render_bootstrap
+
+        edge = self.config.edge
+        bootstrap = render_bootstrap(
+            http_port=edge.http_port, admin_port=edge.admin_port, upstreams=[("127.0.0.1", edge.grpc_port)],
+            descriptor_path=REPO / "gen" / "descriptor.pb", lua_path=REPO / "envoy" / "error_shaper.lua",
+            listen_address=edge.listen_address, max_request_bytes=edge.max_request_bytes,
+            access_log_path=str(self.run_dir / "logs" / "envoy-access.log"))
+        self.envoy = EnvoyProcess(bootstrap, self.run_dir / "envoy")
+        self.envoy.start()
+        return f"http://127.0.0.1:{edge.http_port}"
+
+    def stop(self) -> None:
+        """Reverse order; every step bounded so the whole stop fits in 20 s."""
+        if self.envoy is not None:
+            self.envoy.drain(seconds=2.0)
+        children.stop_all(self.processes, timeout_s=8.0)
+        if self.envoy is not None:
+            self.envoy.stop()
+        (self.run_dir / "stores.env").unlink(missing_ok=True)
+        for store in reversed(self.stores):
+            try:
+                store.stop(timeout=5.0)
+            except Exception:
+                log.exception("stopping %s", type(store).__name__)
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for printing."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        rest = f"{credentials.split(':')[0]}:***@{host}" if ":" in credentials else rest
+    return f"{scheme}{sep}{rest}"
+
+
+def run_up(config: Config, config_path: Path, data_dir: Path, workers: int) -> int:
+    """Starts everything, prints the URL, blocks until SIGINT/SIGTERM, then stops everything."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(config, config_path, data_dir, workers)
+    stopping = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        print(f"aggregator: starting ({workers} workers, data in {data_dir})", flush=True)
+        urls = stack.start_stores()
+        admin_key = asyncio.run(stack.prepare(urls))
+        if admin_key:
+            print(f"  admin key (shown once, also in {data_dir / 'admin-key'}): {admin_key}", flush=True)
+        stack.start_workers(urls)
+        stack.wait_workers_ready()
+        url = stack.start_envoy()
+        print(f"aggregator: ready at {url} (gRPC also on port {config.edge.grpc_port})", flush=True)
+        while True:
+            for process in stack.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker {process.pid} exited with status {process.returncode}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("aggregator: stopping", flush=True)
+        return_code = 0
+    except Exception as exc:
+        print(f"aggregator: {exc}", file=sys.stderr, flush=True)
+        return_code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+        print("aggregator: stopped", flush=True)
+    return return_code

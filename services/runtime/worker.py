@@ -1,0 +1,202 @@
+"""One service process (`aggregator serve`): the bootstrap that wires stores, servicers and
+channels for the services this process hosts, then serves until SIGTERM/SIGINT.
+
+This is the only module that knows every service's constructor (cosmicpython's `bootstrap`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aggregator.adapter.v1 import adapter_service_pb2_grpc
+from aggregator.analytics.v1 import analytics_service_pb2_grpc
+from aggregator.auth.v1 import api_key_service_pb2_grpc, auth_service_pb2_grpc
+from aggregator.billing.v1 import billing_service_pb2_grpc
+from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_grpc
+from aggregator.ops.v1 import ops_service_pb2_grpc
+from aggregator.routing.v1 import routing_service_pb2_grpc
+from services.core.config import StoreUrls
+from services.core.server import GrpcServer, Registration
+from services.runtime.topology import Topology
+
+log = logging.getLogger(__name__)
+GRACE_S = 5.0
+
+Closer = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class WorkerSettings:
+    """What `aggregator serve` was told."""
+
+    services: frozenset[str]
+    host: str
+    port: int
+    remotes: dict[str, str]
+    stores: StoreUrls
+    data_dir: Path
+    upstream_timeout_ms: int = 120_000
+
+
+@dataclass
+class Wiring:
+    """What a worker built: registrations to serve and resources to close, last first."""
+
+    registrations: list[Registration] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
+
+    def serve(self, topology: Topology, add: Callable[[Any, Any], None], servicer: Any, name: str) -> None:
+        topology.inproc.register(add, servicer)
+        self.registrations.append(Registration(add, servicer, name))
+
+    async def close(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:  # keep closing the rest
+                log.exception("error while closing")
+
+
+async def _stores(settings: WorkerSettings, wiring: Wiring, *, postgres: bool, nats: bool) -> tuple[Any, Any]:
+    from services.core.db import create_pool
+    from services.core.nats import connect_nats
+
+    pool = nc = None
+    if postgres:
+        pool = await create_pool(settings.stores.database_url, min_size=1, max_size=10)
+        wiring.closers.append(pool.close)
+    if nats:
+        nc = await connect_nats(settings.stores.nats_url, name=f"aggregator-{','.join(sorted(settings.services))}")
+        wiring.closers.append(nc.drain)
+    return pool, nc
+
+
+async def _wire_auth(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+    from services.auth.wiring import build_auth
+
+    auth = await build_auth(pool, nc, settings.data_dir)
+    wiring.closers.append(auth.close)
+    wiring.serve(topology, auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth.auth_servicer,
+                 "aggregator.auth.v1.AuthService")
+    wiring.serve(topology, api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server, auth.api_key_servicer,
+                 "aggregator.auth.v1.ApiKeyService")
+
+
+async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+    from services.routing.servicer import RoutingServicer
+
+    routing = RoutingServicer(pool, nc)
+    await routing.start()
+    wiring.closers.append(routing.close)
+    wiring.serve(topology, routing_service_pb2_grpc.add_RoutingServiceServicer_to_server, routing,
+                 "aggregator.routing.v1.RoutingService")
+
+
+async def _wire_adapter(topology: Topology, wiring: Wiring) -> None:
+    from services.adapters.servicer import AdapterServicer
+
+    adapter = AdapterServicer()
+    wiring.closers.append(adapter.close)
+    wiring.serve(topology, adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server, adapter,
+                 "aggregator.adapter.v1.AdapterService")
+
+
+async def _wire_edge(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+    from edge.accounting import UsageRecorder
+    from edge.clients import ServiceClients
+    from edge.inference_servicer import InferenceServicer
+    from edge.openai_servicer import OpenAIServicer
+    from edge.ops_servicer import OpsServicer
+    from edge.pipeline import Pipeline
+    from services.core.events import UsagePublisher
+    from services.core.redis import create_redis
+
+    publisher = UsagePublisher(nc, settings.data_dir / "outbox")
+    await publisher.start()
+    recorder = UsageRecorder(publisher)
+    wiring.closers.append(publisher.stop)
+    wiring.closers.append(recorder.drain)  # closed before the publisher stops (closers run last first)
+    redis = create_redis(settings.stores.redis_url)
+    wiring.closers.append(redis.aclose)
+
+    async def postgres_ready() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def nats_ready() -> None:
+        if not nc.is_connected:
+            raise ConnectionError("NATS is not connected")
+        await nc.flush(timeout=1)
+
+    pipeline = Pipeline(ServiceClients.on(topology.channel_for), recorder,
+                        upstream_timeout_ms=settings.upstream_timeout_ms)
+    wiring.serve(topology, openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(pipeline),
+                 "aggregator.openai.v1.OpenAIService")
+    wiring.serve(topology, inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                 InferenceServicer(pipeline), "aggregator.openai.v1.InferenceService")
+    ops = OpsServicer({"postgres": postgres_ready, "redis": redis.ping, "nats": nats_ready})
+    wiring.serve(topology, ops_service_pb2_grpc.add_OpsServiceServicer_to_server, ops, "aggregator.ops.v1.OpsService")
+
+
+def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
+    from services.analytics.servicer import AnalyticsServicer
+    from services.billing.servicer import BillingServicer
+
+    if "billing" in services:
+        wiring.serve(topology, billing_service_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(),
+                     "aggregator.billing.v1.BillingService")
+    if "analytics" in services:
+        wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+                     AnalyticsServicer(), "aggregator.analytics.v1.AnalyticsService")
+
+
+async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
+    """Constructs every local service of this process."""
+    wiring = Wiring()
+    wiring.closers.append(topology.close)
+    services = settings.services
+    pool, nc = await _stores(settings, wiring, postgres=bool(services & {"auth", "routing", "edge"}),
+                             nats=bool(services & {"auth", "routing", "edge"}))
+    try:
+        if "auth" in services:
+            await _wire_auth(settings, topology, wiring, pool, nc)
+        if "routing" in services:
+            await _wire_routing(topology, wiring, pool, nc)
+        if "adapter" in services:
+            await _wire_adapter(topology, wiring)
+        if "edge" in services:
+            await _wire_edge(settings, topology, wiring, pool, nc)
+        _wire_later_issues(topology, wiring, services)
+    except BaseException:
+        await wiring.close()
+        raise
+    return wiring
+
+
+async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Serves until SIGTERM/SIGINT (or `stop` is set), then stops gracefully; calls `on_ready` once serving."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    topology = Topology(settings.services, settings.remotes)
+    wiring = await build(settings, topology)
+    server = GrpcServer(wiring.registrations, host=settings.host, port=settings.port)
+    try:
+        await server.start()
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        log.info("stopping: letting in-flight calls finish for %.0f s", GRACE_S)
+        await server.stop(GRACE_S)
+    finally:
+        await wiring.close()
