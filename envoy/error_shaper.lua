@@ -13,7 +13,7 @@
 --   * success: the gRPC headers and trailers are removed; the body streams through unbuffered.
 -- For native gRPC clients nothing is changed.
 
-local GRPC_KEY = "aggregator.grpc"
+local GRPC_KEY = "aggregator.grpc" -- services/runtime/envoy.py matches on it
 
 -- Response headers (and trailers) no HTTP client should see.
 local PLUMBING = {
@@ -70,6 +70,24 @@ local function strip(map)
   end
 end
 
+-- HTTP/1.1 has no trailers: what the service put there (retry-after, rate-limit headers) becomes
+-- response headers, and the trailers are emptied.
+local function move_trailers(trailers, headers)
+  if trailers == nil then
+    return
+  end
+  local moved = {}
+  for key, value in pairs(trailers) do
+    moved[#moved + 1] = { key, value }
+  end
+  for _, entry in ipairs(moved) do
+    trailers:remove(entry[1])
+    if not PLUMBING[entry[1]] and entry[1]:sub(1, 8) ~= "x-envoy-" and headers:get(entry[1]) == nil then
+      headers:add(entry[1], entry[2])
+    end
+  end
+end
+
 local function valid_status(value)
   local status = tonumber(value)
   if status ~= nil and status >= 200 and status <= 599 and status == math.floor(status) then
@@ -78,17 +96,43 @@ local function valid_status(value)
   return nil
 end
 
--- Replaces the whole body. Used only on error responses, which are small: buffering is cheap.
-local function set_body(handle, headers, json)
-  local body = handle:body(true)
-  body:setBytes(json)
-  headers:replace("content-length", tostring(#json))
-  headers:replace("content-type", "application/json")
+local function lookup(headers, trailers, key)
+  local value = headers:get(key)
+  if value == nil and trailers ~= nil then
+    value = trailers:get(key)
+  end
+  return value
 end
 
 local function is_grpc(handle)
   local metadata = handle:streamInfo():dynamicMetadata():get(GRPC_KEY)
   return metadata ~= nil and metadata["grpc"] == true
+end
+
+-- An error response: small, so buffering it whole is cheap. The failure's metadata is in the
+-- headers (trailers-only gRPC response) or in the trailers (the service had sent headers first).
+local function shape_error(handle)
+  local body = handle:body(true)
+  -- body() may have waited for the end of the stream: fetch the headers again after it.
+  local headers = handle:headers()
+  local trailers = handle:trailers()
+  local status = valid_status(headers:get(":status")) or 500
+  local text = lookup(headers, trailers, "x-openai-error")
+  if text ~= nil then
+    status = valid_status(lookup(headers, trailers, "x-http-status")) or status
+  else
+    text = body:getBytes(0, body:length())
+    if text:sub(1, 9) ~= '{"error":' then
+      -- No metadata from us (a crash, a status from gRPC itself): its text stays inside.
+      text = generic_error(status)
+    end
+  end
+  strip(headers)
+  move_trailers(trailers, headers)
+  headers:replace(":status", tostring(status))
+  headers:replace("content-type", "application/json")
+  body:setBytes(text)
+  headers:replace("content-length", tostring(#text))
 end
 
 function envoy_on_request(request_handle)
@@ -103,28 +147,12 @@ function envoy_on_response(response_handle)
     return
   end
   local headers = response_handle:headers()
-  local error_json = headers:get("x-openai-error")
-  if error_json ~= nil then
-    -- A trailers-only gRPC failure: everything we need is in the headers.
-    local status = valid_status(headers:get("x-http-status")) or valid_status(headers:get(":status")) or 500
-    strip(headers)
-    headers:replace(":status", tostring(status))
-    set_body(response_handle, headers, error_json)
-    return
-  end
   local status = valid_status(headers:get(":status")) or 500
-  if status >= 400 then
-    strip(headers)
-    local body = response_handle:body(true)
-    local text = body:getBytes(0, body:length())
-    if text:sub(1, 9) ~= '{"error":' then
-      -- A failure without our metadata; its text (a google.rpc.Status, an exception) stays inside.
-      set_body(response_handle, headers, generic_error(status))
-    end
-    strip(response_handle:trailers())
+  if status >= 400 or headers:get("x-openai-error") ~= nil then
+    shape_error(response_handle)
     return
   end
   strip(headers)
-  -- Waiting for the trailers lets the body stream through chunk by chunk.
+  -- Waiting for the trailers (not the body) lets the body stream through chunk by chunk.
   strip(response_handle:trailers())
 end

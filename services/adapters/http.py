@@ -3,7 +3,7 @@
     HttpClient ──> Transport (the seam) ──> AiohttpTransport: one aiohttp.ClientSession, pooled
                                       └──> tests: any object with `send()` and `close()`
 
-aiohttp's and asyncio's exceptions become GatewayError in `_translated()` and nowhere else:
+aiohttp's and asyncio's exceptions become GatewayError in `transport_errors()` and nowhere else:
 connect failures and lost connections are UPSTREAM_UNAVAILABLE, timeouts UPSTREAM_TIMEOUT, broken
 payloads UPSTREAM_ERROR. `CancelledError` always passes through untouched. The client never
 follows redirects: a base URL is configuration, not something an upstream may change.
@@ -82,7 +82,7 @@ class Transport(Protocol):
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
+def transport_errors() -> Iterator[None]:
     """The one place that turns the HTTP library's exceptions into GatewayError."""
     try:
         yield
@@ -117,7 +117,7 @@ class AiohttpResponse:
         return self._response.headers
 
     async def read(self, limit: int | None = None) -> bytes:
-        with _translated():
+        with transport_errors():
             if limit is None:
                 return await self._response.read()
             parts: list[bytes] = []
@@ -130,7 +130,7 @@ class AiohttpResponse:
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
         while True:
-            with _translated():
+            with transport_errors():
                 chunk = await content.readany()
             if not chunk:
                 return
@@ -166,7 +166,7 @@ class AiohttpTransport:
         t = request.timeouts
         timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect,
                                         sock_read=t.read_idle)
-        with _translated():
+        with transport_errors():
             response = await self._session_or_new().request(
                 request.method, request.url, data=request.body, headers=dict(request.headers),
                 timeout=timeout, allow_redirects=False)

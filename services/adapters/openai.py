@@ -28,7 +28,7 @@ from services.adapters.http import (
 )
 from services.adapters.openai_wire import OpenAIErrorBody, parse_object
 from services.adapters.upstream_errors import retry_after_seconds, to_gateway_error
-from services.core.errors import GatewayError
+from services.core.errors import GatewayError, Reason
 
 _DONE = b"[DONE]"
 
@@ -91,6 +91,7 @@ class OpenAIAdapter:
                 yield translate.completion_event(raw, target, _elapsed_ms(started))
                 return
             wants_usage = call.request.stream_options.include_usage
+            finished = False
             async for event in iter_sse(response):
                 if event.data == _DONE:
                     return
@@ -99,7 +100,11 @@ class OpenAIAdapter:
                 if error is not None:
                     raise to_gateway_error(error.failure(error.status_hint()), provider=target.provider,
                                            upstream_model=target.upstream_model)
+                finished = finished or translate.ends_generation(obj)
                 yield translate.chunk_event(obj, target, _elapsed_ms(started), client_wants_usage=wants_usage)
+            if not finished:  # cut off: no [DONE] and no finish_reason, so the answer is incomplete
+                raise GatewayError(Reason.UPSTREAM_ERROR,
+                                   "The upstream stream ended before the answer was complete.")
 
     async def embed(self, call: adapter_service_pb2.EmbedRequest) -> adapter_service_pb2.EmbedResponse:
         """Calls `/embeddings`; see ProviderAdapter.embed."""

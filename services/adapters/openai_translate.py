@@ -11,12 +11,14 @@ Responses: upstream JSON is kept as sent except `model` (the public id) and the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aggregator.adapter.v1 import adapter_service_pb2
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from services.adapters.openai_wire import OpenAIErrorBody, parse_object, usage_to_proto
@@ -48,9 +50,19 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _int64_fields(descriptor: Descriptor) -> tuple[str, ...]:
+    wide = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+    return tuple(f.name for f in descriptor.fields if f.cpp_type in wide)
+
+
 def _request_json(request: Message, upstream_model: str) -> dict[str, Any]:
     body: dict[str, Any] = _whole_numbers(json_format.MessageToDict(
         request, preserving_proto_field_name=True, unquote_int64_if_possible=True))
+    # Proto JSON quotes an int64 beyond 2**53 (`seed`); OpenAI's JSON wants a number.
+    for name in _int64_fields(request.DESCRIPTOR):
+        if isinstance(body.get(name), str):
+            body[name] = int(body[name])
     for name in EXTENSION_FIELDS:
         body.pop(name, None)
     body["model"] = upstream_model
@@ -102,6 +114,14 @@ def completion_event(raw: bytes, target: Target, latency_ms: int) -> adapter_ser
 def stream_error(obj: dict[str, Any]) -> OpenAIErrorBody | None:
     """The error of an in-stream `{"error": ...}` event, or None for an ordinary chunk."""
     return OpenAIErrorBody.from_object(obj) if obj.get("error") is not None else None
+
+
+def ends_generation(obj: dict[str, Any]) -> bool:
+    """Whether a chunk closes the answer: a choice's finish_reason, or the final usage chunk."""
+    choices = obj.get("choices")
+    if isinstance(obj.get("usage"), dict) and not choices:
+        return True
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *,

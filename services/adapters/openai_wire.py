@@ -79,7 +79,9 @@ class OpenAIErrorBody:
 
     def failure(self, status: int, retry_after: float | None = None) -> UpstreamFailure:
         """The provider-neutral failure for the error table."""
-        return UpstreamFailure(status=status, message=self.message, param=self.param, code=self.code,
+        # A bare HTTP status in `code` (vLLM) is not an OpenAI error code: clients never see it.
+        code = None if self.code is not None and self.code.isdigit() else self.code
+        return UpstreamFailure(status=status, message=self.message, param=self.param, code=code,
                                retry_after=retry_after)
 
 

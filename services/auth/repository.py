@@ -50,7 +50,11 @@ async def _audit(conn: Any, organization_id: str | None, actor: str, action: str
 
 async def ensure_organization(pool: asyncpg.Pool, name: str = DEFAULT_ORGANIZATION) -> str:
     """The id of organization `name`, created if missing (safe under concurrent callers)."""
-    # DO UPDATE (a no-op) rather than DO NOTHING so RETURNING always yields the row's id.
+    found = await pool.fetchval("SELECT id FROM organizations WHERE name = $1", name)
+    if found is not None:
+        return str(found)
+    # DO UPDATE (a no-op) rather than DO NOTHING so RETURNING yields the id even when a concurrent
+    # caller inserted the row first.
     return str(await pool.fetchval(
         "INSERT INTO organizations (name, created_at, updated_at) VALUES ($1, now(), now()) "
         "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id", name))

@@ -87,7 +87,8 @@ class UsagePublisher:
                     continue  # another worker sharing the directory replayed it
                 except DecodeError:
                     _log.error("usage outbox file %s is unreadable; moved aside", path.name)
-                    path.rename(path.with_suffix(".corrupt"))
+                    with contextlib.suppress(FileNotFoundError):
+                        path.rename(path.with_suffix(".corrupt"))
                     continue
                 if not await self._send(event, payload):
                     break
@@ -101,7 +102,7 @@ class UsagePublisher:
         """How many events wait in the outbox."""
         return len(self._pending_files())
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Starts the background replay task (it first replays what an earlier run left)."""
         if self._task is None:
             self._task = asyncio.create_task(self._replay_forever(), name="usage-outbox-replay")
@@ -146,13 +147,17 @@ class UsagePublisher:
         tmp = self.outbox_dir / f".{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.outbox_dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -160,6 +165,11 @@ class UsagePublisher:
             os.close(dir_fd)
 
     def _pending_files(self) -> list[Path]:
-        entries = [e for e in os.scandir(self.outbox_dir) if e.name.endswith(_SUFFIX) and e.is_file()]
-        entries.sort(key=lambda e: (e.stat().st_mtime_ns, e.name))
-        return [Path(e.path) for e in entries]
+        found: list[tuple[int, str]] = []
+        for entry in os.scandir(self.outbox_dir):
+            if entry.name.endswith(_SUFFIX):
+                try:
+                    found.append((entry.stat().st_mtime_ns, entry.path))
+                except FileNotFoundError:
+                    pass  # replayed by another worker meanwhile
+        return [Path(path) for _, path in sorted(found)]

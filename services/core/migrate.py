@@ -60,7 +60,8 @@ async def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) 
 
 async def _apply_pending(conn: asyncpg.Connection, files: list[Path]) -> list[str]:
     await conn.execute(_CREATE_TABLE)
-    applied = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    applied = {r["version"]: r["checksum"] for r in rows}
     done: list[str] = []
     for path in files:
         sql = path.read_text()
@@ -69,7 +70,7 @@ async def _apply_pending(conn: asyncpg.Connection, files: list[Path]) -> list[st
         if version in applied:
             if applied[version] != checksum:
                 # Forward-only: an applied file is history. Say so, but do not block start-up.
-                _log.warning("migration %s changed after it was applied; write a new migration instead", version)
+                _log.warning("migration %s changed after it was applied; add a new one instead", version)
             continue
         async with conn.transaction():
             # Without arguments asyncpg uses the simple query protocol: many statements per call.

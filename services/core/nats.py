@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -26,38 +27,44 @@ def usage_stream_config(replicas: int = 1) -> StreamConfig:
         duplicate_window=10 * 60, max_age=7 * 24 * 3600)
 
 
-async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) -> Client:
+async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0,
+                       reconnected_cb: Callable[[], Awaitable[None]] | None = None) -> Client:
     """Connects to `url`, labelled `name`; once connected it reconnects forever, logging quietly.
 
     The first connection is retried until `connect_timeout`, then ConnectionError is raised
-    (naming host and port only: a URL may carry credentials).
+    (naming host and port only: a URL may carry credentials). `reconnected_cb` runs after each
+    reconnection, for subscribers that must make up for messages missed while disconnected.
     """
     where = urlsplit(url)
     label = f"{where.hostname}:{where.port or 4222}"
-    state = {"down": False}
+    client = Client()
+    outage = {"reported": False}
 
     async def on_error(exc: Exception) -> None:
         # nats-py reports every failed reconnect attempt here; one line per outage is enough.
-        if not state["down"]:
+        if not outage["reported"]:
             _log.warning("nats %s: %s", label, type(exc).__name__)
-        state["down"] = True
+            outage["reported"] = True
 
     async def on_disconnected() -> None:
-        if not state["down"]:
+        if not client.is_closed and not outage["reported"]:
             _log.warning("nats %s: disconnected; reconnecting", label)
-        state["down"] = True
+            outage["reported"] = True
 
     async def on_reconnected() -> None:
-        state["down"] = False
+        outage["reported"] = False
         _log.info("nats %s: reconnected", label)
+        if reconnected_cb is not None:
+            await reconnected_cb()
 
     try:
-        return await asyncio.wait_for(nats.connect(
+        await asyncio.wait_for(client.connect(
             servers=[url], name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
             connect_timeout=2, error_cb=on_error, disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected), connect_timeout)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise ConnectionError(f"cannot connect to NATS at {label}") from exc
+    return client
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:

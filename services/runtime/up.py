@@ -67,27 +67,10 @@ class Stack:
 
     async def prepare(self, urls: StoreUrls) -> str | None:
         """Migrations, catalog, streams and the bootstrap admin key; answers a new admin key."""
-        from services.auth.admin import ensure_bootstrap_admin_key
-        from services.auth.secret_files import load_server_secret
-        from services.core.db import create_pool
-        from services.core.migrate import apply_migrations
-        from services.core.nats import connect_nats, ensure_streams
-        from services.routing.repository import sync_catalog
-        from services.routing.servicer import CATALOG_CHANGED_SUBJECT
-
-        applied = await apply_migrations(urls.database_url)
+        applied, admin_key = await prepare_stores(self.config, urls, self.data_dir)
         if applied:
             print(f"  migrations applied: {', '.join(applied)}", flush=True)
-        pool = await create_pool(urls.database_url, min_size=1, max_size=2)
-        nc = await connect_nats(urls.nats_url, name="aggregator-up")
-        try:
-            await sync_catalog(pool, self.config)
-            await ensure_streams(nc.jetstream())
-            await nc.publish(CATALOG_CHANGED_SUBJECT, b"")
-            return await ensure_bootstrap_admin_key(pool, load_server_secret(self.data_dir), self.data_dir)
-        finally:
-            await nc.drain()
-            await pool.close()
+        return admin_key
 
     def start_workers(self, urls: StoreUrls) -> None:
         from services.auth.secret_files import load_server_secret
@@ -147,6 +130,33 @@ class Stack:
                 store.stop(timeout=5.0)
             except Exception:
                 log.exception("stopping %s", type(store).__name__)
+
+
+async def prepare_stores(config: Config, urls: StoreUrls, data_dir: Path) -> tuple[list[str], str | None]:
+    """Migrations, catalog sync, JetStream streams and the bootstrap admin key, before any worker.
+
+    Answers the migrations applied and the admin key when one was just created (shown once).
+    """
+    from services.auth.admin import ensure_bootstrap_admin_key
+    from services.auth.secret_files import load_server_secret
+    from services.core.db import create_pool
+    from services.core.migrate import apply_migrations
+    from services.core.nats import connect_nats, ensure_streams
+    from services.routing.repository import sync_catalog
+    from services.routing.servicer import CATALOG_CHANGED_SUBJECT
+
+    applied = await apply_migrations(urls.database_url)
+    pool = await create_pool(urls.database_url, min_size=1, max_size=2)
+    nc = await connect_nats(urls.nats_url, name="aggregator-up")
+    try:
+        await sync_catalog(pool, config)
+        await ensure_streams(nc.jetstream())
+        await nc.publish(CATALOG_CHANGED_SUBJECT, b"")
+        admin_key = await ensure_bootstrap_admin_key(pool, load_server_secret(data_dir), data_dir)
+    finally:
+        await nc.drain()
+        await pool.close()
+    return applied, admin_key
 
 
 def _redact(url: str) -> str:

@@ -51,6 +51,7 @@ class Wiring:
 
     registrations: list[Registration] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
+    on_nats_reconnect: list[Callable[[], Any]] = field(default_factory=list)
 
     def serve(self, topology: Topology, add: Callable[[Any, Any], None], servicer: Any, name: str) -> None:
         topology.inproc.register(add, servicer)
@@ -73,20 +74,26 @@ async def _stores(settings: WorkerSettings, wiring: Wiring, *, postgres: bool, n
         pool = await create_pool(settings.stores.database_url, min_size=1, max_size=10)
         wiring.closers.append(pool.close)
     if nats:
-        nc = await connect_nats(settings.stores.nats_url, name=f"aggregator-{','.join(sorted(settings.services))}")
+        async def reconnected() -> None:
+            for callback in wiring.on_nats_reconnect:
+                callback()
+
+        nc = await connect_nats(settings.stores.nats_url, name=f"aggregator-{','.join(sorted(settings.services))}",
+                                reconnected_cb=reconnected)
         wiring.closers.append(nc.drain)
     return pool, nc
 
 
 async def _wire_auth(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
-    from services.auth.wiring import build_auth
+    from services.auth.assembly import build_auth
+    from services.auth.secret_files import load_server_secret
 
-    auth = await build_auth(pool, nc, settings.data_dir)
+    auth = await build_auth(pool, load_server_secret(settings.data_dir), nc)
     wiring.closers.append(auth.close)
-    wiring.serve(topology, auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth.auth_servicer,
-                 "aggregator.auth.v1.AuthService")
-    wiring.serve(topology, api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server, auth.api_key_servicer,
-                 "aggregator.auth.v1.ApiKeyService")
+    for registration in auth.registrations():
+        wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
+    # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
+    wiring.on_nats_reconnect.append(auth.cache.clear)
 
 
 async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:

@@ -75,7 +75,8 @@ def test_parse_bearer(header: str | None, expected: str | None) -> None:
 def test_secret_from_env_hex_is_decoded_and_raw_is_taken_as_bytes(tmp_path: Path) -> None:
     hex_secret = "ab" * 32
     assert load_server_secret(tmp_path, {SECRET_ENV: hex_secret}) == bytes.fromhex(hex_secret)
-    assert load_server_secret(tmp_path, {SECRET_ENV: "a raw passphrase that is long"}) == b"a raw passphrase that is long"
+    raw = "a raw passphrase that is long"
+    assert load_server_secret(tmp_path, {SECRET_ENV: raw}) == raw.encode()
     assert parse_secret("abcd") == b"abcd"  # too short to be taken as hex
     assert not (tmp_path / "server-secret").exists()
 

@@ -23,6 +23,8 @@ from services.auth.validation import (
 from services.core.errors import GatewayError, Reason
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+KEY_ID = "6f9619ff-8b86-d011-b42d-00cf4fc964ff"
+ORG_ID = "0e1f4c9a-0000-4000-8000-000000000001"
 
 
 def create(**fields: object) -> api_key_service_pb2.CreateApiKeyRequest:
@@ -48,9 +50,10 @@ def test_every_field_is_carried_over() -> None:
         name="ci", role="admin", allowed_models=["gpt-4o-mini", "openai/gpt-4o", "gpt-4o-mini"],
         rate_limit_per_minute=60, rate_limit_per_hour=1000, rate_limit_per_day=5000, tokens_per_minute=90000,
         expires_at="2031-06-01T00:00:00Z"), now=NOW)
-    assert settings == KeySettings(name="ci", role="admin", allowed_models=("gpt-4o-mini", "openai/gpt-4o"),
-                                   rate_limit_per_minute=60, rate_limit_per_hour=1000, rate_limit_per_day=5000,
-                                   tokens_per_minute=90000, expires_at=datetime(2031, 6, 1, tzinfo=UTC))
+    assert settings == KeySettings(
+        name="ci", role="admin", allowed_models=("gpt-4o-mini", "openai/gpt-4o"), rate_limit_per_minute=60,
+        rate_limit_per_hour=1000, rate_limit_per_day=5000, tokens_per_minute=90000,
+        expires_at=datetime(2031, 6, 1, tzinfo=UTC))
 
 
 def test_null_allowed_models_means_every_model_and_empty_list_means_none() -> None:
@@ -100,7 +103,7 @@ def test_page_size_defaults_and_caps() -> None:
 
 
 def test_page_tokens_round_trip_with_microseconds() -> None:
-    cursor = PageCursor(datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), "6f9619ff-8b86-d011-b42d-00cf4fc964ff")
+    cursor = PageCursor(datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), KEY_ID)
     token = encode_page_token(cursor)
     assert "=" not in token
     assert decode_page_token(token) == cursor
@@ -115,8 +118,8 @@ def test_bad_page_tokens_are_invalid_requests(token: str) -> None:
 
 
 def row(settings: KeySettings) -> KeyRow:
-    return KeyRow(id="6f9619ff-8b86-d011-b42d-00cf4fc964ff", organization_id="0e1f4c9a-0000-4000-8000-000000000001",
-                  key_hash="ab" * 32, prefix="sk_live_abcd", settings=settings, created_at=NOW)
+    return KeyRow(id=KEY_ID, organization_id=ORG_ID, key_hash="ab" * 32, prefix="sk_live_abcd",
+                  settings=settings, created_at=NOW)
 
 
 def test_api_key_message_shows_the_plaintext_only_when_given() -> None:

@@ -1,0 +1,65 @@
+"""Assertions every case shares: the client-visible bytes stay valid OpenAI, labelled for the
+gateway (public model id, `provider` extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aggregator.adapter.v1 import adapter_service_pb2
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.conformance.conftest import Harness
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city"]}}}
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def completion(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> ChatCompletion:
+    """The one event of a non-streamed call, checked and parsed."""
+    assert len(events) == 1
+    body = orjson.loads(events[0].body)
+    _check_labels(harness, body)
+    return ChatCompletion.model_validate(body)
+
+
+def chunks(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> list[ChatCompletionChunk]:
+    """The client-visible chunks of a streamed call, checked and parsed."""
+    parsed = []
+    for event in events:
+        if event.body:
+            body = orjson.loads(event.body)
+            _check_labels(harness, body)
+            parsed.append(ChatCompletionChunk.model_validate(body))
+    latencies = [e.latency_ms for e in events]
+    assert latencies == sorted(latencies)
+    return parsed
+
+
+def _check_labels(harness: Harness, body: dict[str, Any]) -> None:
+    assert body["model"] == "smart-model"
+    provider = body["provider"]
+    assert provider["name"] == f"prov-{harness.profile.id}"
+    assert provider["model"] == "gpt-4o-mini-2024-07-18"  # what the upstream reported
+    assert isinstance(provider["latency_ms"], int) and provider["latency_ms"] >= 0
+
+
+def streamed_text(parsed: list[ChatCompletionChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+
+
+def usage_of(events: list[adapter_service_pb2.ChatResponse]) -> adapter_service_pb2.ChatResponse:
+    """The one event that carries usage."""
+    with_usage = [e for e in events if e.HasField("usage")]
+    assert len(with_usage) == 1
+    return with_usage[0]
+
+
+def last_request(harness: Harness) -> dict[str, Any]:
+    return harness.fake.requests[-1].json  # type: ignore[no-any-return]

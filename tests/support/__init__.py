@@ -1,0 +1,1 @@
+"""Shared test helpers: real data stores for a test session, and a cuttable TCP proxy."""
