@@ -9,6 +9,7 @@ as is, so a co-located caller sees exactly what a remote caller decodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -54,8 +55,10 @@ def rpc_method(fn: F) -> F:
         @functools.wraps(fn)
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             try:
-                async for item in fn(self, request, context):
-                    yield item
+                # aclosing: a caller that stops early closes the inner generator now, not at GC.
+                async with contextlib.aclosing(fn(self, request, context)) as items:
+                    async for item in items:
+                        yield item
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - the one catch-all of the servicer layer

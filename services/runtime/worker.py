@@ -106,10 +106,10 @@ async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) 
                  "aggregator.routing.v1.RoutingService")
 
 
-async def _wire_adapter(topology: Topology, wiring: Wiring) -> None:
+async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wiring) -> None:
     from services.adapters.servicer import AdapterServicer
 
-    adapter = AdapterServicer()
+    adapter = AdapterServicer.create(default_timeout_s=settings.upstream_timeout_ms / 1000)
     wiring.closers.append(adapter.close)
     wiring.serve(topology, adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server, adapter,
                  "aggregator.adapter.v1.AdapterService")
@@ -177,7 +177,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
         if "routing" in services:
             await _wire_routing(topology, wiring, pool, nc)
         if "adapter" in services:
-            await _wire_adapter(topology, wiring)
+            await _wire_adapter(settings, topology, wiring)
         if "edge" in services:
             await _wire_edge(settings, topology, wiring, pool, nc)
         _wire_later_issues(topology, wiring, services)
