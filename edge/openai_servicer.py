@@ -14,6 +14,7 @@ from aggregator.openai.v1 import (
     chat_pb2,
     completion_pb2,
     embedding_pb2,
+    model_pb2,
     openai_service_pb2 as pb,
     openai_service_pb2_grpc,
 )
@@ -102,7 +103,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         return pb.ListModelsResponse(object="list", data=models)
 
     @rpc_method
-    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> model_pb2.Model:
         principal = await self._pipeline.authenticate(context)
         try:
             check_model_allowed(principal, [request.id])
@@ -112,7 +113,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
                                    routing_pb.ListCatalogModelsRequest())
         for model in answer.models:
             if model.id == request.id:
-                return pb.GetModelResponse(model=model)
+                return model
         raise self._model_not_found(request.id)
 
     @staticmethod

@@ -89,10 +89,10 @@ class Pipeline:
             call = adapter_pb.ChatRequest(candidate=candidate, request=request, request_id=record.request_id,
                                           timeout_ms=self._timeout_ms)
             async with calls.stream(self.clients.adapter.Chat, call) as events:
+                first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
                 try:
                     first = await anext(events)
                 except StopAsyncIteration:
-                    first = None
                     last_error = GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
                 except GatewayError as error:
                     if not error.retriable:

@@ -4,9 +4,11 @@
 -- For HTTP (non-gRPC) clients:
 --   * a failed RPC: its trailing metadata carries the final OpenAI error JSON (`x-openai-error`)
 --     and the HTTP status (`x-http-status`). A failure before the first message is a gRPC
---     trailers-only response, which reaches us as response headers with no body; we set the status,
---     put the JSON in as the body and drop the gRPC plumbing. `retry-after` and any other header
---     the service set stay.
+--     trailers-only response, which reaches us as response headers with no body; a failure after
+--     the service sent its headers but no message reaches us as headers, a google.rpc.Status body
+--     (convert_grpc_status) and trailers. Either way we set the status, make the JSON the whole
+--     body and drop the gRPC plumbing; every other header or trailer the service set (retry-after,
+--     rate-limit headers) is kept as a response header.
 --   * a failed RPC without that metadata (a crash, a status from gRPC itself): the transcoder's
 --     status stays and the body becomes a generic OpenAI error for it, never the service's text.
 --   * Envoy's own replies are already OpenAI JSON (local_reply_config) and pass unchanged.
@@ -22,37 +24,36 @@ local PLUMBING = {
   ["x-openai-error"] = true, ["x-http-status"] = true,
 }
 
-local function generic_error(status)
-  local message, error_type, code = "The server had an error while processing your request.",
-    "server_error", "internal_error"
-  if status == 400 then
-    message, error_type, code = "The request is invalid.", "invalid_request_error", "invalid_request"
-  elseif status == 401 then
-    message, error_type, code = "Invalid authentication.", "invalid_request_error", "invalid_api_key"
-  elseif status == 403 then
-    message, error_type, code = "You are not allowed to make this request.", "permission_error",
-      "insufficient_permissions"
-  elseif status == 404 then
-    message, error_type, code = "The requested resource was not found.", "invalid_request_error", "not_found"
-  elseif status == 409 then
-    message, error_type, code = "The request conflicts with the current state.", "invalid_request_error",
-      "conflict"
-  elseif status == 429 then
-    message, error_type, code = "Too many requests. Please retry later.", "rate_limit_error",
-      "rate_limit_exceeded"
-  elseif status == 501 then
-    message, error_type, code = "This endpoint is not implemented.", "invalid_request_error", "not_implemented"
-  elseif status == 503 then
-    message, error_type, code = "The service is temporarily unavailable. Please retry.", "server_error",
-      "service_unavailable"
-  elseif status == 504 then
-    message, error_type, code = "The service did not answer in time. Please retry.", "server_error", "timeout"
-  elseif status >= 400 and status < 500 then
-    message, error_type, code = "The request could not be processed.", "invalid_request_error", nil
-  end
+local function is_plumbing(key)
+  return PLUMBING[key] or key:sub(1, 8) == "x-envoy-"
+end
+
+-- Errors without our metadata (a crash, a status made by gRPC itself) get one of these bodies, by
+-- the status the transcoder derived from the gRPC code: the service's own text never shows.
+local function error_json(message, error_type, code)
   local code_json = code and ('"' .. code .. '"') or "null"
   return '{"error":{"message":"' .. message .. '","type":"' .. error_type .. '","param":null,"code":'
     .. code_json .. '}}'
+end
+local INVALID, SERVER = "invalid_request_error", "server_error"
+local GENERIC = {
+  [400] = error_json("The request is invalid.", INVALID, "invalid_request"),
+  [401] = error_json("Invalid authentication.", INVALID, "invalid_api_key"),
+  [403] = error_json("You are not allowed to make this request.", "permission_error",
+    "insufficient_permissions"),
+  [404] = error_json("The requested resource was not found.", INVALID, "not_found"),
+  [409] = error_json("The request conflicts with the current state.", INVALID, "conflict"),
+  [429] = error_json("Too many requests. Please retry later.", "rate_limit_error", "rate_limit_exceeded"),
+  [501] = error_json("This endpoint is not implemented.", INVALID, "not_implemented"),
+  [503] = error_json("The service is temporarily unavailable. Please retry.", SERVER, "service_unavailable"),
+  [504] = error_json("The service did not answer in time. Please retry.", SERVER, "timeout"),
+}
+local CLIENT_ERROR = error_json("The request could not be processed.", INVALID, nil)
+local SERVER_ERROR = error_json("The server had an error while processing your request.", SERVER,
+  "internal_error")
+
+local function generic_error(status)
+  return GENERIC[status] or (status < 500 and CLIENT_ERROR) or SERVER_ERROR
 end
 
 local function strip(map)
@@ -61,7 +62,7 @@ local function strip(map)
   end
   local doomed = {}
   for key, _ in pairs(map) do
-    if PLUMBING[key] or key:sub(1, 8) == "x-envoy-" then
+    if is_plumbing(key) then
       doomed[#doomed + 1] = key
     end
   end
@@ -81,9 +82,10 @@ local function move_trailers(trailers, headers)
     moved[#moved + 1] = { key, value }
   end
   for _, entry in ipairs(moved) do
-    trailers:remove(entry[1])
-    if not PLUMBING[entry[1]] and entry[1]:sub(1, 8) ~= "x-envoy-" and headers:get(entry[1]) == nil then
-      headers:add(entry[1], entry[2])
+    local key, value = entry[1], entry[2]
+    trailers:remove(key)
+    if not is_plumbing(key) and headers:get(key) == nil then
+      headers:add(key, value)
     end
   end
 end

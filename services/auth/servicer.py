@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.auth.v1 import (
+    api_key_pb2,
     api_key_service_pb2,
     api_key_service_pb2_grpc,
     auth_service_pb2,
@@ -64,11 +65,11 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
 
     @rpc_method
     async def CreateApiKey(self, request: api_key_service_pb2.CreateApiKeyRequest,
-                           context: Any) -> api_key_service_pb2.CreateApiKeyResponse:
+                           context: Any) -> api_key_pb2.ApiKey:
         """Creates a key; the answer holds its plaintext, once."""
         caller = await self._admin(context)
         row, plaintext = await self._manager.create(caller, settings_from_create(request))
-        return api_key_service_pb2.CreateApiKeyResponse(api_key=api_key_message(row, plaintext))
+        return api_key_message(row, plaintext)
 
     @rpc_method
     async def ListApiKeys(self, request: api_key_service_pb2.ListApiKeysRequest,
@@ -83,15 +84,14 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
 
     @rpc_method
     async def GetApiKey(self, request: api_key_service_pb2.GetApiKeyRequest,
-                        context: Any) -> api_key_service_pb2.GetApiKeyResponse:
+                        context: Any) -> api_key_pb2.ApiKey:
         """One key of the organization, without its secret."""
         caller = await self._admin(context)
-        return api_key_service_pb2.GetApiKeyResponse(api_key=api_key_message(await self._manager.get(caller,
-                                                                                                 request.id)))
+        return api_key_message(await self._manager.get(caller, request.id))
 
     @rpc_method
     async def UpdateApiKey(self, request: api_key_service_pb2.UpdateApiKeyRequest,
-                           context: Any) -> api_key_service_pb2.UpdateApiKeyResponse:
+                           context: Any) -> api_key_pb2.ApiKey:
         """Not implemented yet (the limits issue brings it)."""
         await self._admin(context)
         raise GatewayError(Reason.UNIMPLEMENTED, "Updating an API key is not supported yet; "

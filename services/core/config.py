@@ -71,7 +71,7 @@ def _decimal(value: Any, where: str) -> Decimal:
         price = Decimal(str(value))
     except InvalidOperation as exc:
         raise ConfigError(f"{where}: not a decimal price: {value!r}") from exc
-    if price < 0 or not price.is_finite():
+    if not price.is_finite() or price < 0:  # finiteness first: ordering a NaN raises InvalidOperation
         raise ConfigError(f"{where}: price must be a finite non-negative number")
     return price
 

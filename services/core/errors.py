@@ -15,6 +15,9 @@ Unknown exceptions become INTERNAL, are logged once by the caller, and leak no d
 from __future__ import annotations
 
 import enum
+import json
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +134,11 @@ class GatewayError(Exception):
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_openai())
 
+    def _ascii_json(self) -> str:
+        """The error JSON as a legal gRPC text-metadata value (printable ASCII only): messages echo
+        client input such as model ids, and one non-ASCII byte makes gRPC drop the whole error."""
+        return json.dumps(self.to_openai(), ensure_ascii=True, separators=(",", ":")).replace("\x7f", "\\u007f")
+
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """Trailing metadata that carries this error across gRPC, for Envoy and for our clients."""
         info = error_details_pb2.ErrorInfo(reason=self.reason.value, domain=DOMAIN)
@@ -144,12 +152,13 @@ class GatewayError(Exception):
         detail.Pack(info)
         status = status_pb2.Status(code=self.kind.grpc_code.value[0], message=self.message, details=[detail])
         metadata: list[tuple[str, str | bytes]] = [
-            (ERROR_JSON_KEY, self.to_json().decode()),
+            (ERROR_JSON_KEY, self._ascii_json()),
             (HTTP_STATUS_KEY, str(self.http_status)),
             (STATUS_DETAILS_KEY, status.SerializeToString()),
         ]
         if self.retry_after is not None:
-            metadata.append(("retry-after", str(max(1, round(self.retry_after)))))
+            # Round up: a client told to retry before the window resets only earns another 429.
+            metadata.append(("retry-after", str(max(1, math.ceil(self.retry_after)))))
         return tuple(metadata)
 
     def __repr__(self) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -40,7 +38,9 @@ UPSTREAM_CLUSTER = "aggregator_grpc"
 # no route timeout applies and the idle limit is generous.
 STREAM_IDLE_TIMEOUT = "600s"
 _T = "@type"
-_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXTENSIONS = "type.googleapis.com/envoy.extensions"
+_FILTERS = f"{_EXTENSIONS}.filters.http"
+_HCM = f"{_EXTENSIONS}.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def transcoded_services(descriptor_set: descriptor_pb2.FileDescriptorSet) -> list[str]:
@@ -50,16 +50,10 @@ def transcoded_services(descriptor_set: descriptor_pb2.FileDescriptorSet) -> lis
         if not file.package.startswith("aggregator."):
             continue
         for service in file.service:
-            if any(_has_http_rule(method) for method in service.method):
+            # The import of annotations_pb2 registers the extension, so parsing resolved it.
+            if any(method.options.HasExtension(annotations_pb2.http) for method in service.method):
                 services.append(f"{file.package}.{service.name}")
     return sorted(services)
-
-
-def _has_http_rule(method: descriptor_pb2.MethodDescriptorProto) -> bool:
-    # The descriptor set was parsed without the annotations registered as extensions, so the
-    # option lives in the unknown fields; re-parsing the options resolves it.
-    options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
-    return options.HasExtension(annotations_pb2.http)
 
 
 def transcoder_descriptor_set(descriptor_path: Path) -> descriptor_pb2.FileDescriptorSet:
@@ -77,7 +71,8 @@ def transcoder_descriptor_set(descriptor_path: Path) -> descriptor_pb2.FileDescr
     return descriptor_set
 
 
-def _add_with_dependencies(descriptor_set: descriptor_pb2.FileDescriptorSet, file: Any, present: set[str]) -> None:
+def _add_with_dependencies(descriptor_set: descriptor_pb2.FileDescriptorSet, file: Any,
+                           present: set[str]) -> None:
     if file.name in present:
         return
     for dependency in file.dependencies:
@@ -91,19 +86,9 @@ def _add_with_dependencies(descriptor_set: descriptor_pb2.FileDescriptorSet, fil
 # --- local replies ---------------------------------------------------------------------------------
 
 
-def _openai_error(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"json_format": {"error": {"message": message, "type": error_type, "param": param, "code": code}},
-            "content_type": "application/json"}
-
-
-def _status_is(code: int) -> dict[str, Any]:
-    return {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code,
-                                                                       "runtime_key": "_"}}}}
-
-
-def _status_at_least(code: int) -> dict[str, Any]:
-    return {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": code,
-                                                                       "runtime_key": "_"}}}}
+def _status(op: str, code: int) -> dict[str, Any]:
+    comparison = {"op": op, "value": {"default_value": code, "runtime_key": "_"}}
+    return {"status_code_filter": {"comparison": comparison}}
 
 
 # Set by the Lua shaper on native gRPC requests. The request headers cannot tell: the transcoder
@@ -112,55 +97,43 @@ GRPC_METADATA_NAMESPACE = "aggregator.grpc"
 _IS_GRPC = {"metadata_filter": {"matcher": {"filter": GRPC_METADATA_NAMESPACE, "path": [{"key": "grpc"}],
                                             "value": {"bool_match": True}},
                                 "match_if_key_not_found": False}}
-
-
-def _and(*filters: dict[str, Any]) -> dict[str, Any]:
-    return {"and_filter": {"filters": list(filters)}}
-
-
-def _details_start_with(prefix: str) -> dict[str, Any]:
-    # Envoy names the cause of each of its replies in the response code details; the transcoder's
-    # start with "grpc_json_transcode_failure". Only a CEL filter can read them.
-    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
-        _T: "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-        "expression": f"response.code_details.startsWith('{prefix}')"}}}
+# Envoy names the cause of each of its replies in the response code details; only CEL reads them.
+_TRANSCODE_FAILURE = {"extension_filter": {
+    "name": "envoy.access_loggers.extension_filters.cel",
+    "typed_config": {_T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
+                     "expression": "response.code_details.startsWith('grpc_json_transcode_failure')"}}}
+_INVALID, _SERVER = "invalid_request_error", "server_error"
 
 
 def _local_reply_config(max_request_bytes: int) -> dict[str, Any]:
-    """OpenAI error JSON for every reply Envoy makes itself; first matching mapper wins."""
-    request_url = "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)"
-    rows: list[tuple[dict[str, Any], int | None, dict[str, Any]]] = [
-        (_status_is(413), None, _openai_error(
-            f"Request body too large: the limit is {max_request_bytes} bytes.",
-            "invalid_request_error", "request_too_large")),
-        (_status_is(404), None, _openai_error(request_url, "invalid_request_error", "unknown_url")),
-        (_status_is(405), 404, _openai_error(request_url, "invalid_request_error", "unknown_url")),
-        (_and(_status_is(400), _details_start_with("grpc_json_transcode_failure")), None, _openai_error(
-            "We could not parse the JSON body of your request: it must be a JSON object whose fields have "
-            "the types of the API reference.", "invalid_request_error", "invalid_request_body")),
-        (_status_is(400), None, _openai_error("The request is malformed.", "invalid_request_error", None)),
-        (_status_is(408), None, _openai_error("The request timed out.", "invalid_request_error", "timeout")),
-        (_status_is(431), None, _openai_error("The request headers are too large.",
-                                              "invalid_request_error", "headers_too_large")),
-        (_status_is(504), None, _openai_error("The service did not answer in time. Please retry.",
-                                              "server_error", "timeout")),
-        (_status_at_least(500), 503, _openai_error("The service is temporarily unavailable. Please retry.",
-                                                   "server_error", "service_unavailable")),
-        (_status_at_least(400), None, _openai_error("The request could not be processed.",
-                                                    "invalid_request_error", None)),
+    """OpenAI error JSON for every reply Envoy makes itself, in our words; the first match wins."""
+    rows: list[tuple[dict[str, Any], int | None, str, str, str | None]] = [
+        # (which replies, status sent instead, message, type, code)
+        (_status("EQ", 413), None, f"Request body too large: the limit is {max_request_bytes} bytes.",
+         _INVALID, "request_too_large"),
+        (_status("EQ", 404), None, "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)", _INVALID, "unknown_url"),
+        ({"and_filter": {"filters": [_status("EQ", 400), _TRANSCODE_FAILURE]}}, None,
+         "We could not parse the JSON body of your request: it must be a JSON object whose fields have the "
+         "types of the API reference.", _INVALID, "invalid_request_body"),
+        (_status("EQ", 400), None, "The request is malformed.", _INVALID, None),
+        (_status("EQ", 408), None, "The request timed out.", _INVALID, "timeout"),
+        (_status("EQ", 431), None, "The request headers are too large.", _INVALID, "headers_too_large"),
+        (_status("EQ", 504), None, "The service did not answer in time. Please retry.", _SERVER, "timeout"),
+        (_status("GE", 500), 503, "The service is temporarily unavailable. Please retry.", _SERVER,
+         "service_unavailable"),
+        (_status("GE", 400), None, "The request could not be processed.", _INVALID, None),
     ]
     mappers: list[dict[str, Any]] = [
-        # Native gRPC clients read the status; keep Envoy's text out of grpc-message too. Every
-        # other reply goes to an HTTP client.
-        {"filter": _and(_IS_GRPC, _status_at_least(500)),
+        # Native gRPC clients read the status; Envoy's text stays out of grpc-message too.
+        {"filter": {"and_filter": {"filters": [_IS_GRPC, _status("GE", 500)]}},
          "body": {"inline_string": "The service is temporarily unavailable."}},
         {"filter": _IS_GRPC, "body": {"inline_string": "The request could not be processed."}},
     ]
-    for status_filter, status_override, body_format in rows:
-        mapper: dict[str, Any] = {"filter": status_filter, "body_format_override": body_format}
-        if status_override is not None:
-            mapper["status_code"] = status_override
-        mappers.append(mapper)
+    for when, status, message, error_type, code in rows:
+        body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        mapper = {"filter": when,
+                  "body_format_override": {"json_format": body, "content_type": "application/json"}}
+        mappers.append(mapper if status is None else {**mapper, "status_code": status})
     return {"mappers": mappers}
 
 
@@ -190,10 +163,10 @@ def _access_log(path: str | None) -> list[dict[str, Any]]:
     log_format = {"json_format": ACCESS_LOG_FORMAT}
     if path is None:
         return [{"name": "envoy.access_loggers.stdout", "typed_config": {
-            _T: "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            _T: f"{_EXTENSIONS}.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": log_format}}]
     return [{"name": "envoy.access_loggers.file", "typed_config": {
-        _T: "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        _T: f"{_EXTENSIONS}.access_loggers.file.v3.FileAccessLog",
         "path": path, "log_format": log_format}}]
 
 
@@ -201,59 +174,73 @@ def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: i
     descriptor_set = transcoder_descriptor_set(descriptor_path)
     return [
         {"name": "envoy.filters.http.lua", "typed_config": {
-            _T: "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            _T: f"{_FILTERS}.lua.v3.Lua",
             "default_source_code": {"filename": str(lua_path)}}},
         # The transcoder streams a body through without a size check, so the limit is the buffer
         # filter's: it answers 413 for Content-Length and chunked bodies alike. JSON requests are
         # single messages that the transcoder needs whole anyway.
         {"name": "envoy.filters.http.buffer", "typed_config": {
-            _T: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            _T: f"{_FILTERS}.buffer.v3.Buffer",
             "max_request_bytes": max_request_bytes}},
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
-            _T: "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            _T: f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
             "proto_descriptor_bin": base64.b64encode(descriptor_set.SerializeToString()).decode(),
             "services": transcoded_services(descriptor_set),
             # Clients may encode the slashes of model ids ("openai%2Fgpt-4o").
             "url_unescape_spec": "ALL_CHARACTERS",
             "print_options": {"add_whitespace": False, "always_print_primitive_fields": True,
                               "preserve_proto_field_names": True},
+            # A failure after the service's headers but before any message then still gets an error
+            # status (the body, a google.rpc.Status, is replaced by the Lua shaper).
             "convert_grpc_status": True,
             "request_validation_options": {"reject_unknown_method": True,
                                            "reject_unknown_query_parameters": False}}},
         {"name": "envoy.filters.http.router", "typed_config": {
-            _T: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            _T: f"{_FILTERS}.router.v3.Router",
             "suppress_envoy_headers": True}},
     ]
 
 
-def _route_action() -> dict[str, Any]:
+def _route_action(cluster: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
     return {
-        "cluster": UPSTREAM_CLUSTER, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
+        "cluster": cluster, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
         # Only failures where the request never reached a service are retried: safe for POST.
         "retry_policy": {
             "retry_on": "connect-failure,refused-stream", "num_retries": 2,
             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-                _T: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                _T: f"{_EXTENSIONS}.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
             "host_selection_retry_max_attempts": 3}}
 
 
-def _route_config() -> dict[str, Any]:
-    grpc_request = {"prefix": "/", "headers": [{"name": "content-type",
-                                                 "string_match": {"prefix": "application/grpc"}}]}
-    return {"name": "edge", "virtual_hosts": [{"name": "aggregator", "domains": ["*"], "routes": [
+def _routes_to(prefix: str, cluster: str) -> list[dict[str, Any]]:
+    grpc_request = {"prefix": prefix, "headers": [{"name": "content-type",
+                                                    "string_match": {"prefix": "application/grpc"}}]}
+    return [
         # Native gRPC streams (server reflection is bidirectional) must not wait for the end of the
         # request, so the buffer filter that enforces the JSON body limit stays out of their way;
         # the services' own message size limit applies to them.
-        {"match": grpc_request, "route": _route_action(), "typed_per_filter_config": {
+        {"match": grpc_request, "route": _route_action(cluster), "typed_per_filter_config": {
             "envoy.filters.http.buffer": {
-                _T: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                _T: f"{_FILTERS}.buffer.v3.BufferPerRoute",
                 "disabled": True}}},
-        {"match": {"prefix": "/"}, "route": _route_action()},
-    ]}]}
+        {"match": {"prefix": prefix}, "route": _route_action(cluster)},
+    ]
+
+
+def _service_cluster(prefix: str) -> str:
+    return "svc_" + prefix.strip("/.").replace(".", "_")
+
+
+def _route_config(service_prefixes: list[str]) -> dict[str, Any]:
+    # The transcoder rewrites the path to the gRPC method and clears the route cache, so JSON
+    # requests are routed by their gRPC service too (split topology: one cluster per service).
+    routes = [r for prefix in service_prefixes for r in _routes_to("/" + prefix, _service_cluster(prefix))]
+    return {"name": "edge", "virtual_hosts": [{"name": "aggregator", "domains": ["*"],
+                                               "routes": [*routes, *_routes_to("/", UPSTREAM_CLUSTER)]}]}
 
 
 def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int,
-                        access_log_path: str | None) -> dict[str, Any]:
+                        access_log_path: str | None, service_prefixes: list[str]) -> dict[str, Any]:
     return {
         _T: _HCM,
         "stat_prefix": "edge",
@@ -264,18 +251,19 @@ def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_by
         # deduplicated by it, so a client-chosen id could hide another request's usage.
         "early_header_mutation_extensions": [{
             "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {_T: "type.googleapis.com/envoy.extensions.http.early_header_mutation."
+            "typed_config": {_T: f"{_EXTENSIONS}.http.early_header_mutation."
                                  "header_mutation.v3.HeaderMutation",
                              "mutations": [{"remove": "x-request-id"}]}}],
         "always_set_request_id_in_response": True,
         "server_header_transformation": "PASS_THROUGH",
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "request_headers_timeout": "10s",
-        "common_http_protocol_options": {"idle_timeout": "300s", "headers_with_underscores_action": "DROP_HEADER"},
+        "common_http_protocol_options": {"idle_timeout": "300s",
+                                         "headers_with_underscores_action": "DROP_HEADER"},
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": _access_log(access_log_path),
         "local_reply_config": _local_reply_config(max_request_bytes),
-        "route_config": _route_config(),
+        "route_config": _route_config(service_prefixes),
         "http_filters": _http_filters(descriptor_path=descriptor_path, lua_path=lua_path,
                                       max_request_bytes=max_request_bytes),
     }
@@ -289,41 +277,44 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(upstreams: list[tuple[str, int]]) -> dict[str, Any]:
+def _cluster(upstreams: list[tuple[str, int]], name: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
                  for host, port in upstreams]
     return {
-        "name": UPSTREAM_CLUSTER,
+        "name": name,
         "type": "STATIC" if all(_is_ip(host) for host, _ in upstreams) else "STRICT_DNS",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {"cluster_name": UPSTREAM_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                _T: "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                _T: f"{_EXTENSIONS}.upstreams.http.v3.HttpProtocolOptions",
                 # No HTTP/2 keepalive pings: gRPC servers answer frequent pings with GOAWAY.
                 "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 1024}}}},
         # Streams live for minutes: the default limit of 1024 concurrent requests is far too low.
         "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
                                              "max_requests": 100000, "max_retries": 1000}]},
-        "outlier_detection": {"split_external_local_origin_errors": True,
-                              "consecutive_local_origin_failure": 3,
-                              "consecutive_gateway_failure": 1000000,
-                              "consecutive_5xx": 1000000},
     }
 
 
 def render_bootstrap(*, http_port: int, admin_port: int, upstreams: list[tuple[str, int]],
                      descriptor_path: Path, lua_path: Path, listen_address: str = "0.0.0.0",
                      max_request_bytes: int = MAX_REQUEST_BYTES,
-                     access_log_path: str | None = None) -> dict[str, Any]:
-    """The Envoy bootstrap (static resources only) as a plain dict, ready for JSON or YAML."""
+                     access_log_path: str | None = None,
+                     service_upstreams: dict[str, list[tuple[str, int]]] | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap (static resources only) as a plain dict, ready for JSON or YAML.
+
+    `upstreams` serve every service by default; `service_upstreams` maps a gRPC name prefix
+    (e.g. "aggregator.auth.v1.") to the addresses of the processes hosting it (split topology).
+    """
+    service_upstreams = service_upstreams or {}
     if not upstreams:
         raise ValueError("at least one upstream gRPC address is required")
     connection_manager = _connection_manager(descriptor_path=Path(descriptor_path).resolve(),
                                              lua_path=Path(lua_path).resolve(),
                                              max_request_bytes=max_request_bytes,
-                                             access_log_path=access_log_path)
+                                             access_log_path=access_log_path,
+                                             service_prefixes=list(service_upstreams))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -333,12 +324,14 @@ def render_bootstrap(*, http_port: int, admin_port: int, upstreams: list[tuple[s
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": connection_manager}]}],
             }],
-            "clusters": [_cluster(upstreams)],
+            "clusters": [_cluster(upstreams),
+                         *(_cluster(addresses, _service_cluster(prefix))
+                           for prefix, addresses in service_upstreams.items())],
         },
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {_T: "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections."
-                                 "v3.DownstreamConnectionsConfig",
+            "typed_config": {_T: f"{_EXTENSIONS}.resource_monitors.downstream_connections.v3."
+                                 "DownstreamConnectionsConfig",
                              "max_active_downstream_connections": 50000}}]},
     }
 
@@ -360,9 +353,10 @@ class EnvoyError(RuntimeError):
 class EnvoyProcess:
     """One Envoy process running `bootstrap`, with its config and log files under `run_dir`.
 
-    `start()` returns once the admin endpoint reports LIVE; `stop()` sends SIGTERM, waits, then
-    kills. Envoy runs in its own session, so a signal to our process group never reaches it twice
-    and nothing of it outlives `stop()`. Usable as a context manager.
+    `start()` returns once the admin endpoint reports LIVE; `drain()` closes the listener and
+    waits for requests in flight; `stop()` sends SIGTERM, waits, then kills. Envoy runs in its own
+    session, so a Ctrl-C meant for us cannot stop it before our orderly shutdown does. Usable as a
+    context manager.
     """
 
     def __init__(self, bootstrap: dict[str, Any], run_dir: Path, *, concurrency: int | None = None,
@@ -419,7 +413,7 @@ class EnvoyProcess:
     def _admin_get(self, path: str) -> str | None:
         try:
             with urllib.request.urlopen(self.admin_url(path), timeout=1) as response:  # noqa: S310 - loopback
-                return str(response.read().decode().strip())
+                return response.read().decode().strip()  # type: ignore[no-any-return]
         except (urllib.error.URLError, OSError):
             return None
 
@@ -458,7 +452,7 @@ class EnvoyProcess:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        os.kill(process.pid, signal.SIGTERM)
+        process.terminate()
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

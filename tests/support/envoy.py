@@ -9,6 +9,7 @@ descriptor set, on free ports, one worker thread, and stops when the block ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -61,7 +62,8 @@ class EnvoyEdge:
                 if predicate(entry):
                     return entry
             if time.monotonic() > deadline:
-                raise AssertionError(f"no matching access log entry in {self.access_log_path}: {self.access_log()[-3:]}")
+                last = self.access_log()[-3:]
+                raise AssertionError(f"no matching entry in {self.access_log_path}; the last ones: {last}")
             time.sleep(0.05)
 
 
@@ -96,3 +98,51 @@ def envoy_in_front_of(upstreams: int | list[tuple[str, int]], *, run_dir: Path |
                     raise
         stack.callback(process.stop)
         yield EnvoyEdge(f"http://127.0.0.1:{http_port}", http_port, admin_port, access_log_path, process)
+
+
+async def h2c_post(port: int, path: str, body: bytes, *,
+                   content_type: str = "application/json") -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """One HTTP/2 cleartext POST (prior knowledge) to 127.0.0.1:port: (headers, body, trailers).
+
+    For checks httpx cannot make: it hides HTTP/2 trailers. Wrap it in `asyncio.timeout()`.
+    """
+    import h2.config  # imported here: only this helper needs the h2 package
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    connection = h2.connection.H2Connection(config)
+    connection.initiate_connection()
+    connection.send_headers(1, [(":method", "POST"), (":path", path), (":scheme", "http"),
+                                (":authority", "localhost"), ("content-type", content_type)])
+    connection.send_data(1, body, end_stream=True)
+    headers: dict[str, str] = {}
+    trailers: dict[str, str] = {}
+    data = b""
+    ended = False
+    try:
+        while not ended:
+            writer.write(connection.data_to_send())
+            received = await reader.read(65536)
+            if not received:
+                raise ConnectionError("the connection closed before the stream ended")
+            for event in connection.receive_data(received):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = _text(event.headers)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = _text(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise ConnectionError(f"the stream was reset: {event.error_code!r}")
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+    finally:
+        writer.close()
+    return headers, data, trailers
+
+
+def _text(headers: Any) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in headers or ()}

@@ -1,0 +1,66 @@
+"""End-to-end fixtures: the gateway in both topologies in front of fake providers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from services.runtime.stores import free_port
+from tests.e2e.harness import UPSTREAM_KEY, Gateway, start_gateway, gateway_config
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.stores import migrated_database_url, store_urls
+
+__all__ = ["migrated_database_url", "store_urls"]
+
+
+@pytest.fixture(scope="session")
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    """The primary fake OpenAI (it checks the provider key the gateway must send)."""
+    async with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    """A keyless OpenAI-compatible fake, the fallback of `fallback-chat`."""
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session", params=["all", "split"])
+async def gateway(request: pytest.FixtureRequest, store_urls, upstream: FakeOpenAI, backup: FakeOpenAI,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """The gateway, once with every service in one process and once with each in its own."""
+    config = gateway_config(upstream.base_url, backup.base_url, f"http://127.0.0.1:{free_port()}/v1")
+    data_dir: Path = tmp_path_factory.mktemp(f"gateway-{request.param}")
+    running = await start_gateway(request.param, store_urls, data_dir, config)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fakes(upstream: FakeOpenAI, backup: FakeOpenAI) -> None:
+    upstream.reset()
+    backup.reset()
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official SDK pointed at the gateway with the admin key."""
+    async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.admin_key,
+                                  max_retries=0, timeout=30) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    """A raw HTTP client for byte-level checks."""
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
+                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+        yield raw

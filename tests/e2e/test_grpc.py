@@ -1,0 +1,55 @@
+"""Native gRPC on Envoy's listener: health, the typed InferenceService, a betterproto2 client."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aggregator.openai.v1 import chat_pb2, inference_service_pb2_grpc
+from tests.e2e.harness import Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+def _metadata(gateway: Gateway) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {gateway.admin_key}"),)
+
+
+async def test_health_through_envoy_and_on_services_port(gateway: Gateway) -> None:
+    for target in (gateway.grpc_target, gateway.services_target):
+        async with grpc.aio.insecure_channel(target) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_typed_streaming_chat_through_envoy(gateway: Gateway) -> None:
+    request = chat_pb2.ChatCompletionRequest(
+        model="gpt-4o-mini", messages=[chat_pb2.ChatMessage(role="user")],
+        stream_options=chat_pb2.StreamOptions(include_usage=True))
+    request.messages[0].content.string_value = "Say hello"
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        text, usage = "", None
+        async for chunk in stub.StreamChatCompletion(request, metadata=_metadata(gateway)):
+            assert chunk.object == "chat.completion.chunk" and chunk.provider.name == "fakeai"
+            for choice in chunk.choices:
+                text += choice.delta.content
+            if chunk.HasField("usage"):
+                usage = chunk.usage
+        assert "Say hello" in text
+        assert usage is not None and usage.total_tokens > 0
+        completion = await stub.CreateChatCompletion(request, metadata=_metadata(gateway))
+        assert "Say hello" in completion.choices[0].message.content
+
+
+async def test_typed_errors_carry_status_and_reason(gateway: Gateway) -> None:
+    request = chat_pb2.ChatCompletionRequest(model="nope", messages=[chat_pb2.ChatMessage(role="user")])
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateChatCompletion(request, metadata=_metadata(gateway))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateChatCompletion(request)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
