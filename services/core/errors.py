@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import json
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +136,8 @@ class GatewayError(Exception):
     def _ascii_json(self) -> str:
         """The error JSON as a legal gRPC text-metadata value (printable ASCII only): messages echo
         client input such as model ids, and one non-ASCII byte makes gRPC drop the whole error."""
-        return json.dumps(self.to_openai(), ensure_ascii=True, separators=(",", ":")).replace("\x7f", "\\u007f")
+        text = json.dumps(self.to_openai(), ensure_ascii=True, separators=(",", ":"))
+        return text.replace("\x7f", "\\u007f")  # DEL is ASCII but not a legal header character
 
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """Trailing metadata that carries this error across gRPC, for Envoy and for our clients."""

@@ -82,7 +82,7 @@ async def test_tool_calls_non_stream_and_stream(client: openai.AsyncOpenAI) -> N
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-    messages = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    messages = [{"role": "user", "content": "Call get_weather for Paris."}]
     completion = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
     call = completion.choices[0].message.tool_calls[0]
     assert completion.choices[0].finish_reason == "tool_calls"
