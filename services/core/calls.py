@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -28,7 +28,7 @@ async def unary(method: Callable[..., Awaitable[T]], request: Any, **kwargs: Any
         raise from_rpc_error(exc) from None
 
 
-async def _translated(source: AsyncIterator[T]) -> AsyncIterator[T]:
+async def _translated(source: AsyncIterator[T]) -> AsyncGenerator[T, None]:
     try:
         async for item in source:
             yield item

@@ -100,6 +100,8 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         where = f"models[{i}]"
         if not m.get("id"):
             raise ConfigError(f"{where}: id is required")
+        if any(seen.id == str(m["id"]) for seen in models):
+            raise ConfigError(f"{where}: duplicate model id {m['id']!r}")
         model_type = m.get("type", "chat")
         if model_type not in MODEL_TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(MODEL_TYPES)}")

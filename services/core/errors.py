@@ -182,6 +182,11 @@ _CODE_FALLBACK: dict[grpc.StatusCode, Reason] = {
 }
 
 
+def reason_for_code(code: grpc.StatusCode) -> Reason:
+    """The reason a bare gRPC code stands for, when no ErrorInfo says better."""
+    return _CODE_FALLBACK.get(code, Reason.INTERNAL)
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> GatewayError:
     """Reads a remote service's error back into a GatewayError (the one place that does)."""
     for key, value in error.trailing_metadata() or ():
@@ -194,6 +199,6 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> GatewayError:
                     return GatewayError(Reason(info.reason), status.message, param=info.metadata.get("param"),
                                         code=info.metadata.get("code"),
                                         retry_after=float(retry) if retry else None)
-    reason = _CODE_FALLBACK.get(error.code(), Reason.INTERNAL)
+    reason = reason_for_code(error.code())
     message = error.details() or "" if reason is not Reason.INTERNAL else internal_error().message
     return GatewayError(reason, message or reason.value)

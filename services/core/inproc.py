@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, internal_error, reason_for_code
 from services.core.rpc import InProcessContext
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -38,7 +38,8 @@ class InProcessServicerContext(InProcessContext):
         self.trailing_metadata_sent = tuple(metadata)
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> None:
-        raise GatewayError(Reason.INTERNAL, details or code.name)
+        reason = reason_for_code(code)
+        raise GatewayError(reason, details if reason is not Reason.INTERNAL else internal_error().message)
 
     def peer(self) -> str:
         return "inproc"

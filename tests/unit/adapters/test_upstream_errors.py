@@ -62,7 +62,7 @@ def test_not_found_names_the_upstream_model() -> None:
 def test_rate_limit_carries_retry_after_and_hides_account_details() -> None:
     error = error_for(429, message="Rate limit reached in organization org-secret", retry_after=2.5)
     assert error.retry_after == 2.5 and "org-secret" not in error.message
-    assert ("retry-after", "2") in error.trailing_metadata()
+    assert ("retry-after", "3") in error.trailing_metadata()
 
 
 def test_bad_request_without_message_gets_a_generic_one() -> None:

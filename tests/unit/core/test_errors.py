@@ -20,6 +20,7 @@ from services.core.errors import (
     internal_error,
 )
 
+_C = grpc.StatusCode
 GENERIC = "The server had an error while processing your request."
 
 
@@ -64,11 +65,11 @@ def test_rows_are_consistent(reason: Reason) -> None:
 
 @pytest.mark.parametrize(("reason", "http", "grpc_code", "openai_type", "openai_code"), [
     (Reason.INVALID_REQUEST, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid_request_error", None),
-    (Reason.INVALID_API_KEY, 401, grpc.StatusCode.UNAUTHENTICATED, "invalid_request_error", "invalid_api_key"),
+    (Reason.INVALID_API_KEY, 401, _C.UNAUTHENTICATED, "invalid_request_error", "invalid_api_key"),
     (Reason.MODEL_NOT_FOUND, 404, grpc.StatusCode.NOT_FOUND, "invalid_request_error", "model_not_found"),
-    (Reason.REQUEST_TOO_LARGE, 413, grpc.StatusCode.INVALID_ARGUMENT, "invalid_request_error", "request_too_large"),
+    (Reason.REQUEST_TOO_LARGE, 413, _C.INVALID_ARGUMENT, "invalid_request_error", "request_too_large"),
     (Reason.RATE_LIMITED, 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_error", "rate_limit_exceeded"),
-    (Reason.QUOTA_EXCEEDED, 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "insufficient_quota", "insufficient_quota"),
+    (Reason.QUOTA_EXCEEDED, 429, _C.RESOURCE_EXHAUSTED, "insufficient_quota", "insufficient_quota"),
     (Reason.UPSTREAM_TIMEOUT, 504, grpc.StatusCode.DEADLINE_EXCEEDED, "upstream_error", "upstream_timeout"),
     (Reason.INTERNAL, 500, grpc.StatusCode.INTERNAL, "server_error", "internal_error"),
 ])
@@ -148,7 +149,8 @@ def test_retry_after_header_is_whole_seconds_never_early(seconds: float, header:
     assert metadata["retry-after"] == header
 
 
-@pytest.mark.parametrize("message", ["The model `gpté-ü` does not exist.", "line\u2028sep", "emoji 🚀", "del\x7f"])
+@pytest.mark.parametrize("message", ["The model `gpté-ü` does not exist.", "line\u2028sep", "emoji 🚀",
+                                     "del\x7f"])
 def test_error_json_metadata_is_legal_ascii_header(message: str) -> None:
     # gRPC rejects non-ASCII in text metadata ("Illegal header value") and replaces the whole
     # error with INTERNAL; messages echo client input (model ids), so the value must be ASCII.
@@ -193,7 +195,8 @@ def test_error_info_found_among_other_details() -> None:
     assert received.reason is Reason.QUOTA_EXCEEDED and received.message == "quota"
 
 
-@pytest.mark.parametrize(("domain", "reason"), [("googleapis.com", "RATE_LIMITED"), (DOMAIN, "NO_SUCH_REASON")])
+@pytest.mark.parametrize(("domain", "reason"), [("googleapis.com", "RATE_LIMITED"),
+                                                (DOMAIN, "NO_SUCH_REASON")])
 def test_foreign_or_unknown_error_info_falls_back_to_the_code(domain: str, reason: str) -> None:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain))
@@ -223,8 +226,7 @@ def test_fallback_without_details_uses_the_reason_as_message() -> None:
     assert received.reason is Reason.UNAVAILABLE and received.message == "UNAVAILABLE"
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
-                                  grpc.StatusCode.DATA_LOSS])
+@pytest.mark.parametrize("code", [_C.INTERNAL, _C.UNKNOWN, _C.CANCELLED, _C.DATA_LOSS])
 def test_unmapped_codes_become_internal_without_leaking_details(code: grpc.StatusCode) -> None:
     received = from_rpc_error(rpc_error(code, (), "Traceback ... password=hunter2"))
     assert received.reason is Reason.INTERNAL and received.message == GENERIC

@@ -51,7 +51,8 @@ class Adapter(adapter_grpc.AdapterServiceServicer):
         self.fail_with: BaseException | None = None
 
     @rpc_method
-    async def Chat(self, request: adapter_pb.ChatRequest, context: Any) -> AsyncIterator[adapter_pb.ChatResponse]:
+    async def Chat(self, request: adapter_pb.ChatRequest,
+                   context: Any) -> AsyncIterator[adapter_pb.ChatResponse]:
         try:
             for i in range(request.timeout_ms):
                 yield adapter_pb.ChatResponse(body=b"event-%d" % i, has_content=True)
@@ -89,10 +90,12 @@ async def test_unary_call_through_generated_stub(channel: InProcessChannel, rout
     assert isinstance(routing.contexts[0], InProcessServicerContext)
 
 
-async def test_caller_metadata_is_visible_to_the_servicer(channel: InProcessChannel, routing: Routing) -> None:
+async def test_caller_metadata_is_visible_to_the_servicer(channel: InProcessChannel,
+                                                          routing: Routing) -> None:
     stub = routing_grpc.RoutingServiceStub(channel)
     metadata = (("x-request-id", "req-42"), ("authorization", "Bearer k"), ("trace-bin", b"\x01\x02"))
-    answer = await calls.unary(stub.ResolveRoute, routing_pb.ResolveRouteRequest(model="m"), metadata=metadata)
+    request = routing_pb.ResolveRouteRequest(model="m")
+    answer = await calls.unary(stub.ResolveRoute, request, metadata=metadata)
     assert answer.candidates[0].upstream_model == "req-42"
     context = routing.contexts[0]
     assert metadata_value(context, "authorization") == "Bearer k"

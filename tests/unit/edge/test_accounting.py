@@ -20,15 +20,18 @@ def candidate(price_in: str = "0.00015", price_out: str = "0.0006") -> route_pb2
                                     endpoint=route_pb2.Endpoint(provider="openai", kind="openai"))
 
 
-def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0, creation: int = 0) -> chat_pb2.Usage:
+def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0,
+          creation: int = 0) -> chat_pb2.Usage:
     return chat_pb2.Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        prompt_tokens_details=chat_pb2.PromptTokensDetails(cached_tokens=cached, cache_creation_tokens=creation),
+        prompt_tokens_details=chat_pb2.PromptTokensDetails(cached_tokens=cached,
+                                                           cache_creation_tokens=creation),
         completion_tokens_details=chat_pb2.CompletionTokensDetails(reasoning_tokens=reasoning))
 
 
 def record(**fields: object) -> RequestRecord:
-    base = RequestRecord(request_id="req-1", endpoint="chat.completions", public_model="gpt-4o-mini", stream=True,
+    base = RequestRecord(request_id="req-1", endpoint="chat.completions", public_model="gpt-4o-mini",
+                         stream=True,
                          started=100.0, created_at=1_700_000_000.25, organization_id="org", api_key_id="key")
     for name, value in fields.items():
         setattr(base, name, value)
@@ -56,14 +59,16 @@ def test_estimate_tokens_rounds_up() -> None:
 
 
 def test_event_with_usage() -> None:
-    rec = record(candidate=candidate(), attempts=2, usage=usage(1000, 2000, cached=300, reasoning=50, creation=7),
+    rec = record(candidate=candidate(), attempts=2,
+                 usage=usage(1000, 2000, cached=300, reasoning=50, creation=7),
                  content_events=99, prompt_bytes=99_999, first_token_at=100.25)
     event = rec.to_event()
-    assert (event.request_id, event.organization_id, event.api_key_id, event.endpoint, event.public_model) == (
-        "req-1", "org", "key", "chat.completions", "gpt-4o-mini")
+    assert (event.request_id, event.organization_id, event.api_key_id) == ("req-1", "org", "key")
+    assert (event.endpoint, event.public_model) == ("chat.completions", "gpt-4o-mini")
     assert (event.provider, event.upstream_model, event.stream, event.attempts) == (
         "openai", "gpt-4o-mini-2024", True, 2)
-    assert (event.prompt_tokens, event.completion_tokens) == (1000, 2000)  # upstream usage wins over estimates
+    # Upstream usage wins over the estimates.
+    assert (event.prompt_tokens, event.completion_tokens) == (1000, 2000)
     assert (event.cached_tokens, event.reasoning_tokens, event.cache_creation_tokens) == (300, 50, 7)
     assert event.cost_usd == "0.00135"
     assert (event.status, event.http_status, event.error_reason) == (ev.REQUEST_STATUS_SUCCEEDED, 200, "")

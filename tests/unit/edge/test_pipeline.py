@@ -87,7 +87,8 @@ class Auth:
     def __init__(self, who: auth_pb.Principal) -> None:
         self.who, self.keys = who, []  # type: ignore[var-annotated]
 
-    async def Authenticate(self, request: auth_pb.AuthenticateRequest, **_: Any) -> auth_pb.AuthenticateResponse:
+    async def Authenticate(self, request: auth_pb.AuthenticateRequest,
+                           **_: Any) -> auth_pb.AuthenticateResponse:
         self.keys.append(request.api_key)
         return auth_pb.AuthenticateResponse(principal=self.who)
 
@@ -96,7 +97,8 @@ class Routing:
     def __init__(self, providers: list[str]) -> None:
         self.providers, self.requests = providers, []  # type: ignore[var-annotated]
 
-    async def ResolveRoute(self, request: routing_pb.ResolveRouteRequest, **_: Any) -> routing_pb.ResolveRouteResponse:
+    async def ResolveRoute(self, request: routing_pb.ResolveRouteRequest,
+                           **_: Any) -> routing_pb.ResolveRouteResponse:
         self.requests.append(request)
         return routing_pb.ResolveRouteResponse(candidates=[candidate(p) for p in self.providers])
 
@@ -165,10 +167,12 @@ def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None) -> tu
 
 
 def new_record() -> RequestRecord:
-    return RequestRecord(request_id="req-9", endpoint="chat.completions", public_model="gpt-4o-mini", stream=True)
+    return RequestRecord(request_id="req-9", endpoint="chat.completions", public_model="gpt-4o-mini",
+                         stream=True)
 
 
-async def run_chat(pipeline: Pipeline, record: RequestRecord, request: chat_pb2.ChatCompletionRequest | None = None,
+async def run_chat(pipeline: Pipeline, record: RequestRecord,
+                   request: chat_pb2.ChatCompletionRequest | None = None,
                    context: Context = AUTHORIZED) -> list[bytes]:
     return [e.body async for e in pipeline.chat(request or chat_request(), context, record)]
 
@@ -328,7 +332,8 @@ def embedding_request() -> embedding_pb2.EmbeddingRequest:
 
 
 async def test_embed_fails_over_and_records_usage() -> None:
-    pipeline, clients = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_OVERLOADED, "busy")), "p2": Script()})
+    busy = GatewayError(Reason.UPSTREAM_OVERLOADED, "busy")
+    pipeline, clients = make({"p1": Script(error=busy), "p2": Script()})
     record = new_record()
     answer = await pipeline.embed(embedding_request(), AUTHORIZED, record)
     assert answer.body == b"{}"

@@ -122,7 +122,8 @@ def test_mismatched_fallback_names_the_models_parameter(catalog: Catalog) -> Non
 
 
 def test_empty_model_type_skips_the_type_check(catalog: Catalog) -> None:
-    assert keys(catalog.resolve("embed", ["big"], "")) == [("openai", "text-embedding-3-small"), ("openai", "gpt-4o")]
+    candidates = catalog.resolve("embed", ["big"], "")
+    assert keys(candidates) == [("openai", "text-embedding-3-small"), ("openai", "gpt-4o")]
 
 
 def test_to_proto_uses_the_first_candidate() -> None:

@@ -1,0 +1,129 @@
+"""`aggregator up` as a user runs it: embedded stores, workers, Envoy; restart keeps keys; a clean
+stop on SIGTERM within 20 s with nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from services.runtime.stores import free_port
+from services.runtime.up import REPO
+from tests.e2e.harness import UPSTREAM_KEY
+from tests.fakes.openai_upstream import FakeOpenAI
+
+pytestmark = pytest.mark.e2e
+STORE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "NATS_URL", "AGGREGATOR_ADMIN_KEY", "AGGREGATOR_SECRET")
+
+
+def _write_config(path: Path, upstream: FakeOpenAI) -> dict:
+    config = {
+        "edge": {"http_port": free_port(), "grpc_port": free_port(), "admin_port": free_port(),
+                 "listen_address": "127.0.0.1"},
+        "providers": [{"name": "fakeai", "kind": "openai", "base_url": upstream.base_url,
+                       "api_key_env": "FAKEAI_API_KEY"}],
+        "models": [{"id": "gpt-4o-mini", "type": "chat", "routes": [
+            {"provider": "fakeai", "model": "gpt-4o-mini", "input_per_1k": "0.001", "output_per_1k": "0.002"}]}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return config
+
+
+def _start(config_path: Path, data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
+    env["FAKEAI_API_KEY"] = UPSTREAM_KEY
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.runtime.cli", "up", "--config", str(config_path), "--data-dir",
+         str(data_dir), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    return process, []
+
+
+async def _wait_ready(process: subprocess.Popen[str], output: list[str], timeout_s: float = 120) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < deadline:
+        line = await loop.run_in_executor(None, process.stdout.readline)  # type: ignore[union-attr]
+        if not line and process.poll() is not None:
+            raise AssertionError("up exited early:\n" + "".join(output))
+        output.append(line)
+        if "ready at" in line:
+            return
+    raise AssertionError("up not ready:\n" + "".join(output))
+
+
+def _descendants_of_data_dir(data_dir: Path) -> list[psutil.Process]:
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(data_dir) in part for part in proc.info["cmdline"] or ()):
+                left.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return left
+
+
+async def _stop(process: subprocess.Popen[str], data_dir: Path) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0
+    assert not _descendants_of_data_dir(data_dir), "processes left behind after stop"
+    return elapsed
+
+
+async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir, config_path = tmp_path / "data", tmp_path / "aggregator.yaml"
+    async with FakeOpenAI(api_key=UPSTREAM_KEY) as upstream:
+        config = _write_config(config_path, upstream)
+        base = f"http://127.0.0.1:{config['edge']['http_port']}"
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+        process, output = _start(config_path, data_dir)
+        try:
+            await _wait_ready(process, output)
+            admin_key = (data_dir / "admin-key").read_text().strip()
+            assert any(admin_key in line for line in output), "the first up prints the admin key once"
+            assert (data_dir / "admin-key").stat().st_mode & 0o777 == 0o600
+            async with httpx.AsyncClient(base_url=base, timeout=30,
+                                         headers={"authorization": f"Bearer {admin_key}"}) as http:
+                assert (await http.get("/healthz")).status_code == 200
+                assert (await http.get("/readyz")).json() == {"status": "ready"}
+                assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+                metrics = (await http.get("/metrics")).text
+                assert "aggregator_requests_total" in metrics
+                created = (await http.post("/v1/api-keys", json={"name": "survivor"})).json()
+            cli_key = subprocess.run(
+                [sys.executable, "-m", "services.runtime.cli", "admin", "--data-dir", str(data_dir), "create-key",
+                 "--name", "from-cli"], cwd=REPO, capture_output=True, text=True, check=True,
+                env={k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}).stdout.strip()
+            assert cli_key.startswith("sk_live_")
+            elapsed = await _stop(process, data_dir)
+            assert elapsed < 20
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+        process, output = _start(config_path, data_dir)
+        try:
+            await _wait_ready(process, output)
+            assert not any(admin_key in line for line in output), "the admin key is shown only once"
+            for key in (admin_key, created["key"], cli_key):
+                async with httpx.AsyncClient(base_url=base, timeout=30,
+                                             headers={"authorization": f"Bearer {key}"}) as http:
+                    assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+            assert await _stop(process, data_dir) < 20
+        finally:
+            if process.poll() is None:
+                process.kill()
