@@ -6,7 +6,12 @@ GEN    := gen
 PROTOS := $(shell find protos -name '*.proto')
 ARGS   ?=
 
-.PHONY: all run test unit integration e2e conformance lint bench gen clean lock
+.PHONY: all run test unit integration integration-external e2e conformance lint bench gen clean lock
+
+# The machine's own servers, for proving the code is not tied to the embedded ones (CI runs this).
+EXTERNAL_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+EXTERNAL_REDIS_URL    ?= redis://127.0.0.1:6379/0
+EXTERNAL_NATS_URL     ?= nats://127.0.0.1:4222
 
 all: gen
 
@@ -36,6 +41,10 @@ unit: gen
 
 integration: gen
 	$(PY) -m pytest -q tests/integration
+
+integration-external: gen
+	AGGREGATOR_TEST_EXTERNAL_STORES=1 DATABASE_URL=$(EXTERNAL_DATABASE_URL) REDIS_URL=$(EXTERNAL_REDIS_URL) \
+		NATS_URL=$(EXTERNAL_NATS_URL) $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 e2e: gen
 	$(PY) -m pytest -q tests/e2e

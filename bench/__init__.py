@@ -1,0 +1,1 @@
+"""The gateway benchmark: `python -m bench.run` (see bench/README.md)."""

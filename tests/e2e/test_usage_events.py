@@ -1,0 +1,72 @@
+"""Usage leaves every request as one event on JetStream, deduplicated by the request id."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import httpx
+import nats
+import pytest
+
+from aggregator.events.v1 import usage_event_pb2 as ev
+from services.core.config import StoreUrls
+from services.core.nats import USAGE_STREAM
+
+pytestmark = pytest.mark.e2e
+
+
+async def _events_for(store_urls: StoreUrls, request_id: str, timeout_s: float = 5.0) -> list[ev.UsageEvent]:
+    """Every message of the USAGE stream whose Nats-Msg-Id is `request_id` (waits for the first)."""
+    nc = await nats.connect(store_urls.nats_url)
+    try:
+        js = nc.jetstream()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            found = []
+            subscription = await js.subscribe("usage.>", stream=USAGE_STREAM, ordered_consumer=True)
+            try:
+                while True:
+                    try:
+                        message = await subscription.next_msg(timeout=0.5)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        break
+                    if (message.headers or {}).get("Nats-Msg-Id") == request_id:
+                        found.append(ev.UsageEvent.FromString(message.data))
+            finally:
+                await subscription.unsubscribe()
+            if found or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def test_chat_usage_event_is_published_once(http: httpx.AsyncClient, store_urls: StoreUrls) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count my tokens"}]}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    usage = response.json()["usage"]
+
+    events = await _events_for(store_urls, request_id)
+    assert len(events) == 1
+    event = events[0]
+    assert event.request_id == request_id and event.endpoint == "chat.completions"
+    assert event.public_model == "gpt-4o-mini" and event.provider == "fakeai"
+    assert event.status == ev.REQUEST_STATUS_SUCCEEDED and event.http_status == 200
+    assert event.prompt_tokens == usage["prompt_tokens"] and event.completion_tokens == usage["completion_tokens"]
+    expected = (Decimal(usage["prompt_tokens"]) * Decimal("0.0015")
+                + Decimal(usage["completion_tokens"]) * Decimal("0.002")) / 1000
+    assert Decimal(event.cost_usd) == expected
+    assert event.organization_id and event.api_key_id and event.attempts == 1
+
+
+async def test_failed_request_is_recorded_with_its_reason(http: httpx.AsyncClient, store_urls: StoreUrls) -> None:
+    body = {"model": "only-dead", "messages": [{"role": "user", "content": "hi"}]}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 503
+    events = await _events_for(store_urls, response.headers["x-request-id"])
+    assert len(events) == 1
+    assert events[0].status == ev.REQUEST_STATUS_FAILED and events[0].error_reason == "UPSTREAM_UNAVAILABLE"
+    assert events[0].cost_usd == "0"
