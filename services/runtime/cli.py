@@ -10,6 +10,10 @@ from pathlib import Path
 
 from services.core.config import ConfigError, StoreUrls, config_path, data_dir, load_config
 
+# `up` forks stores, workers and Envoy; gRPC's fork handlers would run in those children before
+# exec and can crash them. Every child execs at once, so they are not needed.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aggregator", description="A self-hosted OpenAI-compatible AI gateway.")

@@ -155,37 +155,37 @@ async def test_key_lifecycle_and_revocation_reaches_every_process(
         json_format.ParseDict({"name": "ci", "allowed_models": ["gpt-4o-mini"], "rate_limit_per_minute": 30},
                               api_key_service_pb2.CreateApiKeyRequest()),
         metadata=bearer(org.admin_key))
-    key = created.api_key.key
+    key = created.key
     assert key.startswith("sk_live_") and len(key) == 8 + 43
-    assert created.api_key.object == "api_key" and created.api_key.role == "member"
-    assert created.api_key.prefix == key_prefix(key) and created.api_key.organization_id == org.id
-    assert list(created.api_key.allowed_models) == ["gpt-4o-mini"]
-    assert created.api_key.rate_limit_per_minute == 30 and created.api_key.HasField("created_at")
+    assert created.object == "api_key" and created.role == "member"
+    assert created.prefix == key_prefix(key) and created.organization_id == org.id
+    assert list(created.allowed_models) == ["gpt-4o-mini"]
+    assert created.rate_limit_per_minute == 30 and created.HasField("created_at")
     # The plaintext is stored nowhere; only its HMAC.
     stored = await process_a.pool.fetchrow("SELECT key_hash, prefix FROM api_keys WHERE id = $1::uuid",
-                                           created.api_key.id)
+                                           created.id)
     assert stored["key_hash"] == hash_key(SECRET, key) and key not in stored["key_hash"]
 
     answer = await served.auth.Authenticate(auth_service_pb2.AuthenticateRequest(api_key=key))
     assert (answer.principal.organization_id, answer.principal.api_key_id, answer.principal.role) == (
-        org.id, created.api_key.id, "member")
+        org.id, created.id, "member")
     assert list(answer.principal.allowed_models) == ["gpt-4o-mini"]
     # Both processes now hold the key in their caches (60 s TTL): only an event can evict it.
     for process in (process_a, process_b):
         principal = await process.auth.authenticator.authenticate(f"Bearer {key}")
-        assert principal.api_key_id == created.api_key.id
+        assert principal.api_key_id == created.id
 
     listed = await list_keys(served, org.admin_key)
     assert listed.object == "list"
-    assert [k.id for k in listed.data][0] == created.api_key.id  # newest first
+    assert [k.id for k in listed.data][0] == created.id  # newest first
     assert all(not k.HasField("key") for k in listed.data)
-    got = await served.keys.GetApiKey(api_key_service_pb2.GetApiKeyRequest(id=created.api_key.id),
+    got = await served.keys.GetApiKey(api_key_service_pb2.GetApiKeyRequest(id=created.id),
                                       metadata=bearer(org.admin_key))
-    assert not got.api_key.HasField("key") and got.api_key.name == "ci"
+    assert not got.HasField("key") and got.name == "ci"
 
-    deleted = await served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=created.api_key.id),
+    deleted = await served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=created.id),
                                              metadata=bearer(org.admin_key))
-    assert (deleted.id, deleted.object, deleted.deleted) == (created.api_key.id, "api_key", True)
+    assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "api_key", True)
     for process in (process_a, process_b):
         await rejected_within(lambda p=process: p.auth.authenticator.authenticate(f"Bearer {key}"),
                               REVOCATION_DEADLINE_S)
@@ -195,15 +195,15 @@ async def test_key_lifecycle_and_revocation_reaches_every_process(
     assert body["error"]["code"] == "invalid_api_key" and key not in orjson.dumps(body).decode()
 
     listed = await list_keys(served, org.admin_key)
-    assert created.api_key.id not in [k.id for k in listed.data]
+    assert created.id not in [k.id for k in listed.data]
     _, body, status = await rpc_error(served.keys.GetApiKey(
-        api_key_service_pb2.GetApiKeyRequest(id=created.api_key.id), metadata=bearer(org.admin_key)))
+        api_key_service_pb2.GetApiKeyRequest(id=created.id), metadata=bearer(org.admin_key)))
     assert status == 404 and body["error"]["code"] == "not_found"
-    again = await served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=created.api_key.id),
+    again = await served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=created.id),
                                            metadata=bearer(org.admin_key))
     assert again.deleted  # idempotent
     actions = await process_a.pool.fetch(
-        "SELECT action FROM audit_log WHERE target = $1 ORDER BY id", created.api_key.id)
+        "SELECT action FROM audit_log WHERE target = $1 ORDER BY id", created.id)
     assert [r["action"] for r in actions] == ["api_key.create", "api_key.revoke"]
 
 
@@ -220,13 +220,13 @@ async def test_creation_announces_the_new_key_hash(served: Served, process_b: Pr
                                                  metadata=bearer(org.admin_key))
         while True:
             event = invalidation.decode(await asyncio.wait_for(events.get(), REVOCATION_DEADLINE_S))
-            if event is not None and event.api_key_id == created.api_key.id:
+            if event is not None and event.api_key_id == created.id:
                 break
-        assert event.key_hash == hash_key(SECRET, created.api_key.key)
+        assert event.key_hash == hash_key(SECRET, created.key)
     finally:
         await subscription.unsubscribe()
-    principal = await process_b.auth.authenticator.authenticate(f"Bearer {created.api_key.key}")
-    assert principal.api_key_id == created.api_key.id
+    principal = await process_b.auth.authenticator.authenticate(f"Bearer {created.key}")
+    assert principal.api_key_id == created.id
 
 
 async def test_member_keys_may_not_manage_keys(served: Served, process_a: Process, org: Org) -> None:
@@ -264,17 +264,17 @@ async def test_another_organizations_keys_are_invisible(served: Served, process_
     other = await new_org(process_a.pool)
     theirs = await served.keys.CreateApiKey(api_key_service_pb2.CreateApiKeyRequest(name="theirs"),
                                             metadata=bearer(other.admin_key))
-    for call in (served.keys.GetApiKey(api_key_service_pb2.GetApiKeyRequest(id=theirs.api_key.id),
+    for call in (served.keys.GetApiKey(api_key_service_pb2.GetApiKeyRequest(id=theirs.id),
                                        metadata=bearer(org.admin_key)),
-                 served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=theirs.api_key.id),
+                 served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=theirs.id),
                                           metadata=bearer(org.admin_key))):
         error, body, status = await rpc_error(call)
         assert error.code() is grpc.StatusCode.NOT_FOUND and status == 404
     listed = await list_keys(served, org.admin_key)
-    assert theirs.api_key.id not in [k.id for k in listed.data]
+    assert theirs.id not in [k.id for k in listed.data]
     assert {k.organization_id for k in listed.data} == {org.id}
     # Untouched: the other organization's key still works.
-    principal = await process_a.auth.authenticator.authenticate(f"Bearer {theirs.api_key.key}")
+    principal = await process_a.auth.authenticator.authenticate(f"Bearer {theirs.key}")
     assert principal.organization_id == other.id
 
 
@@ -308,7 +308,7 @@ async def test_listing_pages_newest_first(served: Served, org: Org) -> None:
     for i in range(4):
         response = await served.keys.CreateApiKey(api_key_service_pb2.CreateApiKeyRequest(name=f"k{i}"),
                                                   metadata=bearer(org.admin_key))
-        created.append(response.api_key.id)
+        created.append(response.id)
     seen: list[str] = []
     token = ""
     while True:
@@ -424,9 +424,9 @@ async def test_the_same_servicers_work_on_the_in_process_channel(process_a: Proc
     auth = auth_service_pb2_grpc.AuthServiceStub(channel)
     created = await unary(keys.CreateApiKey, api_key_service_pb2.CreateApiKeyRequest(name="inproc"),
                           metadata=bearer(org.admin_key))
-    answer = await unary(auth.Authenticate, auth_service_pb2.AuthenticateRequest(api_key=created.api_key.key))
-    assert answer.principal.api_key_id == created.api_key.id
+    answer = await unary(auth.Authenticate, auth_service_pb2.AuthenticateRequest(api_key=created.key))
+    assert answer.principal.api_key_id == created.id
     with pytest.raises(GatewayError) as caught:
         await unary(keys.ListApiKeys, api_key_service_pb2.ListApiKeysRequest(),
-                    metadata=bearer(created.api_key.key))
+                    metadata=bearer(created.key))
     assert caught.value.reason is Reason.PERMISSION_DENIED

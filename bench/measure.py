@@ -1,0 +1,59 @@
+"""CPU time and memory of named processes, from psutil and /proc (Linux)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds (user + system, every thread) per process name, and the machine's busy/total."""
+
+    per_process: dict[str, float]
+    machine_busy_s: float
+    machine_total_s: float
+
+
+def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
+    """CPU seconds of each process of `pids` so far (a process that is gone counts as 0)."""
+    per_process = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            per_process[name] = times.user + times.system
+        except psutil.Error:
+            per_process[name] = 0.0
+    machine = psutil.cpu_times()
+    idle = machine.idle + getattr(machine, "iowait", 0.0)
+    # guest time is already inside user time on Linux: leave it out of the total.
+    total = sum(value for field, value in machine._asdict().items() if not field.startswith("guest"))
+    return CpuSnapshot(per_process, total - idle, total)
+
+
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds each process used between two snapshots."""
+    return {name: max(0.0, after.per_process.get(name, 0.0) - used)
+            for name, used in before.per_process.items()}
+
+
+def machine_busy_fraction(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """How busy every core of the machine was between two snapshots, 0..1."""
+    total = after.machine_total_s - before.machine_total_s
+    return (after.machine_busy_s - before.machine_busy_s) / total if total > 0 else 0.0
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set size so far (VmHWM), None if it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # not Linux: the current RSS is the best there is
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None

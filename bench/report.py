@@ -1,0 +1,91 @@
+"""The results table and its JSON: one row per scenario, gateway rows compared with direct ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def per_request_ms(cpu_s: float, completed: int) -> float | None:
+    return round(cpu_s * 1000 / completed, 3) if completed else None
+
+
+def added(gateway: dict[str, Any] | None, direct: dict[str, Any] | None, pick: str) -> float | None:
+    """gateway[pick] - direct[pick] (milliseconds), None where either is missing."""
+    if not gateway or not direct or gateway.get(pick) is None or direct.get(pick) is None:
+        return None
+    return round(gateway[pick] - direct[pick], 3)
+
+
+def derive(phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Added latency and time to first content of the gateway over the direct baseline."""
+    out = {}
+    for kind in ("nonstream", "stream"):
+        gateway, direct = phases.get(f"gateway_{kind}"), phases.get(f"direct_{kind}")
+        if gateway is None or direct is None:
+            continue
+        row: dict[str, float | None] = {
+            "added_p50_ms": added(gateway["latency_ms"], direct["latency_ms"], "p50"),
+            "added_p99_ms": added(gateway["latency_ms"], direct["latency_ms"], "p99")}
+        if kind == "stream":
+            row["added_first_content_p50_ms"] = added(gateway["first_content_ms"], direct["first_content_ms"], "p50")
+            row["added_first_content_p99_ms"] = added(gateway["first_content_ms"], direct["first_content_ms"], "p99")
+        out[kind] = row
+    return out
+
+
+def _cell(value: Any, width: int) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, float):
+        text = f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    else:
+        text = str(value)
+    return text.rjust(width)
+
+
+COLUMNS = [("scenario", 18), ("RPS", 8), ("p50 ms", 8), ("p99 ms", 8), ("+p50", 7), ("+p99", 7),
+           ("TTFT p50", 9), ("TTFT p99", 9), ("+TTFT50", 8), ("+TTFT99", 8), ("errors", 7),
+           ("gw CPU ms/req", 14), ("envoy ms/req", 13)]
+
+
+def table(results: dict[str, Any]) -> str:
+    """The human-readable report: the table, then CPU and memory details."""
+    phases, derived = results["phases"], results["derived"]
+    lines = ["  ".join(name.rjust(width) if i else name.ljust(width) for i, (name, width) in enumerate(COLUMNS))]
+    lines.append("-" * len(lines[0]))
+    for name in ("direct_nonstream", "gateway_nonstream", "direct_stream", "gateway_stream"):
+        phase = phases.get(name)
+        if phase is None:
+            continue
+        kind = "stream" if phase["stream"] else "nonstream"
+        extra = derived.get(kind, {}) if phase["target"] == "gateway" else {}
+        first = phase.get("first_content_ms") or {}
+        gateway = phase["target"] == "gateway"
+        values = [phase["rps"], phase["latency_ms"]["p50"], phase["latency_ms"]["p99"],
+                  extra.get("added_p50_ms"), extra.get("added_p99_ms"), first.get("p50"), first.get("p99"),
+                  extra.get("added_first_content_p50_ms"), extra.get("added_first_content_p99_ms"),
+                  phase["errors"], phase["gateway_cpu_ms_per_req"] if gateway else None,
+                  phase["envoy_cpu_ms_per_req"] if gateway else None]
+        cells = [name.ljust(COLUMNS[0][1])] + [_cell(v, w) for v, (_, w) in zip(values, COLUMNS[1:], strict=True)]
+        lines.append("  ".join(cells))
+    lines.append("")
+    lines.append("+p50/+p99/+TTFT: gateway minus direct, ms. TTFT: time to the first SSE chunk with content. "
+                 "gw CPU: every worker + Envoy.")
+    lines += _details(results)
+    return "\n".join(lines)
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, phase in results["phases"].items():
+        workers = ", ".join(f"{w} {v:.2f}" for w, v in phase["cpu_ms_per_req"].items() if w.startswith("worker"))
+        lines.append(f"{name}: ok {phase['ok']}, errors {phase['errors']} {phase['error_kinds'] or ''}, "
+                     f"machine busy {phase['machine_busy'] * 100:.0f}%, CPU ms/req: {workers}, "
+                     f"upstream {phase['cpu_ms_per_req'].get('upstream', 0):.2f}, "
+                     f"client {phase['client_cpu_ms_per_req']}")
+    rss = results["peak_rss"]
+    shown = ", ".join(f"{name} {value / MIB:.0f}" for name, value in rss["per_process"].items() if value)
+    lines.append(f"peak RSS MiB: {shown}; gateway total {rss['gateway_total'] / MIB:.0f}")
+    return lines

@@ -1,0 +1,164 @@
+"""The gateway benchmark: `python -m bench.run [--seconds S] [--concurrency C] [--workers N]`.
+
+Starts embedded stores, the fake OpenAI upstream, the gateway (N workers + Envoy, auth on) on
+127.0.0.1, checks that the gateway answers, then drives four closed-loop phases with a load
+generator in its own process: chat without and with streaming, directly against the upstream (the
+baseline) and through the gateway. Prints a table and writes bench/results/latest.json. Every
+process it started is stopped at the end, on error and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import measure, report
+from bench.loadgen import REQUEST_TIMEOUT_S, chat_body
+from bench.stack import MODEL, REPO, BenchStack, die_with_parent, read_line, stop_process
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+# Direct phases first, so the gateway phases run on an upstream that is equally warm.
+PHASES = (("direct_nonstream", "direct", False), ("direct_stream", "direct", True),
+          ("gateway_nonstream", "gateway", False), ("gateway_stream", "gateway", True))
+
+
+def _post(url: str, key: str, stream: bool) -> tuple[int, bytes]:
+    request = urllib.request.Request(url + "/chat/completions", data=chat_body(MODEL, stream), method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310 - loopback
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def check_answers(url: str, key: str, where: str) -> None:
+    """One request of each kind must be a 200 with content; RuntimeError otherwise."""
+    status, body = _post(url, key, stream=False)
+    content = json.loads(body)["choices"][0]["message"]["content"] if status == 200 else None
+    if not content:
+        raise RuntimeError(f"{where}: non-streaming chat answered {status}: {body[:500]!r}")
+    status, body = _post(url, key, stream=True)
+    events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+    text = "".join((json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                   for e in events[:-1])
+    if status != 200 or not events or events[-1] != b"[DONE]" or not text:
+        raise RuntimeError(f"{where}: streaming chat answered {status}: {body[:500]!r}")
+    print(f"  {where}: ok ({content!r})", flush=True)
+
+
+def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: bool) -> dict[str, Any]:
+    """One closed-loop phase; answers the load generator's figures plus CPU per process."""
+    url, key = (stack.base_url, stack.admin_key) if target == "gateway" else (stack.upstream_url, stack.upstream_key)
+    argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", MODEL,
+            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--concurrency", str(args.concurrency)]
+    pids = stack.gateway_pids()
+    assert stack.upstream is not None
+    pids["upstream"] = stack.upstream.pid
+    with open(stack.root / "logs" / "loadgen.log", "ab") as log:
+        # The key travels on the command line of a local, short-lived process: a throwaway test key.
+        process = subprocess.Popen([*argv, *(["--stream"] if stream else [])], cwd=REPO, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                                   preexec_fn=die_with_parent)
+    try:
+        if read_line(process, args.warmup + REQUEST_TIMEOUT_S + 30) != "warm":
+            raise RuntimeError("load generator: unexpected output")
+        before = measure.cpu_snapshot(pids)
+        assert process.stdin is not None
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        result: dict[str, Any] = json.loads(read_line(process, args.seconds + REQUEST_TIMEOUT_S + 30))
+        after = measure.cpu_snapshot(pids)
+        process.wait(10)
+    finally:
+        stop_process(process)
+    stack.check_alive()
+    return _with_cpu(result, target, stream, measure.cpu_delta(before, after),
+                     measure.machine_busy_fraction(before, after))
+
+
+def _with_cpu(result: dict[str, Any], target: str, stream: bool, cpu: dict[str, float],
+              busy: float) -> dict[str, Any]:
+    completed = result["completed"]
+    gateway_s = sum(v for name, v in cpu.items() if name != "upstream")
+    return {**result, "target": target, "stream": stream, "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
+            "cpu_ms_per_req": {k: report.per_request_ms(v, completed) for k, v in cpu.items()},
+            "gateway_cpu_ms_per_req": report.per_request_ms(gateway_s, completed),
+            "envoy_cpu_ms_per_req": report.per_request_ms(cpu.get("envoy", 0.0), completed),
+            "workers_cpu_ms_per_req": report.per_request_ms(gateway_s - cpu.get("envoy", 0.0), completed),
+            "client_cpu_ms_per_req": report.per_request_ms(result["client_cpu_s"], completed),
+            "machine_busy": round(busy, 3)}
+
+
+def _peak_rss(stack: BenchStack) -> dict[str, Any]:
+    per_process = {name: measure.peak_rss_bytes(pid) for name, pid in stack.gateway_pids().items()}
+    return {"per_process": per_process, "gateway_total": sum(v for v in per_process.values() if v)}
+
+
+def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    print(f"bench: starting stores, upstream, {args.workers} workers and Envoy under {root}", flush=True)
+    with BenchStack(root, workers=args.workers) as stack:
+        print(f"  ready in {time.monotonic() - started:.1f} s; gateway {stack.base_url}", flush=True)
+        check_answers(stack.upstream_url, stack.upstream_key, "direct")
+        check_answers(stack.base_url, stack.admin_key, "gateway")
+        phases = {}
+        for name, target, stream in PHASES:
+            print(f"bench: {name} ({args.warmup:g} s warm-up + {args.seconds:g} s, "
+                  f"concurrency {args.concurrency})", flush=True)
+            phases[name] = run_phase(stack, args, target, stream)
+        rss = _peak_rss(stack)
+        print("bench: stopping", flush=True)
+    return {"meta": {"time": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
+                     "warmup_s": args.warmup, "concurrency": args.concurrency, "workers": args.workers,
+                     "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                     "wall_s": round(time.monotonic() - started, 1)},
+            "phases": phases, "derived": report.derive(phases), "peak_rss": rss}
+
+
+def _interrupt(signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="gateway benchmark (127.0.0.1 only)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per phase (4 phases)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds before each phase")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway worker processes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    root = Path(tempfile.mkdtemp(prefix="aggregator-bench-"))
+    try:
+        results = benchmark(args, root)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything stopped", file=sys.stderr)
+        return 130
+    except Exception:
+        print(f"bench: failed; everything stopped; logs kept in {root / 'logs'}", file=sys.stderr)
+        raise
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(report.table(results))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Everything the benchmark measures, started on 127.0.0.1 and stopped again, whatever happens.
+
+Embedded stores -> the fake OpenAI upstream (its own process, so its CPU is not the gateway's) ->
+migrations, catalog and the admin key -> N `aggregator serve --services all` workers sharing one
+gRPC port through SO_REUSEPORT (what `aggregator up` runs) -> Envoy in front of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.core.config import Config, StoreUrls, parse_config
+from services.runtime import children
+from services.runtime.envoy import EnvoyProcess, render_bootstrap
+from services.runtime.stores import free_port
+from services.runtime.up import REPO, prepare_stores
+
+MODEL = "gpt-4o-mini"
+UPSTREAM_KEY_ENV = "FAKEAI_API_KEY"
+READY_TIMEOUT_S = 60.0
+# Variables of the caller's shell that would change what is measured or which stores are used.
+_DROPPED_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGGREGATOR_ADMIN_KEY", "AGGREGATOR_SECRET", "AGGREGATOR_CONFIG",
+                "DATABASE_URL", "REDIS_URL", "NATS_URL", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def bench_config(upstream_url: str) -> Config:
+    """One chat model, served by the fake upstream as an `openai` provider."""
+    return parse_config({
+        "providers": [{"name": "fakeai", "kind": "openai", "base_url": upstream_url,
+                       "api_key_env": UPSTREAM_KEY_ENV}],
+        "models": [{"id": MODEL, "type": "chat", "context_window": 128000,
+                    "routes": [{"provider": "fakeai", "model": MODEL,
+                                "input_per_1k": "0.00015", "output_per_1k": "0.0006"}]}],
+    })
+
+
+def read_line(process: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """The next line `process` prints on stdout; RuntimeError if it exits or stays silent."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        if ready:
+            line = process.stdout.readline()
+            if line:
+                return line.decode().strip()
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with status {process.returncode}")
+    raise RuntimeError(f"process {process.args!r} printed nothing within {timeout_s:g} s")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; idempotent."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class BenchStack:
+    """The stores, the fake upstream and the gateway (workers + Envoy) under `root`.
+
+    Use as a context manager: leaving it stops every process it started, in reverse order.
+    """
+
+    def __init__(self, root: Path, *, workers: int) -> None:
+        self.root = root
+        self.workers = workers
+        self.admin_key = "sk_live_bench" + secrets.token_urlsafe(32)
+        self.upstream_key = "sk-upstream-" + secrets.token_hex(12)
+        self.upstream_url = ""  # http://127.0.0.1:PORT/v1
+        self.base_url = ""  # Envoy's public listener
+        self.upstream: subprocess.Popen[bytes] | None = None
+        self.worker_processes: list[subprocess.Popen[bytes]] = []
+        self.envoy: EnvoyProcess | None = None
+        self._exit = contextlib.ExitStack()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def __enter__(self) -> BenchStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stops everything started so far; a second Ctrl-C cannot cut this short."""
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._exit.close()
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _start(self) -> None:
+        from tests.support.stores import embedded_stores
+
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        urls = self._exit.enter_context(embedded_stores(self.root / "stores"))
+        self._start_upstream()
+        config = bench_config(self.upstream_url)
+        asyncio.run(self._prepare(config, urls))
+        self._start_workers(urls)
+        self._start_envoy()
+
+    def _start_upstream(self) -> None:
+        log = open(self.root / "upstream.log", "ab")  # noqa: SIM115 - closed with the stack
+        self._exit.callback(log.close)
+        self.upstream = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0", "--api-key", self.upstream_key],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            preexec_fn=die_with_parent)
+        self._exit.callback(stop_process, self.upstream)
+        port = int(read_line(self.upstream, READY_TIMEOUT_S))
+        self.upstream_url = f"http://127.0.0.1:{port}/v1"
+
+    async def _prepare(self, config: Config, urls: StoreUrls) -> None:
+        # prepare_stores reads the admin key from the environment, as `aggregator up` does.
+        saved = os.environ.get("AGGREGATOR_ADMIN_KEY")
+        os.environ["AGGREGATOR_ADMIN_KEY"] = self.admin_key
+        try:
+            await prepare_stores(config, urls, self.data_dir)
+        finally:
+            if saved is None:
+                os.environ.pop("AGGREGATOR_ADMIN_KEY", None)
+            else:
+                os.environ["AGGREGATOR_ADMIN_KEY"] = saved
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def _worker_env(self, urls: StoreUrls) -> dict[str, str]:
+        from services.auth.secret_files import load_server_secret
+
+        metrics_dir = self.data_dir / "metrics"  # multiprocess Prometheus files, as `up` sets
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in children.child_env({}).items() if k not in _DROPPED_ENV}
+        env.update({
+            "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url, "NATS_URL": urls.nats_url,
+            "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(), "AGGREGATOR_DATA_DIR": str(self.data_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), UPSTREAM_KEY_ENV: self.upstream_key,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+        return env
+
+    def _start_workers(self, urls: StoreUrls) -> None:
+        env = self._worker_env(urls)
+        self.grpc_port = free_port()
+        ready = [self.data_dir / f"worker-{i}.ready" for i in range(self.workers)]
+        for index, ready_file in enumerate(ready):
+            argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
+                    "--host", "127.0.0.1", "--port", str(self.grpc_port), "--ready-file", str(ready_file),
+                    "--data-dir", str(self.data_dir), "--config", str(self.data_dir / "no-config.yaml")]
+            process = children.spawn(argv, env=env, log_path=self.root / "logs" / f"worker-{index}.log")
+            self.worker_processes.append(process)
+        self._exit.callback(children.stop_all, self.worker_processes, 10.0)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(path.exists() for path in ready):
+            for index, process in enumerate(self.worker_processes):
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker {index} exited with status {process.returncode}; "
+                                       f"see {self.root / 'logs' / f'worker-{index}.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready within {READY_TIMEOUT_S:g} s")
+            time.sleep(0.05)
+
+    def _start_envoy(self) -> None:
+        http_port, admin_port = free_port(), free_port()
+        bootstrap = render_bootstrap(http_port=http_port, admin_port=admin_port,
+                                     upstreams=[("127.0.0.1", self.grpc_port)],
+                                     descriptor_path=REPO / "gen" / "descriptor.pb",
+                                     lua_path=REPO / "envoy" / "error_shaper.lua", listen_address="127.0.0.1",
+                                     access_log_path=str(self.root / "logs" / "envoy-access.log"))
+        self.envoy = EnvoyProcess(bootstrap, self.root / "envoy")
+        self._exit.callback(self.envoy.stop)
+        self.envoy.start()
+        self.base_url = f"http://127.0.0.1:{http_port}/v1"
+
+    # -- what the report needs -----------------------------------------------------------------------
+    def gateway_pids(self) -> dict[str, int]:
+        """Every process of the gateway by name: the workers and Envoy."""
+        pids = {f"worker-{i}": p.pid for i, p in enumerate(self.worker_processes)}
+        if self.envoy is not None and self.envoy.pid is not None:
+            pids["envoy"] = self.envoy.pid
+        return pids
+
+    def check_alive(self) -> None:
+        """RuntimeError when a gateway or upstream process has died."""
+        processes: dict[str, Any] = {f"worker-{i}": p for i, p in enumerate(self.worker_processes)}
+        processes["upstream"] = self.upstream
+        for name, process in processes.items():
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {process.returncode}")
