@@ -110,7 +110,7 @@ def _peak_rss(stack: BenchStack) -> dict[str, Any]:
 def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     started = time.monotonic()
     print(f"bench: starting stores, upstream, {args.workers} workers and Envoy under {root}", flush=True)
-    with BenchStack(root, workers=args.workers) as stack:
+    with BenchStack(root, workers=args.workers, distinct_ports=args.ports == "distinct") as stack:
         print(f"  ready in {time.monotonic() - started:.1f} s; gateway {stack.base_url}", flush=True)
         check_answers(stack.upstream_url, stack.upstream_key, "direct")
         check_answers(stack.base_url, stack.admin_key, "gateway")
@@ -123,6 +123,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print("bench: stopping", flush=True)
     return {"meta": {"time": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
                      "warmup_s": args.warmup, "concurrency": args.concurrency, "workers": args.workers,
+                     "ports": args.ports,
                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
                      "wall_s": round(time.monotonic() - started, 1)},
             "phases": phases, "derived": report.derive(phases), "peak_rss": rss}
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds before each phase")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway worker processes")
+    parser.add_argument("--ports", choices=("shared", "distinct"), default="shared",
+                        help="workers share one gRPC port (as `aggregator up`) or each has its own Envoy endpoint")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -84,9 +84,14 @@ class BenchStack:
     Use as a context manager: leaving it stops every process it started, in reverse order.
     """
 
-    def __init__(self, root: Path, *, workers: int) -> None:
+    def __init__(self, root: Path, *, workers: int, distinct_ports: bool = False) -> None:
         self.root = root
         self.workers = workers
+        # Shared (what `aggregator up` does): one gRPC port for all workers, SO_REUSEPORT spreads
+        # Envoy's few HTTP/2 connections. Distinct: a port per worker, each an endpoint of Envoy's
+        # round-robin cluster, so requests (not connections) are spread.
+        self.distinct_ports = distinct_ports
+        self.grpc_ports: list[int] = []
         self.admin_key = "sk_live_bench" + secrets.token_urlsafe(32)
         self.upstream_key = "sk-upstream-" + secrets.token_hex(12)
         self.upstream_url = ""  # http://127.0.0.1:PORT/v1
@@ -170,11 +175,12 @@ class BenchStack:
 
     def _start_workers(self, urls: StoreUrls) -> None:
         env = self._worker_env(urls)
-        self.grpc_port = free_port()
+        shared = free_port()
+        self.grpc_ports = [free_port() if self.distinct_ports else shared for _ in range(self.workers)]
         ready = [self.data_dir / f"worker-{i}.ready" for i in range(self.workers)]
         for index, ready_file in enumerate(ready):
             argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
-                    "--host", "127.0.0.1", "--port", str(self.grpc_port), "--ready-file", str(ready_file),
+                    "--host", "127.0.0.1", "--port", str(self.grpc_ports[index]), "--ready-file", str(ready_file),
                     "--data-dir", str(self.data_dir), "--config", str(self.data_dir / "no-config.yaml")]
             process = children.spawn(argv, env=env, log_path=self.root / "logs" / f"worker-{index}.log")
             self.worker_processes.append(process)
@@ -192,7 +198,7 @@ class BenchStack:
     def _start_envoy(self) -> None:
         http_port, admin_port = free_port(), free_port()
         bootstrap = render_bootstrap(http_port=http_port, admin_port=admin_port,
-                                     upstreams=[("127.0.0.1", self.grpc_port)],
+                                     upstreams=[("127.0.0.1", port) for port in sorted(set(self.grpc_ports))],
                                      descriptor_path=REPO / "gen" / "descriptor.pb",
                                      lua_path=REPO / "envoy" / "error_shaper.lua", listen_address="127.0.0.1",
                                      access_log_path=str(self.root / "logs" / "envoy-access.log"))

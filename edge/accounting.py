@@ -38,8 +38,10 @@ def estimate_tokens(text_chars: int) -> int:
 
 def price(candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int) -> Decimal:
     """Exact cost in USD of the tokens at the candidate's price."""
-    return (Decimal(prompt_tokens) * Decimal(candidate.input_per_1k)
-            + Decimal(completion_tokens) * Decimal(candidate.output_per_1k)) / THOUSAND
+    return (
+        Decimal(prompt_tokens) * Decimal(candidate.input_per_1k)
+        + Decimal(completion_tokens) * Decimal(candidate.output_per_1k)
+    ) / THOUSAND
 
 
 @dataclass
@@ -84,18 +86,30 @@ class RequestRecord:
         created.FromNanoseconds(int(self.created_at * 1e9))
         end = time.monotonic()
         return ev.UsageEvent(
-            request_id=self.request_id, organization_id=self.organization_id, api_key_id=self.api_key_id,
-            endpoint=self.endpoint, public_model=self.public_model,
+            request_id=self.request_id,
+            organization_id=self.organization_id,
+            api_key_id=self.api_key_id,
+            endpoint=self.endpoint,
+            public_model=self.public_model,
             provider=self.candidate.endpoint.provider if self.candidate else "",
-            upstream_model=self.candidate.upstream_model if self.candidate else "", stream=self.stream,
-            status=self.status, http_status=self.http_status, error_reason=self.error_reason,
-            prompt_tokens=prompt, completion_tokens=completion,
+            upstream_model=self.candidate.upstream_model if self.candidate else "",
+            stream=self.stream,
+            status=self.status,
+            http_status=self.http_status,
+            error_reason=self.error_reason,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             cached_tokens=usage.prompt_tokens_details.cached_tokens if usage else 0,
             reasoning_tokens=usage.completion_tokens_details.reasoning_tokens if usage else 0,
             cache_creation_tokens=usage.prompt_tokens_details.cache_creation_tokens if usage else 0,
-            cost_usd=decimal_str(cost) if cost else "0", latency_ms=int((end - self.started) * 1000),
-            time_to_first_token_ms=int((self.first_token_at - self.started) * 1000) if self.first_token_at else 0,
-            created_at=created, attempts=self.attempts)
+            cost_usd=decimal_str(cost) if cost else "0",
+            latency_ms=int((end - self.started) * 1000),
+            time_to_first_token_ms=int((self.first_token_at - self.started) * 1000)
+            if self.first_token_at
+            else 0,
+            created_at=created,
+            attempts=self.attempts,
+        )
 
 
 class UsageRecorder:

@@ -21,5 +21,8 @@ class ServiceClients:
     @classmethod
     def on(cls, channel_for: Any) -> ServiceClients:
         """Builds the stubs on `channel_for(service_name)`."""
-        return cls(auth=AuthServiceStub(channel_for("auth")), routing=RoutingServiceStub(channel_for("routing")),
-                   adapter=AdapterServiceStub(channel_for("adapter")))
+        return cls(
+            auth=AuthServiceStub(channel_for("auth")),
+            routing=RoutingServiceStub(channel_for("routing")),
+            adapter=AdapterServiceStub(channel_for("adapter")),
+        )

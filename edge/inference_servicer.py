@@ -25,7 +25,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    def _with_stream(self, request: chat_pb2.ChatCompletionRequest, stream: bool) -> chat_pb2.ChatCompletionRequest:
+    def _with_stream(
+        self, request: chat_pb2.ChatCompletionRequest, stream: bool
+    ) -> chat_pb2.ChatCompletionRequest:
         if request.stream == stream and request.HasField("stream"):
             return request
         copy = chat_pb2.ChatCompletionRequest()
@@ -34,7 +36,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         return copy
 
     @rpc_method
-    async def CreateChatCompletion(self, request: chat_pb2.ChatCompletionRequest, context: Any) -> chat_pb2.ChatCompletion:
+    async def CreateChatCompletion(
+        self, request: chat_pb2.ChatCompletionRequest, context: Any
+    ) -> chat_pb2.ChatCompletion:
         request = self._with_stream(request, False)
         record = self._pipeline.start(context, "chat.completions", request.model, False)
         try:
@@ -50,8 +54,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self._pipeline.recorder.finish(record)
 
     @rpc_method
-    async def StreamChatCompletion(self, request: chat_pb2.ChatCompletionRequest,
-                                   context: Any) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    async def StreamChatCompletion(
+        self, request: chat_pb2.ChatCompletionRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         request = self._with_stream(request, True)
         record = self._pipeline.start(context, "chat.completions", request.model, True)
         started = False
@@ -76,12 +81,16 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self._pipeline.recorder.finish(record)
 
     @rpc_method
-    async def CreateEmbedding(self, request: embedding_pb2.EmbeddingRequest,
-                              context: Any) -> embedding_pb2.EmbeddingResponse:
+    async def CreateEmbedding(
+        self, request: embedding_pb2.EmbeddingRequest, context: Any
+    ) -> embedding_pb2.EmbeddingResponse:
         if request.HasField("encoding_format") and request.encoding_format != "float":
             # The typed answer holds floats; base64 is a wire trick of the JSON face.
-            raise GatewayError(Reason.INVALID_REQUEST, "gRPC embeddings are floats: omit 'encoding_format'.",
-                               param="encoding_format")
+            raise GatewayError(
+                Reason.INVALID_REQUEST,
+                "gRPC embeddings are floats: omit 'encoding_format'.",
+                param="encoding_format",
+            )
         record = self._pipeline.start(context, "embeddings", request.model, False)
         try:
             answer = await self._pipeline.embed(request, context, record)

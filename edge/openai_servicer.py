@@ -15,8 +15,10 @@ from aggregator.openai.v1 import (
     completion_pb2,
     embedding_pb2,
     model_pb2,
-    openai_service_pb2 as pb,
     openai_service_pb2_grpc,
+)
+from aggregator.openai.v1 import (
+    openai_service_pb2 as pb,
 )
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.pipeline import Pipeline, check_model_allowed
@@ -40,8 +42,9 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         self._pipeline = pipeline
 
     @rpc_method
-    async def CreateChatCompletion(self, request: chat_pb2.ChatCompletionRequest,
-                                   context: Any) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    async def CreateChatCompletion(
+        self, request: chat_pb2.ChatCompletionRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """`chat.completion` JSON, or SSE chunks ending with `data: [DONE]`."""
         stream = request.stream
         record = self._pipeline.start(context, "chat.completions", request.model, stream)
@@ -70,15 +73,18 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             self._pipeline.recorder.finish(record)
 
     @rpc_method
-    async def CreateCompletion(self, request: completion_pb2.CompletionRequest,
-                               context: Any) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    async def CreateCompletion(
+        self, request: completion_pb2.CompletionRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """Not implemented yet (the providers issue): UNIMPLEMENTED after authentication."""
         await self._pipeline.authenticate(context)
         raise GatewayError(Reason.UNIMPLEMENTED, "POST /v1/completions is not supported yet.")
         yield  # pragma: no cover - makes this an async generator like its siblings
 
     @rpc_method
-    async def CreateEmbedding(self, request: embedding_pb2.EmbeddingRequest, context: Any) -> httpbody_pb2.HttpBody:
+    async def CreateEmbedding(
+        self, request: embedding_pb2.EmbeddingRequest, context: Any
+    ) -> httpbody_pb2.HttpBody:
         """OpenAI's `list` of embeddings."""
         record = self._pipeline.start(context, "embeddings", request.model, False)
         try:
@@ -94,8 +100,9 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
     @rpc_method
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
         principal = await self._pipeline.authenticate(context)
-        answer = await calls.unary(self._pipeline.clients.routing.ListCatalogModels,
-                                   routing_pb.ListCatalogModelsRequest())
+        answer = await calls.unary(
+            self._pipeline.clients.routing.ListCatalogModels, routing_pb.ListCatalogModelsRequest()
+        )
         models = list(answer.models)
         if principal.HasField("allowed_models"):
             allowed = {v.string_value for v in principal.allowed_models.values}
@@ -109,8 +116,9 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             check_model_allowed(principal, [request.id])
         except GatewayError:
             raise self._model_not_found(request.id) from None
-        answer = await calls.unary(self._pipeline.clients.routing.ListCatalogModels,
-                                   routing_pb.ListCatalogModelsRequest())
+        answer = await calls.unary(
+            self._pipeline.clients.routing.ListCatalogModels, routing_pb.ListCatalogModelsRequest()
+        )
         for model in answer.models:
             if model.id == request.id:
                 return model
@@ -123,6 +131,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
     @rpc_method
     async def ListProviders(self, request: pb.ListProvidersRequest, context: Any) -> pb.ListProvidersResponse:
         await self._pipeline.authenticate(context)
-        answer = await calls.unary(self._pipeline.clients.routing.ListCatalogProviders,
-                                   routing_pb.ListCatalogProvidersRequest())
+        answer = await calls.unary(
+            self._pipeline.clients.routing.ListCatalogProviders, routing_pb.ListCatalogProvidersRequest()
+        )
         return pb.ListProvidersResponse(object="list", data=answer.providers)

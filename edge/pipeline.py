@@ -16,7 +16,8 @@ from typing import Any
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
 from aggregator.openai.v1 import chat_pb2, embedding_pb2
-from aggregator.routing.v1 import route_pb2, routing_service_pb2 as routing_pb
+from aggregator.routing.v1 import route_pb2
+from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.validation import validate_chat, validate_embedding
@@ -29,11 +30,17 @@ BEARER = "bearer "
 
 def bearer_key(authorization: str | None) -> str:
     """The key of an `Authorization: Bearer <key>` header; MISSING_API_KEY otherwise."""
-    if authorization and authorization[:len(BEARER)].lower() == BEARER and authorization[len(BEARER):].strip():
-        return authorization[len(BEARER):].strip()
-    raise GatewayError(Reason.MISSING_API_KEY,
-                       "You didn't provide an API key. You need to provide your API key in an Authorization "
-                       "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    if (
+        authorization
+        and authorization[: len(BEARER)].lower() == BEARER
+        and authorization[len(BEARER) :].strip()
+    ):
+        return authorization[len(BEARER) :].strip()
+    raise GatewayError(
+        Reason.MISSING_API_KEY,
+        "You didn't provide an API key. You need to provide your API key in an Authorization "
+        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+    )
 
 
 def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None:
@@ -43,8 +50,11 @@ def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None
     allowed = {v.string_value for v in principal.allowed_models.values}
     for model in models:
         if model not in allowed:
-            raise GatewayError(Reason.MODEL_NOT_ALLOWED, f"This API key is not allowed to use the model `{model}`.",
-                               param="model")
+            raise GatewayError(
+                Reason.MODEL_NOT_ALLOWED,
+                f"This API key is not allowed to use the model `{model}`.",
+                param="model",
+            )
 
 
 class Pipeline:
@@ -69,13 +79,18 @@ class Pipeline:
             record.api_key_id = answer.principal.api_key_id
         return answer.principal
 
-    async def _candidates(self, model: str, fallbacks: list[str], model_type: str) -> list[route_pb2.RouteCandidate]:
-        answer = await calls.unary(self.clients.routing.ResolveRoute, routing_pb.ResolveRouteRequest(
-            model=model, fallback_models=fallbacks, model_type=model_type))
+    async def _candidates(
+        self, model: str, fallbacks: list[str], model_type: str
+    ) -> list[route_pb2.RouteCandidate]:
+        answer = await calls.unary(
+            self.clients.routing.ResolveRoute,
+            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type),
+        )
         return list(answer.candidates)
 
-    async def chat(self, request: chat_pb2.ChatCompletionRequest, context: Any,
-                   record: RequestRecord) -> AsyncIterator[adapter_pb.ChatResponse]:
+    async def chat(
+        self, request: chat_pb2.ChatCompletionRequest, context: Any, record: RequestRecord
+    ) -> AsyncIterator[adapter_pb.ChatResponse]:
         """Yields the adapter's events of the first candidate that answers."""
         principal = await self.authenticate(context, record)
         validate_chat(request)
@@ -86,14 +101,20 @@ class Pipeline:
         for candidate in candidates:
             record.candidate = candidate
             record.attempts += 1
-            call = adapter_pb.ChatRequest(candidate=candidate, request=request, request_id=record.request_id,
-                                          timeout_ms=self._timeout_ms)
+            call = adapter_pb.ChatRequest(
+                candidate=candidate,
+                request=request,
+                request_id=record.request_id,
+                timeout_ms=self._timeout_ms,
+            )
             async with calls.stream(self.clients.adapter.Chat, call) as events:
                 first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
                 try:
                     first = await anext(events)
                 except StopAsyncIteration:
-                    last_error = GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
+                    last_error = GatewayError(
+                        Reason.UPSTREAM_ERROR, "The upstream provider answered nothing."
+                    )
                 except GatewayError as error:
                     if not error.retriable:
                         raise
@@ -118,8 +139,9 @@ class Pipeline:
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
 
-    async def embed(self, request: embedding_pb2.EmbeddingRequest, context: Any,
-                    record: RequestRecord) -> adapter_pb.EmbedResponse:
+    async def embed(
+        self, request: embedding_pb2.EmbeddingRequest, context: Any, record: RequestRecord
+    ) -> adapter_pb.EmbedResponse:
         """The embeddings of the first candidate that answers."""
         principal = await self.authenticate(context, record)
         validate_embedding(request)
@@ -129,8 +151,15 @@ class Pipeline:
             record.candidate = candidate
             record.attempts += 1
             try:
-                answer = await calls.unary(self.clients.adapter.Embed, adapter_pb.EmbedRequest(
-                    candidate=candidate, request=request, request_id=record.request_id, timeout_ms=self._timeout_ms))
+                answer = await calls.unary(
+                    self.clients.adapter.Embed,
+                    adapter_pb.EmbedRequest(
+                        candidate=candidate,
+                        request=request,
+                        request_id=record.request_id,
+                        timeout_ms=self._timeout_ms,
+                    ),
+                )
             except GatewayError as error:
                 if not error.retriable:
                     raise

@@ -33,16 +33,24 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
     if not request.model:
         raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
     if not request.messages:
-        raise _invalid("Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages")
+        raise _invalid(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages"
+        )
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
-            raise _invalid(f"Invalid value for 'messages[{i}].role': {message.role!r}.", f"messages[{i}].role")
+            raise _invalid(
+                f"Invalid value for 'messages[{i}].role': {message.role!r}.", f"messages[{i}].role"
+            )
         kind = _kind(message.content)
         if kind not in ("", "string_value", "list_value", "null_value"):
-            raise _invalid(f"Invalid type for 'messages[{i}].content': expected a string or an array.",
-                           f"messages[{i}].content")
+            raise _invalid(
+                f"Invalid type for 'messages[{i}].content': expected a string or an array.",
+                f"messages[{i}].content",
+            )
         if message.role == "tool" and not message.tool_call_id:
-            raise _invalid(f"Missing 'messages[{i}].tool_call_id' for a tool message.", f"messages[{i}].tool_call_id")
+            raise _invalid(
+                f"Missing 'messages[{i}].tool_call_id' for a tool message.", f"messages[{i}].tool_call_id"
+            )
     _range(request, "temperature", 0, 2)
     _range(request, "top_p", 0, 1)
     _range(request, "presence_penalty", -2, 2)
@@ -56,7 +64,8 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
         kind = _kind(request.stop)
         if kind == "list_value":
             if len(request.stop.list_value.values) > 4 or any(
-                    _kind(v) != "string_value" for v in request.stop.list_value.values):
+                _kind(v) != "string_value" for v in request.stop.list_value.values
+            ):
                 raise _invalid("Invalid 'stop': expected a string or an array of up to 4 strings.", "stop")
         elif kind not in ("string_value", "null_value"):
             raise _invalid("Invalid 'stop': expected a string or an array of up to 4 strings.", "stop")
@@ -68,8 +77,9 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
     if request.HasField("tool_choice"):
         kind = _kind(request.tool_choice)
         if kind == "string_value" and request.tool_choice.string_value not in TOOL_CHOICES:
-            raise _invalid("Invalid 'tool_choice': expected 'none', 'auto', 'required' or a named tool.",
-                           "tool_choice")
+            raise _invalid(
+                "Invalid 'tool_choice': expected 'none', 'auto', 'required' or a named tool.", "tool_choice"
+            )
         if kind not in ("string_value", "struct_value", "null_value"):
             raise _invalid("Invalid 'tool_choice': expected a string or an object.", "tool_choice")
 
@@ -78,8 +88,13 @@ def validate_embedding(request: embedding_pb2.EmbeddingRequest) -> None:
     if not request.model:
         raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
     kind = _kind(request.input)
-    if kind == "string_value" and request.input.string_value == "" or kind == "list_value" and not \
-            request.input.list_value.values or kind not in ("string_value", "list_value"):
+    if (
+        kind == "string_value"
+        and request.input.string_value == ""
+        or kind == "list_value"
+        and not request.input.list_value.values
+        or kind not in ("string_value", "list_value")
+    ):
         raise _invalid("Invalid 'input': expected a non-empty string or array.", "input")
     if request.HasField("encoding_format") and request.encoding_format not in ("float", "base64"):
         raise _invalid("Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format")

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aggregator.routing.v1 import route_pb2
-
 from services.core.errors import GatewayError, Reason
 
 

@@ -13,9 +13,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
+
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.routing.v1 import route_pb2
-
 from services.adapters import openai_translate as translate
 from services.adapters.credentials import BEARER, CredentialResolver
 from services.adapters.http import (

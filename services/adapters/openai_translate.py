@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aggregator.adapter.v1 import adapter_service_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from aggregator.adapter.v1 import adapter_service_pb2
 from services.adapters.openai_wire import OpenAIErrorBody, parse_object, usage_to_proto
 
 EXTENSION_FIELDS = ("models", "provider")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aggregator.openai.v1 import chat_pb2
 
+from aggregator.openai.v1 import chat_pb2
 from services.adapters.upstream_errors import UpstreamFailure
 from services.core.errors import GatewayError, Reason
 

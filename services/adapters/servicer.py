@@ -8,7 +8,6 @@ from typing import Any
 
 from aggregator.adapter.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 from aggregator.routing.v1 import route_pb2
-
 from services.adapters.credentials import CredentialResolver
 from services.adapters.http import HttpClient, Transport
 from services.adapters.registry import AdapterDeps, AdapterRegistry

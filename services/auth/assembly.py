@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
 from aggregator.auth.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
 )
-
 from services.auth import repository
 from services.auth.authenticator import Authenticator
 from services.auth.cache import PrincipalCache

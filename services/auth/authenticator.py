@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 from aggregator.auth.v1 import auth_service_pb2
-
 from services.auth.cache import PrincipalCache
 from services.auth.keys import MAX_KEY_LENGTH, hash_key, parse_bearer
 from services.auth.last_used import LastUsedRecorder

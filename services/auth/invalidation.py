@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aggregator.events.v1 import key_event_pb2
 from google.protobuf.message import DecodeError
+
+from aggregator.events.v1 import key_event_pb2
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 import asyncpg
-from aggregator.auth.v1 import auth_service_pb2
 
+from aggregator.auth.v1 import auth_service_pb2
 from services.auth import invalidation, repository
 from services.auth.cache import PrincipalCache
 from services.auth.keys import generate_key, hash_key, key_prefix

@@ -10,8 +10,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from aggregator.auth.v1 import api_key_pb2, auth_service_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
+
+from aggregator.auth.v1 import api_key_pb2, auth_service_pb2
 
 ROLES = ("admin", "member")
 # The optional per-key limits, named alike in the table, the records and every message.

@@ -16,7 +16,6 @@ from aggregator.auth.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
 )
-
 from services.auth.authenticator import Authenticator, missing_key
 from services.auth.management import ApiKeyManager, require_admin
 from services.auth.records import api_key_message

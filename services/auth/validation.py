@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aggregator.auth.v1 import api_key_service_pb2
 from google.protobuf import struct_pb2
 
+from aggregator.auth.v1 import api_key_service_pb2
 from services.auth.records import LIMIT_FIELDS, ROLES, KeySettings, to_datetime
 from services.core.errors import GatewayError, Reason
 

@@ -37,7 +37,9 @@ async def _translated(source: AsyncIterator[T]) -> AsyncGenerator[T, None]:
 
 
 @contextlib.asynccontextmanager
-async def stream(method: Callable[..., Any], request: Any, **kwargs: Any) -> AsyncIterator[AsyncIterator[Any]]:
+async def stream(
+    method: Callable[..., Any], request: Any, **kwargs: Any
+) -> AsyncIterator[AsyncIterator[Any]]:
     """Opens a server-streaming call; leaving the block early cancels it."""
     call = method(request, **kwargs)
     iterator = _translated(call)

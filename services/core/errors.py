@@ -73,27 +73,37 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.INVALID_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
     Reason.MISSING_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "missing_api_key"),
     Reason.INVALID_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "invalid_api_key"),
-    Reason.PERMISSION_DENIED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "insufficient_permissions"),
+    Reason.PERMISSION_DENIED: ErrorKind(
+        _C.PERMISSION_DENIED, 403, "permission_error", "insufficient_permissions"
+    ),
     Reason.MODEL_NOT_ALLOWED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "model_not_allowed"),
     Reason.MODEL_NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "model_not_found"),
     Reason.NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "not_found"),
-    Reason.REQUEST_TOO_LARGE: ErrorKind(_C.INVALID_ARGUMENT, 413, "invalid_request_error", "request_too_large"),
+    Reason.REQUEST_TOO_LARGE: ErrorKind(
+        _C.INVALID_ARGUMENT, 413, "invalid_request_error", "request_too_large"
+    ),
     Reason.RATE_LIMITED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "rate_limit_exceeded"),
     Reason.QUOTA_EXCEEDED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "insufficient_quota", "insufficient_quota"),
     Reason.CONTEXT_LENGTH_EXCEEDED: ErrorKind(
-        _C.INVALID_ARGUMENT, 400, "invalid_request_error", "context_length_exceeded"),
+        _C.INVALID_ARGUMENT, 400, "invalid_request_error", "context_length_exceeded"
+    ),
     Reason.UPSTREAM_BAD_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
     Reason.UPSTREAM_RATE_LIMITED: ErrorKind(
-        _C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "upstream_rate_limited", retriable=True),
-    Reason.UPSTREAM_AUTH_FAILED: ErrorKind(_C.UNAVAILABLE, 502, "upstream_error", "upstream_auth_failed",
-                                           retriable=True),
+        _C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "upstream_rate_limited", retriable=True
+    ),
+    Reason.UPSTREAM_AUTH_FAILED: ErrorKind(
+        _C.UNAVAILABLE, 502, "upstream_error", "upstream_auth_failed", retriable=True
+    ),
     Reason.UPSTREAM_ERROR: ErrorKind(_C.UNAVAILABLE, 502, "upstream_error", "upstream_error", retriable=True),
     Reason.UPSTREAM_UNAVAILABLE: ErrorKind(
-        _C.UNAVAILABLE, 503, "upstream_error", "upstream_unavailable", retriable=True),
+        _C.UNAVAILABLE, 503, "upstream_error", "upstream_unavailable", retriable=True
+    ),
     Reason.UPSTREAM_OVERLOADED: ErrorKind(
-        _C.UNAVAILABLE, 503, "upstream_error", "upstream_overloaded", retriable=True),
+        _C.UNAVAILABLE, 503, "upstream_error", "upstream_overloaded", retriable=True
+    ),
     Reason.UPSTREAM_TIMEOUT: ErrorKind(
-        _C.DEADLINE_EXCEEDED, 504, "upstream_error", "upstream_timeout", retriable=True),
+        _C.DEADLINE_EXCEEDED, 504, "upstream_error", "upstream_timeout", retriable=True
+    ),
     Reason.UNIMPLEMENTED: ErrorKind(_C.UNIMPLEMENTED, 501, "invalid_request_error", "not_implemented"),
     Reason.UNAVAILABLE: ErrorKind(_C.UNAVAILABLE, 503, "server_error", "service_unavailable"),
     Reason.INTERNAL: ErrorKind(_C.INTERNAL, 500, "server_error", "internal_error"),
@@ -103,8 +113,15 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
 class GatewayError(Exception):
     """The one error of the gateway. `message` is shown to clients: never put secrets in it."""
 
-    def __init__(self, reason: Reason, message: str, *, param: str | None = None,
-                 code: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -127,8 +144,14 @@ class GatewayError(Exception):
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI error object: {"error": {message, type, param, code}}."""
         kind = self.kind
-        return {"error": {"message": self.message, "type": kind.openai_type, "param": self.param,
-                          "code": self.code if self.code is not None else kind.openai_code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind.openai_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else kind.openai_code,
+            }
+        }
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_openai())
@@ -196,9 +219,13 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> GatewayError:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info) and info.domain == DOMAIN and info.reason in Reason.__members__:
                     retry = info.metadata.get("retry_after")
-                    return GatewayError(Reason(info.reason), status.message, param=info.metadata.get("param"),
-                                        code=info.metadata.get("code"),
-                                        retry_after=float(retry) if retry else None)
+                    return GatewayError(
+                        Reason(info.reason),
+                        status.message,
+                        param=info.metadata.get("param"),
+                        code=info.metadata.get("code"),
+                        retry_after=float(retry) if retry else None,
+                    )
     reason = reason_for_code(error.code())
     message = error.details() or "" if reason is not Reason.INTERNAL else internal_error().message
     return GatewayError(reason, message or reason.value)

@@ -19,10 +19,10 @@ import uuid
 from pathlib import Path
 
 import nats.errors
-from aggregator.events.v1 import usage_event_pb2
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 
+from aggregator.events.v1 import usage_event_pb2
 from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
 
 _log = logging.getLogger(__name__)

@@ -57,7 +57,9 @@ class _HandlerRecorder:
     def __init__(self) -> None:
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
         for method, handler in handlers.items():
             self.handlers[f"/{service}/{method}"] = handler
 
@@ -84,11 +86,13 @@ class InProcessChannel:
     def unary_unary(self, path: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         async def call(request: Any, *, metadata: Metadata | None = None, **_: Any) -> Any:
             return await self._handler(path).unary_unary(request, InProcessServicerContext(metadata))
+
         return call
 
     def unary_stream(self, path: str, *args: Any, **kwargs: Any) -> Callable[..., AsyncIterator[Any]]:
         def call(request: Any, *, metadata: Metadata | None = None, **_: Any) -> AsyncIterator[Any]:
             return self._handler(path).unary_stream(request, InProcessServicerContext(metadata))
+
         return call
 
     async def close(self) -> None:

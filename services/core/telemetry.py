@@ -20,22 +20,36 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-REQUESTS = Counter("aggregator_requests_total", "Requests by endpoint, model, provider and outcome",
-                   ["endpoint", "model", "provider", "status"])
-LATENCY = Histogram("aggregator_request_duration_seconds", "Request duration", ["endpoint"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-TTFT = Histogram("aggregator_time_to_first_token_seconds", "Time to first content byte", ["model"],
-                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+REQUESTS = Counter(
+    "aggregator_requests_total",
+    "Requests by endpoint, model, provider and outcome",
+    ["endpoint", "model", "provider", "status"],
+)
+LATENCY = Histogram(
+    "aggregator_request_duration_seconds",
+    "Request duration",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+TTFT = Histogram(
+    "aggregator_time_to_first_token_seconds",
+    "Time to first content byte",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 TOKENS = Counter("aggregator_tokens_total", "Tokens by model and class", ["model", "kind"])
-COST = Counter("aggregator_cost_usd_total", "Cost in USD by model (monitoring only; bills use exact decimals)",
-               ["model"])
+COST = Counter(
+    "aggregator_cost_usd_total", "Cost in USD by model (monitoring only; bills use exact decimals)", ["model"]
+)
 ERRORS = Counter("aggregator_errors_total", "Errors by reason", ["reason"])
-UPSTREAM_FAILURES = Counter("aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"])
+UPSTREAM_FAILURES = Counter(
+    "aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"]
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,8 +57,11 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
             "pid": record.process,
         }
         request_id = request_id_var.get()
@@ -79,8 +96,10 @@ def configure_tracing(service_name: str) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        logging.getLogger(__name__).warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter "
-                                            "package is not installed; tracing stays off")
+        logging.getLogger(__name__).warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter "
+            "package is not installed; tracing stays off"
+        )
         return
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

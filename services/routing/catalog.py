@@ -29,9 +29,16 @@ class CatalogModel:
     def to_proto(self) -> model_pb2.Model:
         first = self.candidates[0]
         return model_pb2.Model(
-            id=self.id, object="model", created=self.created, owned_by=first.endpoint.provider, type=self.type,
+            id=self.id,
+            object="model",
+            created=self.created,
+            owned_by=first.endpoint.provider,
+            type=self.type,
             context_window=self.context_window,
-            pricing=model_pb2.ModelPricing(input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k))
+            pricing=model_pb2.ModelPricing(
+                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k
+            ),
+        )
 
 
 class Catalog:
@@ -48,8 +55,9 @@ class Catalog:
                     direct = route_pb2.RouteCandidate()
                     direct.CopyFrom(candidate)
                     direct.public_model = route_id
-                    self._models[route_id] = CatalogModel(route_id, model.type, model.context_window,
-                                                          model.created, (direct,))
+                    self._models[route_id] = CatalogModel(
+                        route_id, model.type, model.context_window, model.created, (direct,)
+                    )
         self.providers = tuple(providers)
 
     def models(self) -> list[CatalogModel]:
@@ -58,9 +66,11 @@ class Catalog:
     def get(self, model_id: str) -> CatalogModel:
         model = self._models.get(model_id)
         if model is None:
-            raise GatewayError(Reason.MODEL_NOT_FOUND,
-                               f"The model `{model_id}` does not exist or you do not have access to it.",
-                               param="model")
+            raise GatewayError(
+                Reason.MODEL_NOT_FOUND,
+                f"The model `{model_id}` does not exist or you do not have access to it.",
+                param="model",
+            )
         return model
 
     def resolve(self, model_id: str, fallbacks: list[str], model_type: str) -> list[route_pb2.RouteCandidate]:
@@ -75,7 +85,8 @@ class Catalog:
                 raise GatewayError(
                     Reason.INVALID_REQUEST,
                     f"The model `{wanted}` is a {model.type} model and cannot serve this endpoint.",
-                    param="model" if index == 0 else "models")
+                    param="model" if index == 0 else "models",
+                )
             for candidate in model.candidates:
                 key = (candidate.endpoint.provider, candidate.upstream_model)
                 if key not in seen:

@@ -27,36 +27,52 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
                    VALUES ($1, $2, $3, $4, true)
                    ON CONFLICT (name) DO UPDATE SET kind = $2, base_url = $3, api_key_env = $4,
                        enabled = true, updated_at = now()
-                   RETURNING id""", p.name, p.kind, p.base_url, p.api_key_env)
+                   RETURNING id""",
+                p.name,
+                p.kind,
+                p.base_url,
+                p.api_key_env,
+            )
         await conn.execute("UPDATE models SET enabled = false, updated_at = now()")
         for m in config.models:
             model_id = await conn.fetchval(
                 """INSERT INTO models (public_id, type, context_window, enabled) VALUES ($1, $2, $3, true)
                    ON CONFLICT (public_id) DO UPDATE SET type = $2, context_window = $3, enabled = true,
                        updated_at = now()
-                   RETURNING id""", m.id, m.type, m.context_window)
+                   RETURNING id""",
+                m.id,
+                m.type,
+                m.context_window,
+            )
             await conn.execute("DELETE FROM provider_endpoints WHERE model_id = $1", model_id)
             await conn.executemany(
                 """INSERT INTO provider_endpoints
                    (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, position)
                    VALUES ($1, $2, $3, $4, $5, $6)""",
-                [(model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k, i)
-                 for i, r in enumerate(m.routes)])
+                [
+                    (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k, i)
+                    for i, r in enumerate(m.routes)
+                ],
+            )
 
 
 async def load_catalog(pool: asyncpg.Pool) -> Catalog:
     """Reads the enabled catalog."""
     async with pool.acquire() as conn:
         providers = await conn.fetch(
-            "SELECT name, kind, base_url, api_key_env FROM providers WHERE enabled ORDER BY name")
+            "SELECT name, kind, base_url, api_key_env FROM providers WHERE enabled ORDER BY name"
+        )
         rows = await conn.fetch(
-            """SELECT m.public_id, m.type, m.context_window, extract(epoch FROM m.created_at)::bigint AS created,
-                      p.name, p.kind, p.base_url, p.api_key_env, e.upstream_model, e.input_per_1k, e.output_per_1k
+            """SELECT m.public_id, m.type, m.context_window,
+                      extract(epoch FROM m.created_at)::bigint AS created,
+                      p.name, p.kind, p.base_url, p.api_key_env,
+                      e.upstream_model, e.input_per_1k, e.output_per_1k
                FROM models m
                JOIN provider_endpoints e ON e.model_id = m.id AND e.enabled
                JOIN providers p ON p.id = e.provider_id AND p.enabled
                WHERE m.enabled
-               ORDER BY m.created_at, m.public_id, e.position""")
+               ORDER BY m.created_at, m.public_id, e.position"""
+        )
     grouped: dict[str, list[Any]] = {}
     for row in rows:
         grouped.setdefault(row["public_id"], []).append(row)
@@ -65,11 +81,21 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
         first = routes[0]
         candidates = tuple(
             route_pb2.RouteCandidate(
-                public_model=public_id, upstream_model=r["upstream_model"],
-                endpoint=route_pb2.Endpoint(provider=r["name"], kind=r["kind"], base_url=r["base_url"],
-                                            api_key_env=r["api_key_env"]),
-                input_per_1k=decimal_str(r["input_per_1k"]), output_per_1k=decimal_str(r["output_per_1k"]),
-                context_window=r["context_window"], model_type=r["type"])
-            for r in routes)
-        models.append(CatalogModel(public_id, first["type"], first["context_window"], first["created"], candidates))
-    return Catalog(models, [model_pb2.Provider(id=p["name"], object="provider", kind=p["kind"]) for p in providers])
+                public_model=public_id,
+                upstream_model=r["upstream_model"],
+                endpoint=route_pb2.Endpoint(
+                    provider=r["name"], kind=r["kind"], base_url=r["base_url"], api_key_env=r["api_key_env"]
+                ),
+                input_per_1k=decimal_str(r["input_per_1k"]),
+                output_per_1k=decimal_str(r["output_per_1k"]),
+                context_window=r["context_window"],
+                model_type=r["type"],
+            )
+            for r in routes
+        )
+        models.append(
+            CatalogModel(public_id, first["type"], first["context_window"], first["created"], candidates)
+        )
+    return Catalog(
+        models, [model_pb2.Provider(id=p["name"], object="provider", kind=p["kind"]) for p in providers]
+    )

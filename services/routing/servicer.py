@@ -48,10 +48,13 @@ class RoutingServicer(routing_service_pb2_grpc.RoutingServiceServicer):
         return pb.ResolveRouteResponse(candidates=candidates)
 
     @rpc_method
-    async def ListCatalogModels(self, request: pb.ListCatalogModelsRequest, context: Any) -> pb.ListCatalogModelsResponse:
+    async def ListCatalogModels(
+        self, request: pb.ListCatalogModelsRequest, context: Any
+    ) -> pb.ListCatalogModelsResponse:
         return pb.ListCatalogModelsResponse(models=[m.to_proto() for m in self._catalog.models()])
 
     @rpc_method
-    async def ListCatalogProviders(self, request: pb.ListCatalogProvidersRequest,
-                                   context: Any) -> pb.ListCatalogProvidersResponse:
+    async def ListCatalogProviders(
+        self, request: pb.ListCatalogProvidersRequest, context: Any
+    ) -> pb.ListCatalogProvidersResponse:
         return pb.ListCatalogProvidersResponse(providers=self._catalog.providers)

@@ -16,7 +16,9 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aggregator", description="A self-hosted OpenAI-compatible AI gateway.")
+    parser = argparse.ArgumentParser(
+        prog="aggregator", description="A self-hosted OpenAI-compatible AI gateway."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the whole stack and block until SIGINT/SIGTERM")
@@ -25,12 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=0, help="service worker processes (default: one per core)")
 
     serve = sub.add_parser("serve", help="one process hosting the named gRPC services")
-    serve.add_argument("--services", default="all", help="all, or a comma list of auth,routing,adapter,"
-                                                         "billing,analytics,edge")
+    serve.add_argument(
+        "--services",
+        default="all",
+        help="all, or a comma list of auth,routing,adapter,billing,analytics,edge",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="gRPC port (default: edge.grpc_port)")
-    serve.add_argument("--remote", action="append", default=[], metavar="NAME=HOST:PORT",
-                       help="where a service that is not local lives (repeatable)")
+    serve.add_argument(
+        "--remote",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="where a service that is not local lives (repeatable)",
+    )
     serve.add_argument("--config")
     serve.add_argument("--data-dir")
     serve.add_argument("--ready-file", help="written once the server serves")
@@ -75,9 +85,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     services = parse_services(args.services)
     configure_tracing("aggregator-" + "-".join(sorted(services)))
     port = args.port or (config.edge.grpc_port if config else 50051)
-    settings = WorkerSettings(services=services, host=args.host, port=port, remotes=parse_remotes(args.remote),
-                              stores=StoreUrls.from_env(), data_dir=data_dir(args.data_dir),
-                              upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000))
+    settings = WorkerSettings(
+        services=services,
+        host=args.host,
+        port=port,
+        remotes=parse_remotes(args.remote),
+        stores=StoreUrls.from_env(),
+        data_dir=data_dir(args.data_dir),
+        upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
+    )
 
     def on_ready() -> None:
         if args.ready_file:
@@ -99,8 +115,10 @@ def _store_url(name: str, args: argparse.Namespace) -> str:
             key, _, value = line.partition("=")
             if key == name and value:
                 return value
-    raise ConfigError(f"{name} is not set and no running `aggregator up` was found in {run_file.parent.parent}; "
-                      f"start `aggregator up` or export {name}.")
+    raise ConfigError(
+        f"{name} is not set and no running `aggregator up` was found in {run_file.parent.parent}; "
+        f"start `aggregator up` or export {name}."
+    )
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

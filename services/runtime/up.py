@@ -49,9 +49,11 @@ class Stack:
         from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, free_port
 
         urls = {}
-        for env, server_class, name in (("DATABASE_URL", EmbeddedPostgres, "postgres"),
-                                        ("REDIS_URL", EmbeddedValkey, "valkey"),
-                                        ("NATS_URL", EmbeddedNats, "nats")):
+        for env, server_class, name in (
+            ("DATABASE_URL", EmbeddedPostgres, "postgres"),
+            ("REDIS_URL", EmbeddedValkey, "valkey"),
+            ("NATS_URL", EmbeddedNats, "nats"),
+        ):
             if os.environ.get(env):
                 urls[env] = os.environ[env]
                 continue
@@ -80,39 +82,68 @@ class Stack:
         metrics_dir.mkdir(parents=True)
         for ready in self.run_dir.glob("worker-*.ready"):
             ready.unlink()
-        env = children.child_env({
-            "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url, "NATS_URL": urls.nats_url,
-            "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(),
-            "AGGREGATOR_DATA_DIR": str(self.data_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        })
+        env = children.child_env(
+            {
+                "DATABASE_URL": urls.database_url,
+                "REDIS_URL": urls.redis_url,
+                "NATS_URL": urls.nats_url,
+                "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(),
+                "AGGREGATOR_DATA_DIR": str(self.data_dir),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            }
+        )
         edge = self.config.edge
         for index in range(self.workers):
-            argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
-                    "--host", edge.listen_address, "--port", str(edge.grpc_port), "--config", str(self.config_path),
-                    "--ready-file", str(self.run_dir / f"worker-{index}.ready")]
-            self.processes.append(children.spawn(argv, env=env, log_path=self.run_dir / "logs" / f"worker-{index}.log"))
+            argv = [
+                sys.executable,
+                "-m",
+                "services.runtime.cli",
+                "serve",
+                "--services",
+                "all",
+                "--host",
+                edge.listen_address,
+                "--port",
+                str(edge.grpc_port),
+                "--config",
+                str(self.config_path),
+                "--ready-file",
+                str(self.run_dir / f"worker-{index}.ready"),
+            ]
+            self.processes.append(
+                children.spawn(argv, env=env, log_path=self.run_dir / "logs" / f"worker-{index}.log")
+            )
 
     def wait_workers_ready(self) -> None:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while time.monotonic() < deadline:
             dead = [p for p in self.processes if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"a worker exited with status {dead[0].returncode}; see {self.run_dir / 'logs'}")
+                raise RuntimeError(
+                    f"a worker exited with status {dead[0].returncode}; see {self.run_dir / 'logs'}"
+                )
             if len(list(self.run_dir.glob("worker-*.ready"))) >= self.workers:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f} s; see {self.run_dir / 'logs'}")
+        raise RuntimeError(
+            f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f} s; see {self.run_dir / 'logs'}"
+        )
 
     def start_envoy(self) -> str:
         from services.runtime.envoy import EnvoyProcess, render_bootstrap
 
         edge = self.config.edge
         bootstrap = render_bootstrap(
-            http_port=edge.http_port, admin_port=edge.admin_port, upstreams=[("127.0.0.1", edge.grpc_port)],
-            descriptor_path=REPO / "gen" / "descriptor.pb", lua_path=REPO / "envoy" / "error_shaper.lua",
-            listen_address=edge.listen_address, max_request_bytes=edge.max_request_bytes,
-            access_log_path=str(self.run_dir / "logs" / "envoy-access.log"))
+            http_port=edge.http_port,
+            admin_port=edge.admin_port,
+            upstreams=[("127.0.0.1", edge.grpc_port)],
+            descriptor_path=REPO / "gen" / "descriptor.pb",
+            lua_path=REPO / "envoy" / "error_shaper.lua",
+            listen_address=edge.listen_address,
+            max_request_bytes=edge.max_request_bytes,
+            access_log_path=str(self.run_dir / "logs" / "envoy-access.log"),
+        )
         self.envoy = EnvoyProcess(bootstrap, self.run_dir / "envoy")
         self.envoy.start()
         return f"http://127.0.0.1:{edge.http_port}"

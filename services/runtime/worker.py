@@ -17,7 +17,6 @@ from typing import Any
 
 from aggregator.adapter.v1 import adapter_service_pb2_grpc
 from aggregator.analytics.v1 import analytics_service_pb2_grpc
-from aggregator.auth.v1 import api_key_service_pb2_grpc, auth_service_pb2_grpc
 from aggregator.billing.v1 import billing_service_pb2_grpc
 from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_grpc
 from aggregator.ops.v1 import ops_service_pb2_grpc
@@ -74,17 +73,23 @@ async def _stores(settings: WorkerSettings, wiring: Wiring, *, postgres: bool, n
         pool = await create_pool(settings.stores.database_url, min_size=1, max_size=10)
         wiring.closers.append(pool.close)
     if nats:
+
         async def reconnected() -> None:
             for callback in wiring.on_nats_reconnect:
                 callback()
 
-        nc = await connect_nats(settings.stores.nats_url, name=f"aggregator-{','.join(sorted(settings.services))}",
-                                reconnected_cb=reconnected)
+        nc = await connect_nats(
+            settings.stores.nats_url,
+            name=f"aggregator-{','.join(sorted(settings.services))}",
+            reconnected_cb=reconnected,
+        )
         wiring.closers.append(nc.drain)
     return pool, nc
 
 
-async def _wire_auth(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+async def _wire_auth(
+    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any
+) -> None:
     from services.auth.assembly import build_auth
     from services.auth.secret_files import load_server_secret
 
@@ -102,8 +107,12 @@ async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) 
     routing = RoutingServicer(pool, nc)
     await routing.start()
     wiring.closers.append(routing.close)
-    wiring.serve(topology, routing_service_pb2_grpc.add_RoutingServiceServicer_to_server, routing,
-                 "aggregator.routing.v1.RoutingService")
+    wiring.serve(
+        topology,
+        routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
+        routing,
+        "aggregator.routing.v1.RoutingService",
+    )
 
 
 async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wiring) -> None:
@@ -111,11 +120,17 @@ async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wi
 
     adapter = AdapterServicer.create(default_timeout_s=settings.upstream_timeout_ms / 1000)
     wiring.closers.append(adapter.close)
-    wiring.serve(topology, adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server, adapter,
-                 "aggregator.adapter.v1.AdapterService")
+    wiring.serve(
+        topology,
+        adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server,
+        adapter,
+        "aggregator.adapter.v1.AdapterService",
+    )
 
 
-async def _wire_edge(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+async def _wire_edge(
+    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any
+) -> None:
     from edge.accounting import UsageRecorder
     from edge.clients import ServiceClients
     from edge.inference_servicer import InferenceServicer
@@ -142,14 +157,25 @@ async def _wire_edge(settings: WorkerSettings, topology: Topology, wiring: Wirin
             raise ConnectionError("NATS is not connected")
         await nc.flush(timeout=1)
 
-    pipeline = Pipeline(ServiceClients.on(topology.channel_for), recorder,
-                        upstream_timeout_ms=settings.upstream_timeout_ms)
-    wiring.serve(topology, openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(pipeline),
-                 "aggregator.openai.v1.OpenAIService")
-    wiring.serve(topology, inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                 InferenceServicer(pipeline), "aggregator.openai.v1.InferenceService")
+    pipeline = Pipeline(
+        ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms
+    )
+    wiring.serve(
+        topology,
+        openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server,
+        OpenAIServicer(pipeline),
+        "aggregator.openai.v1.OpenAIService",
+    )
+    wiring.serve(
+        topology,
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+        InferenceServicer(pipeline),
+        "aggregator.openai.v1.InferenceService",
+    )
     ops = OpsServicer({"postgres": postgres_ready, "redis": redis.ping, "nats": nats_ready})
-    wiring.serve(topology, ops_service_pb2_grpc.add_OpsServiceServicer_to_server, ops, "aggregator.ops.v1.OpsService")
+    wiring.serve(
+        topology, ops_service_pb2_grpc.add_OpsServiceServicer_to_server, ops, "aggregator.ops.v1.OpsService"
+    )
 
 
 def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
@@ -157,11 +183,19 @@ def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[s
     from services.billing.servicer import BillingServicer
 
     if "billing" in services:
-        wiring.serve(topology, billing_service_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(),
-                     "aggregator.billing.v1.BillingService")
+        wiring.serve(
+            topology,
+            billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
+            BillingServicer(),
+            "aggregator.billing.v1.BillingService",
+        )
     if "analytics" in services:
-        wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-                     AnalyticsServicer(), "aggregator.analytics.v1.AnalyticsService")
+        wiring.serve(
+            topology,
+            analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+            AnalyticsServicer(),
+            "aggregator.analytics.v1.AnalyticsService",
+        )
 
 
 async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
@@ -169,8 +203,12 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     wiring = Wiring()
     wiring.closers.append(topology.close)
     services = settings.services
-    pool, nc = await _stores(settings, wiring, postgres=bool(services & {"auth", "routing", "edge"}),
-                             nats=bool(services & {"auth", "routing", "edge"}))
+    pool, nc = await _stores(
+        settings,
+        wiring,
+        postgres=bool(services & {"auth", "routing", "edge"}),
+        nats=bool(services & {"auth", "routing", "edge"}),
+    )
     try:
         if "auth" in services:
             await _wire_auth(settings, topology, wiring, pool, nc)
@@ -187,9 +225,13 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     return wiring
 
 
-async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None,
-                on_ready: Callable[[], None] | None = None) -> None:
-    """Serves until SIGTERM/SIGINT (or `stop` is set), then stops gracefully; calls `on_ready` once serving."""
+async def serve(
+    settings: WorkerSettings, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serves until SIGTERM/SIGINT (or `stop` is set), then stops gracefully.
+
+    `on_ready` is called once the server serves.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aggregator.adapter.v1 import adapter_service_pb2
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from aggregator.adapter.v1 import adapter_service_pb2
 from tests.conformance.conftest import Harness
 
 WEATHER_TOOL = {"type": "function", "function": {

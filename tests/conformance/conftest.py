@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
+
 from aggregator.adapter.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from aggregator.routing.v1 import route_pb2
-from google.protobuf import json_format
-
 from services.adapters.servicer import AdapterServicer
 from services.core.errors import GatewayError, from_rpc_error
 from services.core.rpc import InProcessContext

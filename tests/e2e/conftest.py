@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from services.runtime.stores import free_port
-from tests.e2e.harness import UPSTREAM_KEY, Gateway, start_gateway, gateway_config
+from tests.e2e.harness import UPSTREAM_KEY, Gateway, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.stores import migrated_database_url, store_urls
 

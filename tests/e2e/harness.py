@@ -24,32 +24,64 @@ from services.runtime.up import REPO, prepare_stores
 
 ADMIN_KEY = "sk_live_" + "e2e" + secrets.token_urlsafe(32)
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(8)
-SPLIT = {"auth": ("auth",), "routing": ("routing",), "adapter": ("adapter",),
-         "edge": ("edge", "billing", "analytics")}
+SPLIT = {
+    "auth": ("auth",),
+    "routing": ("routing",),
+    "adapter": ("adapter",),
+    "edge": ("edge", "billing", "analytics"),
+}
 
 
 def gateway_config(primary_url: str, backup_url: str, dead_url: str) -> Config:
     """Models served by the fake upstreams; `fallback-chat` starts on a dead provider."""
     price = {"input_per_1k": "0.0015", "output_per_1k": "0.002"}
-    return parse_config({
-        "providers": [
-            {"name": "fakeai", "kind": "openai", "base_url": primary_url, "api_key_env": "FAKEAI_API_KEY"},
-            {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
-            {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
-        ],
-        "models": [
-            {"id": "gpt-4o-mini", "type": "chat", "context_window": 128000,
-             "routes": [{"provider": "fakeai", "model": "gpt-4o-mini", **price}]},
-            {"id": "fallback-chat", "type": "chat",
-             "routes": [{"provider": "dead", "model": "gpt-4o-mini", **price},
-                        {"provider": "backup", "model": "gpt-4o-mini", **price}]},
-            {"id": "only-dead", "type": "chat",
-             "routes": [{"provider": "dead", "model": "gpt-4o-mini", **price}]},
-            {"id": "text-embedding-3-small", "type": "embedding",
-             "routes": [{"provider": "fakeai", "model": "text-embedding-3-small",
-                         "input_per_1k": "0.00002", "output_per_1k": "0"}]},
-        ],
-    })
+    return parse_config(
+        {
+            "providers": [
+                {
+                    "name": "fakeai",
+                    "kind": "openai",
+                    "base_url": primary_url,
+                    "api_key_env": "FAKEAI_API_KEY",
+                },
+                {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
+                {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
+            ],
+            "models": [
+                {
+                    "id": "gpt-4o-mini",
+                    "type": "chat",
+                    "context_window": 128000,
+                    "routes": [{"provider": "fakeai", "model": "gpt-4o-mini", **price}],
+                },
+                {
+                    "id": "fallback-chat",
+                    "type": "chat",
+                    "routes": [
+                        {"provider": "dead", "model": "gpt-4o-mini", **price},
+                        {"provider": "backup", "model": "gpt-4o-mini", **price},
+                    ],
+                },
+                {
+                    "id": "only-dead",
+                    "type": "chat",
+                    "routes": [{"provider": "dead", "model": "gpt-4o-mini", **price}],
+                },
+                {
+                    "id": "text-embedding-3-small",
+                    "type": "embedding",
+                    "routes": [
+                        {
+                            "provider": "fakeai",
+                            "model": "text-embedding-3-small",
+                            "input_per_1k": "0.00002",
+                            "output_per_1k": "0",
+                        }
+                    ],
+                },
+            ],
+        }
+    )
 
 
 @dataclass
@@ -79,7 +111,9 @@ def _wait_ready(gateway: Gateway, ready_files: dict[str, Path], timeout_s: float
     while time.monotonic() < deadline:
         for name, process in gateway.processes.items():
             if process.poll() is not None:
-                raise RuntimeError(f"service process {name} exited {process.returncode}:\n{gateway.log(name)[-3000:]}")
+                raise RuntimeError(
+                    f"service process {name} exited {process.returncode}:\n{gateway.log(name)[-3000:]}"
+                )
         if all(path.exists() for path in ready_files.values()):
             return
         time.sleep(0.05)
@@ -88,26 +122,47 @@ def _wait_ready(gateway: Gateway, ready_files: dict[str, Path], timeout_s: float
 
 async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config: Config) -> Gateway:
     """Prepares the stores and starts the service processes and Envoy; the caller stops it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, once
     os.environ["AGGREGATOR_ADMIN_KEY"] = ADMIN_KEY
     os.environ["AGGREGATOR_SECRET"] = secrets.token_hex(32)
     try:
         await prepare_stores(config, stores, data_dir)
     finally:
         os.environ.pop("AGGREGATOR_ADMIN_KEY")
-    env = children.child_env({
-        "DATABASE_URL": stores.database_url, "REDIS_URL": stores.redis_url, "NATS_URL": stores.nats_url,
-        "AGGREGATOR_DATA_DIR": str(data_dir), "FAKEAI_API_KEY": UPSTREAM_KEY,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    env = children.child_env(
+        {
+            "DATABASE_URL": stores.database_url,
+            "REDIS_URL": stores.redis_url,
+            "NATS_URL": stores.nats_url,
+            "AGGREGATOR_DATA_DIR": str(data_dir),
+            "FAKEAI_API_KEY": UPSTREAM_KEY,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+    )
     groups = {"all": ("all",)} if topology == "all" else SPLIT
     ports = {name: free_port() for name in groups}
     gateway = Gateway("", "", "", ADMIN_KEY, data_dir)
     ready_files = {name: data_dir / f"{name}.ready" for name in groups}
     for name, services in groups.items():
         ready_files[name].unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", ",".join(services),
-                "--host", "127.0.0.1", "--port", str(ports[name]), "--ready-file", str(ready_files[name]),
-                "--data-dir", str(data_dir), "--config", str(data_dir / "none.yaml")]
+        argv = [
+            sys.executable,
+            "-m",
+            "services.runtime.cli",
+            "serve",
+            "--services",
+            ",".join(services),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports[name]),
+            "--ready-file",
+            str(ready_files[name]),
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(data_dir / "none.yaml"),
+        ]
         for other, other_services in groups.items():
             if other != name:
                 argv += [f"--remote={s}=127.0.0.1:{ports[other]}" for s in other_services]
@@ -115,16 +170,26 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
     try:
         _wait_ready(gateway, ready_files)
         front = "all" if topology == "all" else "edge"
-        routes = None if topology == "all" else {
-            "aggregator.auth.v1.": [("127.0.0.1", ports["auth"])],
-            "aggregator.routing.v1.": [("127.0.0.1", ports["routing"])],
-            "aggregator.adapter.v1.": [("127.0.0.1", ports["adapter"])]}
+        routes = (
+            None
+            if topology == "all"
+            else {
+                "aggregator.auth.v1.": [("127.0.0.1", ports["auth"])],
+                "aggregator.routing.v1.": [("127.0.0.1", ports["routing"])],
+                "aggregator.adapter.v1.": [("127.0.0.1", ports["adapter"])],
+            }
+        )
         http_port, admin_port = free_port(), free_port()
-        bootstrap = render_bootstrap(http_port=http_port, admin_port=admin_port,
-                                     upstreams=[("127.0.0.1", ports[front])], service_upstreams=routes,
-                                     descriptor_path=REPO / "gen" / "descriptor.pb",
-                                     lua_path=REPO / "envoy" / "error_shaper.lua", listen_address="127.0.0.1",
-                                     access_log_path=str(data_dir / "logs" / "envoy-access.log"))
+        bootstrap = render_bootstrap(
+            http_port=http_port,
+            admin_port=admin_port,
+            upstreams=[("127.0.0.1", ports[front])],
+            service_upstreams=routes,
+            descriptor_path=REPO / "gen" / "descriptor.pb",
+            lua_path=REPO / "envoy" / "error_shaper.lua",
+            listen_address="127.0.0.1",
+            access_log_path=str(data_dir / "logs" / "envoy-access.log"),
+        )
         gateway.envoy = EnvoyProcess(bootstrap, data_dir / "envoy")
         gateway.envoy.start()
     except BaseException:

@@ -23,22 +23,29 @@ async def test_chat_non_stream(client: openai.AsyncOpenAI, upstream: FakeOpenAI)
     assert completion.model == "gpt-4o-mini"
     assert "Say hello" in (completion.choices[0].message.content or "")
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage and completion.usage.total_tokens == (
-        completion.usage.prompt_tokens + completion.usage.completion_tokens) > 0
+    assert (
+        completion.usage
+        and completion.usage.total_tokens
+        == (completion.usage.prompt_tokens + completion.usage.completion_tokens)
+        > 0
+    )
     provider = completion.model_extra["provider"]
     assert provider["name"] == "fakeai" and provider["model"] == "gpt-4o-mini"
     assert isinstance(provider["latency_ms"], int)
     request_id = raw.headers["x-request-id"]
     assert request_id
-    assert not any(h.startswith(("grpc-", "x-envoy-", "x-openai-error", "x-http-status")) for h in raw.headers)
+    assert not any(
+        h.startswith(("grpc-", "x-envoy-", "x-openai-error", "x-http-status")) for h in raw.headers
+    )
     received = upstream.requests[-1]
     assert received.headers.get("x-request-id") == request_id
     assert received.json["model"] == "gpt-4o-mini" and received.json["messages"] == HELLO
 
 
 async def test_chat_stream_sdk_assembles_text(client: openai.AsyncOpenAI) -> None:
-    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True,
-                                                  stream_options={"include_usage": True})
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     text, usage, chunks = "", None, 0
     async for chunk in stream:
         chunks += 1
@@ -79,16 +86,29 @@ async def test_stream_arrives_incrementally(http: httpx.AsyncClient, upstream: F
 
 
 async def test_tool_calls_non_stream_and_stream(client: openai.AsyncOpenAI) -> None:
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     messages = [{"role": "user", "content": "Call get_weather for Paris."}]
     completion = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
     call = completion.choices[0].message.tool_calls[0]
     assert completion.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
 
-    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools, stream=True)
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, tools=tools, stream=True
+    )
     name, arguments, finish = "", "", None
     async for chunk in stream:
         for choice in chunk.choices:
@@ -100,7 +120,9 @@ async def test_tool_calls_non_stream_and_stream(client: openai.AsyncOpenAI) -> N
     assert json.loads(arguments) == json.loads(call.function.arguments)
 
 
-async def test_fallback_to_next_candidate_before_first_byte(client: openai.AsyncOpenAI, backup: FakeOpenAI) -> None:
+async def test_fallback_to_next_candidate_before_first_byte(
+    client: openai.AsyncOpenAI, backup: FakeOpenAI
+) -> None:
     completion = await client.chat.completions.create(model="fallback-chat", messages=HELLO)
     assert completion.model_extra["provider"]["name"] == "backup"
     assert completion.model == "fallback-chat"
@@ -116,8 +138,9 @@ async def test_provider_slash_model_id(client: openai.AsyncOpenAI) -> None:
 async def test_client_disconnect_cancels_upstream(gateway: Gateway, upstream: FakeOpenAI) -> None:
     upstream.hold_streams()
     body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
-                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, timeout=30, headers={"authorization": f"Bearer {gateway.admin_key}"}
+    ) as raw:
         async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
             await anext(response.aiter_lines())
     # The client is gone: the upstream request must be cancelled within seconds.

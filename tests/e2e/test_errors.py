@@ -16,8 +16,9 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 LEAKS = ("envoy", "grpc", "upstream connect", "Traceback", "INVALID_ARGUMENT", "proto")
 
 
-def assert_openai_error(response: httpx.Response, status: int, *, code: str | None = None,
-                        error_type: str | None = None) -> dict:
+def assert_openai_error(
+    response: httpx.Response, status: int, *, code: str | None = None, error_type: str | None = None
+) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -26,7 +27,9 @@ def assert_openai_error(response: httpx.Response, status: int, *, code: str | No
     assert set(error) == {"message", "type", "param", "code"}
     assert isinstance(error["message"], str) and error["message"]
     assert all(leak.lower() not in error["message"].lower() for leak in LEAKS), error["message"]
-    assert not any(h.startswith(("grpc-", "x-envoy-", "x-openai-error", "x-http-status")) for h in response.headers)
+    assert not any(
+        h.startswith(("grpc-", "x-envoy-", "x-openai-error", "x-http-status")) for h in response.headers
+    )
     if code is not None:
         assert error["code"] == code
     if error_type is not None:
@@ -47,30 +50,42 @@ async def test_missing_key_401(anonymous: httpx.AsyncClient) -> None:
 
 async def test_wrong_key_401(anonymous: httpx.AsyncClient) -> None:
     wrong = "sk_live_" + "x" * 43
-    response = await anonymous.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {wrong}"})
+    response = await anonymous.post(
+        "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {wrong}"}
+    )
     error = assert_openai_error(response, 401, code="invalid_api_key")
     assert wrong not in error["message"]
 
 
 async def test_sdk_raises_authentication_error(gateway: Gateway) -> None:
-    async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key="sk_live_nope", max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url + "/v1", api_key="sk_live_nope", max_retries=0
+    ) as sdk:
         with pytest.raises(openai.AuthenticationError):
             await sdk.chat.completions.create(**CHAT)
 
 
 async def test_malformed_json_400(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/chat/completions", content=b'{"model": "gpt-4o-mini", "messages": [',
-                               headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/chat/completions",
+        content=b'{"model": "gpt-4o-mini", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert_openai_error(response, 400, error_type="invalid_request_error")
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "gpt-4o-mini", "messages": 5},
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": "two"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt-4o-mini", "messages": 5},
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": "two"},
+    ],
+)
 async def test_wrong_types_400(http: httpx.AsyncClient, body: dict) -> None:
-    assert_openai_error(await http.post("/v1/chat/completions", json=body), 400, error_type="invalid_request_error")
+    assert_openai_error(
+        await http.post("/v1/chat/completions", json=body), 400, error_type="invalid_request_error"
+    )
 
 
 async def test_invalid_values_400_name_the_param(http: httpx.AsyncClient) -> None:
@@ -82,8 +97,9 @@ async def test_invalid_values_400_name_the_param(http: httpx.AsyncClient) -> Non
 
 
 async def test_unknown_model_404(http: httpx.AsyncClient) -> None:
-    error = assert_openai_error(await http.post("/v1/chat/completions", json={**CHAT, "model": "nope"}), 404,
-                                code="model_not_found")
+    error = assert_openai_error(
+        await http.post("/v1/chat/completions", json={**CHAT, "model": "nope"}), 404, code="model_not_found"
+    )
     assert error["param"] == "model"
     assert_openai_error(await http.get("/v1/models/nope"), 404, code="model_not_found")
 
@@ -104,18 +120,24 @@ async def test_upstream_5xx_after_fallbacks_502(http: httpx.AsyncClient, upstrea
 
 
 async def test_upstream_unreachable_503(http: httpx.AsyncClient) -> None:
-    assert_openai_error(await http.post("/v1/chat/completions", json={**CHAT, "model": "only-dead"}), 503,
-                        error_type="upstream_error")
+    assert_openai_error(
+        await http.post("/v1/chat/completions", json={**CHAT, "model": "only-dead"}),
+        503,
+        error_type="upstream_error",
+    )
 
 
-async def test_upstream_503_streamed_request_fails_before_first_byte(http: httpx.AsyncClient,
-                                                                      upstream: FakeOpenAI) -> None:
+async def test_upstream_503_streamed_request_fails_before_first_byte(
+    http: httpx.AsyncClient, upstream: FakeOpenAI
+) -> None:
     upstream.fail_next(openai_failures.unavailable(), times=3)
     response = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert_openai_error(response, 503)
 
 
-async def test_upstream_rate_limit_429_keeps_retry_after(http: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
+async def test_upstream_rate_limit_429_keeps_retry_after(
+    http: httpx.AsyncClient, upstream: FakeOpenAI
+) -> None:
     upstream.fail_next(openai_failures.rate_limited(7), times=3)
     response = await http.post("/v1/chat/completions", json=CHAT)
     assert_openai_error(response, 429)

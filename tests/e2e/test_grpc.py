@@ -19,14 +19,18 @@ def _metadata(gateway: Gateway) -> tuple[tuple[str, str], ...]:
 async def test_health_through_envoy_and_on_services_port(gateway: Gateway) -> None:
     for target in (gateway.grpc_target, gateway.services_target):
         async with grpc.aio.insecure_channel(target) as channel:
-            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="")
+            )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_typed_streaming_chat_through_envoy(gateway: Gateway) -> None:
     request = chat_pb2.ChatCompletionRequest(
-        model="gpt-4o-mini", messages=[chat_pb2.ChatMessage(role="user")],
-        stream_options=chat_pb2.StreamOptions(include_usage=True))
+        model="gpt-4o-mini",
+        messages=[chat_pb2.ChatMessage(role="user")],
+        stream_options=chat_pb2.StreamOptions(include_usage=True),
+    )
     request.messages[0].content.string_value = "Say hello"
     async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)

@@ -17,8 +17,13 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 async def test_models_list_and_retrieve(client: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
     ids = {m.id async for m in client.models.list()}
-    assert {"gpt-4o-mini", "fallback-chat", "text-embedding-3-small", "fakeai/gpt-4o-mini",
-            "backup/gpt-4o-mini"} <= ids
+    assert {
+        "gpt-4o-mini",
+        "fallback-chat",
+        "text-embedding-3-small",
+        "fakeai/gpt-4o-mini",
+        "backup/gpt-4o-mini",
+    } <= ids
     model = await client.models.retrieve("fakeai/gpt-4o-mini")
     assert model.id == "fakeai/gpt-4o-mini" and model.object == "model" and model.owned_by == "fakeai"
     raw = (await http.get("/v1/models")).json()
@@ -35,8 +40,9 @@ async def test_providers_list(http: httpx.AsyncClient) -> None:
 
 
 async def test_key_create_use_delete_then_401(gateway: Gateway, http: httpx.AsyncClient) -> None:
-    created = await http.post("/v1/api-keys", json={"name": "ci", "allowed_models": ["gpt-4o-mini"],
-                                                     "rate_limit_per_minute": 100})
+    created = await http.post(
+        "/v1/api-keys", json={"name": "ci", "allowed_models": ["gpt-4o-mini"], "rate_limit_per_minute": 100}
+    )
     assert created.status_code == 200, created.text
     body = created.json()
     key = body["key"]
@@ -48,7 +54,9 @@ async def test_key_create_use_delete_then_401(gateway: Gateway, http: httpx.Asyn
     mine = [k for k in listed["data"] if k["id"] == body["id"]]
     assert mine and "key" not in mine[0]
 
-    async with httpx.AsyncClient(base_url=gateway.base_url, headers={"authorization": f"Bearer {key}"}) as user:
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, headers={"authorization": f"Bearer {key}"}
+    ) as user:
         assert (await user.post("/v1/chat/completions", json=CHAT)).status_code == 200
         other_model = await user.post("/v1/chat/completions", json={**CHAT, "model": "fallback-chat"})
         assert other_model.status_code == 403

@@ -26,12 +26,34 @@ STORE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "NATS_URL", "AGGREGATOR_ADMIN_KE
 
 def _write_config(path: Path, upstream: FakeOpenAI) -> dict:
     config = {
-        "edge": {"http_port": free_port(), "grpc_port": free_port(), "admin_port": free_port(),
-                 "listen_address": "127.0.0.1"},
-        "providers": [{"name": "fakeai", "kind": "openai", "base_url": upstream.base_url,
-                       "api_key_env": "FAKEAI_API_KEY"}],
-        "models": [{"id": "gpt-4o-mini", "type": "chat", "routes": [
-            {"provider": "fakeai", "model": "gpt-4o-mini", "input_per_1k": "0.001", "output_per_1k": "0.002"}]}],
+        "edge": {
+            "http_port": free_port(),
+            "grpc_port": free_port(),
+            "admin_port": free_port(),
+            "listen_address": "127.0.0.1",
+        },
+        "providers": [
+            {
+                "name": "fakeai",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": "FAKEAI_API_KEY",
+            }
+        ],
+        "models": [
+            {
+                "id": "gpt-4o-mini",
+                "type": "chat",
+                "routes": [
+                    {
+                        "provider": "fakeai",
+                        "model": "gpt-4o-mini",
+                        "input_per_1k": "0.001",
+                        "output_per_1k": "0.002",
+                    }
+                ],
+            }
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return config
@@ -41,9 +63,24 @@ def _start(config_path: Path, data_dir: Path) -> tuple[subprocess.Popen[str], li
     env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
     env["FAKEAI_API_KEY"] = UPSTREAM_KEY
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.runtime.cli", "up", "--config", str(config_path), "--data-dir",
-         str(data_dir), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "services.runtime.cli",
+            "up",
+            "--config",
+            str(config_path),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return process, []
 
 
@@ -96,18 +133,33 @@ async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) ->
             admin_key = (data_dir / "admin-key").read_text().strip()
             assert any(admin_key in line for line in output), "the first up prints the admin key once"
             assert (data_dir / "admin-key").stat().st_mode & 0o777 == 0o600
-            async with httpx.AsyncClient(base_url=base, timeout=30,
-                                         headers={"authorization": f"Bearer {admin_key}"}) as http:
+            async with httpx.AsyncClient(
+                base_url=base, timeout=30, headers={"authorization": f"Bearer {admin_key}"}
+            ) as http:
                 assert (await http.get("/healthz")).status_code == 200
                 assert (await http.get("/readyz")).json() == {"status": "ready"}
                 assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
                 metrics = (await http.get("/metrics")).text
                 assert "aggregator_requests_total" in metrics
                 created = (await http.post("/v1/api-keys", json={"name": "survivor"})).json()
-            cli_key = subprocess.run(
-                [sys.executable, "-m", "services.runtime.cli", "admin", "--data-dir", str(data_dir), "create-key",
-                 "--name", "from-cli"], cwd=REPO, capture_output=True, text=True, check=True,
-                env={k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}).stdout.strip()
+            cli_key = subprocess.run(  # noqa: ASYNC221 - the gateway runs in other processes
+                [
+                    sys.executable,
+                    "-m",
+                    "services.runtime.cli",
+                    "admin",
+                    "--data-dir",
+                    str(data_dir),
+                    "create-key",
+                    "--name",
+                    "from-cli",
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+                env={k: v for k, v in os.environ.items() if k not in STORE_VARIABLES},
+            ).stdout.strip()
             assert cli_key.startswith("sk_live_")
             elapsed = await _stop(process, data_dir)
             assert elapsed < 20
@@ -120,8 +172,9 @@ async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) ->
             await _wait_ready(process, output)
             assert not any(admin_key in line for line in output), "the admin key is shown only once"
             for key in (admin_key, created["key"], cli_key):
-                async with httpx.AsyncClient(base_url=base, timeout=30,
-                                             headers={"authorization": f"Bearer {key}"}) as http:
+                async with httpx.AsyncClient(
+                    base_url=base, timeout=30, headers={"authorization": f"Bearer {key}"}
+                ) as http:
                     assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
             assert await _stop(process, data_dir) < 20
         finally:

@@ -55,14 +55,21 @@ async def test_chat_usage_event_is_published_once(http: httpx.AsyncClient, store
     assert event.request_id == request_id and event.endpoint == "chat.completions"
     assert event.public_model == "gpt-4o-mini" and event.provider == "fakeai"
     assert event.status == ev.REQUEST_STATUS_SUCCEEDED and event.http_status == 200
-    assert event.prompt_tokens == usage["prompt_tokens"] and event.completion_tokens == usage["completion_tokens"]
-    expected = (Decimal(usage["prompt_tokens"]) * Decimal("0.0015")
-                + Decimal(usage["completion_tokens"]) * Decimal("0.002")) / 1000
+    assert (
+        event.prompt_tokens == usage["prompt_tokens"]
+        and event.completion_tokens == usage["completion_tokens"]
+    )
+    expected = (
+        Decimal(usage["prompt_tokens"]) * Decimal("0.0015")
+        + Decimal(usage["completion_tokens"]) * Decimal("0.002")
+    ) / 1000
     assert Decimal(event.cost_usd) == expected
     assert event.organization_id and event.api_key_id and event.attempts == 1
 
 
-async def test_failed_request_is_recorded_with_its_reason(http: httpx.AsyncClient, store_urls: StoreUrls) -> None:
+async def test_failed_request_is_recorded_with_its_reason(
+    http: httpx.AsyncClient, store_urls: StoreUrls
+) -> None:
     body = {"model": "only-dead", "messages": [{"role": "user", "content": "hi"}]}
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 503

@@ -21,14 +21,14 @@ import asyncpg
 import grpc
 import orjson
 import pytest
+from google.protobuf import json_format
+
 from aggregator.auth.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
 )
-from google.protobuf import json_format
-
 from services.auth import admin, invalidation, repository
 from services.auth.assembly import AuthComponents, build_auth
 from services.auth.keys import hash_key, key_prefix

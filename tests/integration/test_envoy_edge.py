@@ -20,6 +20,10 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
+from google.api import httpbody_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
 from aggregator.openai.v1 import (
     chat_pb2,
     inference_service_pb2_grpc,
@@ -27,10 +31,6 @@ from aggregator.openai.v1 import (
     openai_service_pb2,
     openai_service_pb2_grpc,
 )
-from google.api import httpbody_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-
 from services.core.errors import GatewayError, Reason, from_rpc_error
 from services.core.rpc import rpc_method
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, envoy_binary, render_bootstrap

@@ -10,11 +10,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from aggregator.events.v1 import usage_event_pb2
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 
+from aggregator.events.v1 import usage_event_pb2
 from services.core.config import StoreUrls
 from services.core.events import UsagePublisher
 from services.core.nats import USAGE_STREAM, connect_nats, ensure_streams

@@ -13,7 +13,6 @@ import typing
 from dataclasses import dataclass
 
 import pytest
-from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from openai.types import completion_create_params, embedding_create_params
@@ -26,6 +25,8 @@ from openai.types.chat import (
 from openai.types.chat import completion_create_params as chat_create_params
 from openai.types.chat.chat_completion_message_function_tool_call_param import Function as ToolCallFunction
 from openai.types.shared_params import FunctionDefinition
+
+from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2
 
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 

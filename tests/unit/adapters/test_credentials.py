@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from aggregator.routing.v1 import route_pb2
 
+from aggregator.routing.v1 import route_pb2
 from services.adapters.credentials import BEARER, AuthScheme, CredentialResolver
 from services.core.errors import GatewayError, Reason
 

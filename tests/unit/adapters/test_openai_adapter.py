@@ -6,11 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
+from google.protobuf import json_format
+
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from aggregator.routing.v1 import route_pb2
-from google.protobuf import json_format
-
 from services.adapters.credentials import CredentialResolver
 from services.adapters.http import HttpClient, HttpRequest
 from services.adapters.openai import OpenAIAdapter

@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from google.protobuf import json_format
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from services.adapters import openai_translate as translate
 
 TARGET = translate.Target(provider="acme", public_model="smart", upstream_model="gpt-4o-mini")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.routing.v1 import route_pb2
-
 from services.adapters.credentials import CredentialResolver
 from services.adapters.http import HttpClient
 from services.adapters.openai import OpenAIAdapter

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from aggregator.auth.v1 import auth_service_pb2
 
+from aggregator.auth.v1 import auth_service_pb2
 from services.auth.authenticator import Authenticator
 from services.auth.cache import PrincipalCache
 from services.auth.keys import MAX_KEY_LENGTH, generate_key, hash_key

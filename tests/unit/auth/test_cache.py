@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aggregator.auth.v1 import auth_service_pb2
 
+from aggregator.auth.v1 import auth_service_pb2
 from services.auth import invalidation
 from services.auth.cache import PrincipalCache
 from services.auth.records import AuthRecord

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from aggregator.auth.v1 import api_key_service_pb2
 from google.protobuf import json_format
 
+from aggregator.auth.v1 import api_key_service_pb2
 from services.auth.records import KeyRow, KeySettings, api_key_message, auth_record, timestamp
 from services.auth.validation import (
     DEFAULT_PAGE_SIZE,

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.adapter.v1 import adapter_service_pb2_grpc as adapter_grpc
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
@@ -15,7 +16,6 @@ from aggregator.auth.v1 import auth_service_pb2_grpc as auth_grpc
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from aggregator.routing.v1 import routing_service_pb2_grpc as routing_grpc
-
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, from_rpc_error
 from services.core.inproc import InProcessChannel, InProcessServicerContext

@@ -6,10 +6,10 @@ import logging
 from decimal import Decimal
 
 import pytest
+
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
-
 from edge.accounting import RequestRecord, UsageRecorder, estimate_tokens, price
 from services.core.errors import GatewayError, Reason
 

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from google.protobuf import json_format, struct_pb2
+from prometheus_client import REGISTRY
+
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
 from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
-from google.protobuf import json_format, struct_pb2
-from prometheus_client import REGISTRY
-
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.pipeline import Pipeline, bearer_key, check_model_allowed
 from services.core import telemetry

@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from google.protobuf import json_format
 
+from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from edge.validation import validate_chat, validate_embedding
 from services.core.errors import GatewayError, Reason
 

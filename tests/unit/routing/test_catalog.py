@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
-
 from services.core.errors import GatewayError, Reason
 from services.routing.catalog import Catalog, CatalogModel, decimal_str
 
