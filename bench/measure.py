@@ -17,15 +17,26 @@ class CpuSnapshot:
     machine_total_s: float
 
 
-def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
-    """CPU seconds of each process of `pids` so far (a process that is gone counts as 0)."""
-    per_process = {}
-    for name, pid in pids.items():
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of its children alive now (PostgreSQL's backends); 0 if gone."""
+    try:
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    used = 0.0
+    for member in family:
         try:
-            times = psutil.Process(pid).cpu_times()
-            per_process[name] = times.user + times.system
+            times = member.cpu_times()
         except psutil.Error:
-            per_process[name] = 0.0
+            continue  # ended between the listing and now
+        used += times.user + times.system
+    return used
+
+
+def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
+    """CPU seconds of each process of `pids` (with its children) so far."""
+    per_process = {name: process_cpu_s(pid) for name, pid in pids.items()}
     machine = psutil.cpu_times()
     idle = machine.idle + getattr(machine, "iowait", 0.0)
     # guest time is already inside user time on Linux: leave it out of the total.

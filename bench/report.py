@@ -78,14 +78,19 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _details(results: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = ["", "CPU ms per request by process group (stores = PostgreSQL + Valkey + NATS, not in gw CPU):"]
     for name, phase in results["phases"].items():
-        workers = ", ".join(f"{w} {v:.2f}" for w, v in phase["cpu_ms_per_req"].items() if w.startswith("worker"))
-        lines.append(f"{name}: ok {phase['ok']}, errors {phase['errors']} {phase['error_kinds'] or ''}, "
-                     f"machine busy {phase['machine_busy'] * 100:.0f}%, CPU ms/req: {workers}, "
-                     f"upstream {phase['cpu_ms_per_req'].get('upstream', 0):.2f}, "
-                     f"client {phase['client_cpu_ms_per_req']}")
+        shares = "/".join(f"{share * 100:.0f}%" for share in phase["worker_cpu_share"].values() if share is not None)
+        lines.append(f"  {name}: workers {_ms(phase['workers_cpu_ms_per_req'])} (split {shares or '-'}), "
+                     f"envoy {_ms(phase['envoy_cpu_ms_per_req'])}, stores {_ms(phase['stores_cpu_ms_per_req'])}, "
+                     f"upstream {_ms(phase['upstream_cpu_ms_per_req'])}, client {_ms(phase['client_cpu_ms_per_req'])}; "
+                     f"machine busy {phase['machine_busy'] * 100:.0f}%; "
+                     f"ok {phase['ok']}, errors {phase['errors']}{' ' + str(phase['error_kinds']) if phase['errors'] else ''}")
     rss = results["peak_rss"]
     shown = ", ".join(f"{name} {value / MIB:.0f}" for name, value in rss["per_process"].items() if value)
     lines.append(f"peak RSS MiB: {shown}; gateway total {rss['gateway_total'] / MIB:.0f}")
     return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

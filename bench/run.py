@@ -64,9 +64,9 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
     url, key = (stack.base_url, stack.admin_key) if target == "gateway" else (stack.upstream_url, stack.upstream_key)
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", MODEL,
             "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--concurrency", str(args.concurrency)]
-    pids = stack.gateway_pids()
     assert stack.upstream is not None
-    pids["upstream"] = stack.upstream.pid
+    pids = {**stack.gateway_pids(), "upstream": stack.upstream.pid,
+            **{f"store-{name}": pid for name, pid in stack.store_pids().items()}}
     with open(stack.root / "logs" / "loadgen.log", "ab") as log:
         # The key travels on the command line of a local, short-lived process: a throwaway test key.
         process = subprocess.Popen([*argv, *(["--stream"] if stream else [])], cwd=REPO, stdin=subprocess.PIPE,
@@ -91,14 +91,22 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
 
 def _with_cpu(result: dict[str, Any], target: str, stream: bool, cpu: dict[str, float],
               busy: float) -> dict[str, Any]:
+    """The load generator's result plus CPU: per process, and per request by group."""
     completed = result["completed"]
-    gateway_s = sum(v for name, v in cpu.items() if name != "upstream")
+    workers_s = sum(v for name, v in cpu.items() if name.startswith("worker-"))
+    envoy_s = cpu.get("envoy", 0.0)
+    stores_s = sum(v for name, v in cpu.items() if name.startswith("store-"))
+    per_req = report.per_request_ms
     return {**result, "target": target, "stream": stream, "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
-            "cpu_ms_per_req": {k: report.per_request_ms(v, completed) for k, v in cpu.items()},
-            "gateway_cpu_ms_per_req": report.per_request_ms(gateway_s, completed),
-            "envoy_cpu_ms_per_req": report.per_request_ms(cpu.get("envoy", 0.0), completed),
-            "workers_cpu_ms_per_req": report.per_request_ms(gateway_s - cpu.get("envoy", 0.0), completed),
-            "client_cpu_ms_per_req": report.per_request_ms(result["client_cpu_s"], completed),
+            "cpu_ms_per_req": {k: per_req(v, completed) for k, v in cpu.items()},
+            "gateway_cpu_ms_per_req": per_req(workers_s + envoy_s, completed),
+            "workers_cpu_ms_per_req": per_req(workers_s, completed),
+            "envoy_cpu_ms_per_req": per_req(envoy_s, completed),
+            "stores_cpu_ms_per_req": per_req(stores_s, completed),
+            "upstream_cpu_ms_per_req": per_req(cpu.get("upstream", 0.0), completed),
+            "client_cpu_ms_per_req": per_req(result["client_cpu_s"], completed),
+            "worker_cpu_share": {k: round(v / workers_s, 3) if workers_s else None
+                                 for k, v in cpu.items() if k.startswith("worker-")},
             "machine_busy": round(busy, 3)}
 
 

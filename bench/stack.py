@@ -23,7 +23,7 @@ from typing import Any
 from services.core.config import Config, StoreUrls, parse_config
 from services.runtime import children
 from services.runtime.envoy import EnvoyProcess, render_bootstrap
-from services.runtime.stores import free_port
+from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedServer, EmbeddedValkey, free_port
 from services.runtime.up import REPO, prepare_stores
 
 MODEL = "gpt-4o-mini"
@@ -99,6 +99,7 @@ class BenchStack:
         self.upstream: subprocess.Popen[bytes] | None = None
         self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.envoy: EnvoyProcess | None = None
+        self.stores: dict[str, EmbeddedServer] = {}
         self._exit = contextlib.ExitStack()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -123,15 +124,23 @@ class BenchStack:
                 signal.signal(sig, handler)
 
     def _start(self) -> None:
-        from tests.support.stores import embedded_stores
-
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        urls = self._exit.enter_context(embedded_stores(self.root / "stores"))
+        urls = self._start_stores()
         self._start_upstream()
         config = bench_config(self.upstream_url)
         asyncio.run(self._prepare(config, urls))
         self._start_workers(urls)
         self._start_envoy()
+
+    def _start_stores(self) -> StoreUrls:
+        """PostgreSQL, Valkey and NATS (as tests/support/stores.py does, keeping their pids)."""
+        urls = []
+        for server_type in (EmbeddedPostgres, EmbeddedValkey, EmbeddedNats):
+            server = server_type(self.root / "stores" / server_type.name, free_port())
+            self._exit.callback(server.stop)
+            urls.append(server.start())
+            self.stores[server_type.name] = server
+        return StoreUrls(*urls)
 
     def _start_upstream(self) -> None:
         log = open(self.root / "upstream.log", "ab")  # noqa: SIM115 - closed with the stack
@@ -214,6 +223,10 @@ class BenchStack:
         if self.envoy is not None and self.envoy.pid is not None:
             pids["envoy"] = self.envoy.pid
         return pids
+
+    def store_pids(self) -> dict[str, int]:
+        """The main process of each data store (PostgreSQL's backends are its children)."""
+        return {name: server.pid for name, server in self.stores.items() if server.pid is not None}
 
     def check_alive(self) -> None:
         """RuntimeError when a gateway or upstream process has died."""
