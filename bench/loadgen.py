@@ -89,7 +89,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, hea
                         error = "stream_error_event"
                 if error is None and (first is None or not done):
                     error = "stream_incomplete"
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         error = type(exc).__name__
     if tally is None:
         return
@@ -146,7 +146,8 @@ def cpu_seconds() -> float:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)) as session:
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",))
+    async with session:
         if args.warmup > 0:
             await run_phase(session, args, args.warmup, None)
         print("warm", flush=True)
@@ -155,8 +156,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = cpu_seconds()
         elapsed = await run_phase(session, args, args.seconds, tally)
         cpu_used = cpu_seconds() - cpu_before
-    completed = len(tally.latencies) + sum(tally.errors.values())
-    return {"ok": len(tally.latencies), "errors": sum(tally.errors.values()), "error_kinds": dict(tally.errors),
+    errors = sum(tally.errors.values())
+    completed = len(tally.latencies) + errors
+    return {"ok": len(tally.latencies), "errors": errors, "error_kinds": dict(tally.errors),
             "completed": completed, "elapsed_s": round(elapsed, 4),
             "rps": round(completed / elapsed, 2) if elapsed > 0 else 0.0,
             "latency_ms": summary_ms(tally.latencies),

@@ -29,8 +29,9 @@ def derive(phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | Non
             "added_p50_ms": added(gateway["latency_ms"], direct["latency_ms"], "p50"),
             "added_p99_ms": added(gateway["latency_ms"], direct["latency_ms"], "p99")}
         if kind == "stream":
-            row["added_first_content_p50_ms"] = added(gateway["first_content_ms"], direct["first_content_ms"], "p50")
-            row["added_first_content_p99_ms"] = added(gateway["first_content_ms"], direct["first_content_ms"], "p99")
+            for pick in ("p50", "p99"):
+                row[f"added_first_content_{pick}_ms"] = added(gateway["first_content_ms"],
+                                                              direct["first_content_ms"], pick)
         out[kind] = row
     return out
 
@@ -53,7 +54,8 @@ COLUMNS = [("scenario", 18), ("RPS", 8), ("p50 ms", 8), ("p99 ms", 8), ("+p50", 
 def table(results: dict[str, Any]) -> str:
     """The human-readable report: the table, then CPU and memory details."""
     phases, derived = results["phases"], results["derived"]
-    lines = ["  ".join(name.rjust(width) if i else name.ljust(width) for i, (name, width) in enumerate(COLUMNS))]
+    header = [name.rjust(width) if i else name.ljust(width) for i, (name, width) in enumerate(COLUMNS)]
+    lines = ["  ".join(header)]
     lines.append("-" * len(lines[0]))
     for name in ("direct_nonstream", "gateway_nonstream", "direct_stream", "gateway_stream"):
         phase = phases.get(name)
@@ -68,7 +70,8 @@ def table(results: dict[str, Any]) -> str:
                   extra.get("added_first_content_p50_ms"), extra.get("added_first_content_p99_ms"),
                   phase["errors"], phase["gateway_cpu_ms_per_req"] if gateway else None,
                   phase["envoy_cpu_ms_per_req"] if gateway else None]
-        cells = [name.ljust(COLUMNS[0][1])] + [_cell(v, w) for v, (_, w) in zip(values, COLUMNS[1:], strict=True)]
+        widths = [width for _, width in COLUMNS[1:]]
+        cells = [name.ljust(COLUMNS[0][1])] + [_cell(v, w) for v, w in zip(values, widths, strict=True)]
         lines.append("  ".join(cells))
     lines.append("")
     lines.append("+p50/+p99/+TTFT: gateway minus direct, ms. TTFT: time to the first SSE chunk with content. "
@@ -80,12 +83,21 @@ def table(results: dict[str, Any]) -> str:
 def _details(results: dict[str, Any]) -> list[str]:
     lines = ["", "CPU ms per request by process group (stores = PostgreSQL + Valkey + NATS, not in gw CPU):"]
     for name, phase in results["phases"].items():
-        shares = "/".join(f"{share * 100:.0f}%" for share in phase["worker_cpu_share"].values() if share is not None)
+        shares = "/".join(f"{v * 100:.0f}%" for v in phase["worker_cpu_share"].values() if v is not None)
+        kinds = f" {phase['error_kinds']}" if phase["errors"] else ""
         lines.append(f"  {name}: workers {_ms(phase['workers_cpu_ms_per_req'])} (split {shares or '-'}), "
-                     f"envoy {_ms(phase['envoy_cpu_ms_per_req'])}, stores {_ms(phase['stores_cpu_ms_per_req'])}, "
-                     f"upstream {_ms(phase['upstream_cpu_ms_per_req'])}, client {_ms(phase['client_cpu_ms_per_req'])}; "
+                     f"envoy {_ms(phase['envoy_cpu_ms_per_req'])}, "
+                     f"stores {_ms(phase['stores_cpu_ms_per_req'])}, "
+                     f"upstream {_ms(phase['upstream_cpu_ms_per_req'])}, "
+                     f"client {_ms(phase['client_cpu_ms_per_req'])}; "
                      f"machine busy {phase['machine_busy'] * 100:.0f}%; "
-                     f"ok {phase['ok']}, errors {phase['errors']}{' ' + str(phase['error_kinds']) if phase['errors'] else ''}")
+                     f"ok {phase['ok']}, errors {phase['errors']}{kinds}")
+    for name, phase in results["phases"].items():
+        shares = [v for v in phase["worker_cpu_share"].values() if v is not None]
+        if phase["target"] == "gateway" and len(shares) > 1 and max(shares) > 0.8:
+            lines.append(f"  note: in {name} one worker did {max(shares) * 100:.0f}% of the workers' work "
+                         "(SO_REUSEPORT spreads Envoy's few HTTP/2 connections, not requests; "
+                         "see --ports distinct)")
     rss = results["peak_rss"]
     shown = ", ".join(f"{name} {value / MIB:.0f}" for name, value in rss["per_process"].items() if value)
     lines.append(f"peak RSS MiB: {shown}; gateway total {rss['gateway_total'] / MIB:.0f}")

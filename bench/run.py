@@ -35,8 +35,9 @@ PHASES = (("direct_nonstream", "direct", False), ("direct_stream", "direct", Tru
 
 
 def _post(url: str, key: str, stream: bool) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     request = urllib.request.Request(url + "/chat/completions", data=chat_body(MODEL, stream), method="POST",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310 - loopback
             return response.status, response.read()
@@ -61,17 +62,20 @@ def check_answers(url: str, key: str, where: str) -> None:
 
 def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: bool) -> dict[str, Any]:
     """One closed-loop phase; answers the load generator's figures plus CPU per process."""
-    url, key = (stack.base_url, stack.admin_key) if target == "gateway" else (stack.upstream_url, stack.upstream_key)
+    if target == "gateway":
+        url, key = stack.base_url, stack.admin_key
+    else:
+        url, key = stack.upstream_url, stack.upstream_key
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", MODEL,
-            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--concurrency", str(args.concurrency)]
+            "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+            "--concurrency", str(args.concurrency), *(["--stream"] if stream else [])]
     assert stack.upstream is not None
     pids = {**stack.gateway_pids(), "upstream": stack.upstream.pid,
             **{f"store-{name}": pid for name, pid in stack.store_pids().items()}}
     with open(stack.root / "logs" / "loadgen.log", "ab") as log:
         # The key travels on the command line of a local, short-lived process: a throwaway test key.
-        process = subprocess.Popen([*argv, *(["--stream"] if stream else [])], cwd=REPO, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                   start_new_session=True, preexec_fn=die_with_parent)
     try:
         if read_line(process, args.warmup + REQUEST_TIMEOUT_S + 30) != "warm":
             raise RuntimeError("load generator: unexpected output")
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway worker processes")
     parser.add_argument("--ports", choices=("shared", "distinct"), default="shared",
-                        help="workers share one gRPC port (as `aggregator up`) or each has its own Envoy endpoint")
+                        help="one gRPC port for all workers (as `aggregator up`) or one Envoy endpoint each")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)

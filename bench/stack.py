@@ -30,8 +30,8 @@ MODEL = "gpt-4o-mini"
 UPSTREAM_KEY_ENV = "FAKEAI_API_KEY"
 READY_TIMEOUT_S = 60.0
 # Variables of the caller's shell that would change what is measured or which stores are used.
-_DROPPED_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGGREGATOR_ADMIN_KEY", "AGGREGATOR_SECRET", "AGGREGATOR_CONFIG",
-                "DATABASE_URL", "REDIS_URL", "NATS_URL", "PROMETHEUS_MULTIPROC_DIR")
+_DROPPED_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGGREGATOR_ADMIN_KEY", "AGGREGATOR_SECRET",
+                "AGGREGATOR_CONFIG", "DATABASE_URL", "REDIS_URL", "NATS_URL", "PROMETHEUS_MULTIPROC_DIR")
 
 
 def die_with_parent() -> None:
@@ -145,10 +145,10 @@ class BenchStack:
     def _start_upstream(self) -> None:
         log = open(self.root / "upstream.log", "ab")  # noqa: SIM115 - closed with the stack
         self._exit.callback(log.close)
-        self.upstream = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0", "--api-key", self.upstream_key],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-            preexec_fn=die_with_parent)
+        argv = [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0",
+                "--api-key", self.upstream_key]
+        self.upstream = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         self._exit.callback(stop_process, self.upstream)
         port = int(read_line(self.upstream, READY_TIMEOUT_S))
         self.upstream_url = f"http://127.0.0.1:{port}/v1"
@@ -177,7 +177,8 @@ class BenchStack:
         env = {k: v for k, v in children.child_env({}).items() if k not in _DROPPED_ENV}
         env.update({
             "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url, "NATS_URL": urls.nats_url,
-            "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(), "AGGREGATOR_DATA_DIR": str(self.data_dir),
+            "AGGREGATOR_SECRET": load_server_secret(self.data_dir).hex(),
+            "AGGREGATOR_DATA_DIR": str(self.data_dir),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), UPSTREAM_KEY_ENV: self.upstream_key,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
         return env
@@ -187,13 +188,14 @@ class BenchStack:
         shared = free_port()
         self.grpc_ports = [free_port() if self.distinct_ports else shared for _ in range(self.workers)]
         ready = [self.data_dir / f"worker-{i}.ready" for i in range(self.workers)]
+        self._exit.callback(children.stop_all, self.worker_processes, 10.0)
         for index, ready_file in enumerate(ready):
             argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
-                    "--host", "127.0.0.1", "--port", str(self.grpc_ports[index]), "--ready-file", str(ready_file),
-                    "--data-dir", str(self.data_dir), "--config", str(self.data_dir / "no-config.yaml")]
+                    "--host", "127.0.0.1", "--port", str(self.grpc_ports[index]),
+                    "--ready-file", str(ready_file), "--data-dir", str(self.data_dir),
+                    "--config", str(self.data_dir / "no-config.yaml")]
             process = children.spawn(argv, env=env, log_path=self.root / "logs" / f"worker-{index}.log")
             self.worker_processes.append(process)
-        self._exit.callback(children.stop_all, self.worker_processes, 10.0)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not all(path.exists() for path in ready):
             for index, process in enumerate(self.worker_processes):

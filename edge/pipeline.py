@@ -43,6 +43,12 @@ def bearer_key(authorization: str | None) -> str:
     )
 
 
+def may_try_next(error: GatewayError) -> bool:
+    """Whether a candidate's failure before its first event lets the next candidate try: the
+    retriable upstream failures, and a parameter this provider cannot honour."""
+    return error.retriable or error.reason is Reason.UNSUPPORTED_PARAMETER
+
+
 def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None:
     """A key with `allowed_models` may use only those ids (fallbacks included)."""
     if not principal.HasField("allowed_models"):
@@ -116,7 +122,7 @@ class Pipeline:
                         Reason.UPSTREAM_ERROR, "The upstream provider answered nothing."
                     )
                 except GatewayError as error:
-                    if not error.retriable:
+                    if not may_try_next(error):
                         raise
                     last_error = error
                     telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
@@ -161,7 +167,7 @@ class Pipeline:
                     ),
                 )
             except GatewayError as error:
-                if not error.retriable:
+                if not may_try_next(error):
                     raise
                 last_error = error
                 continue

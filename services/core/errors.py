@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"
+    UNSUPPORTED_PARAMETER = "UNSUPPORTED_PARAMETER"
     UPSTREAM_BAD_REQUEST = "UPSTREAM_BAD_REQUEST"
     UPSTREAM_RATE_LIMITED = "UPSTREAM_RATE_LIMITED"
     UPSTREAM_AUTH_FAILED = "UPSTREAM_AUTH_FAILED"
@@ -87,6 +88,10 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.CONTEXT_LENGTH_EXCEEDED: ErrorKind(
         _C.INVALID_ARGUMENT, 400, "invalid_request_error", "context_length_exceeded"
     ),
+    # A candidate cannot honour a parameter: routing tries the next one and reports this when
+    # none can (skippable, not retriable: the same provider would refuse again).
+    Reason.UNSUPPORTED_PARAMETER: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error",
+                                            "unsupported_parameter"),
     Reason.UPSTREAM_BAD_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
     Reason.UPSTREAM_RATE_LIMITED: ErrorKind(
         _C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "upstream_rate_limited", retriable=True
