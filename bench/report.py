@@ -83,9 +83,10 @@ def table(results: dict[str, Any]) -> str:
 def _details(results: dict[str, Any]) -> list[str]:
     lines = ["", "CPU ms per request by process group (stores = PostgreSQL + Valkey + NATS, not in gw CPU):"]
     for name, phase in results["phases"].items():
-        shares = "/".join(f"{v * 100:.0f}%" for v in phase["worker_cpu_share"].values() if v is not None)
+        split = "/".join(f"{v * 100:.0f}%" for v in phase["worker_cpu_share"].values()
+                         if v is not None and phase["target"] == "gateway")
         kinds = f" {phase['error_kinds']}" if phase["errors"] else ""
-        lines.append(f"  {name}: workers {_ms(phase['workers_cpu_ms_per_req'])} (split {shares or '-'}), "
+        lines.append(f"  {name}: workers {_ms(phase['workers_cpu_ms_per_req'])} (split {split or '-'}), "
                      f"envoy {_ms(phase['envoy_cpu_ms_per_req'])}, "
                      f"stores {_ms(phase['stores_cpu_ms_per_req'])}, "
                      f"upstream {_ms(phase['upstream_cpu_ms_per_req'])}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import select
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.core.config import Config, StoreUrls, parse_config
+from services.core.config import Config, StoreUrls, load_config
 from services.runtime import children
 from services.runtime.envoy import EnvoyProcess, render_bootstrap
 from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedServer, EmbeddedValkey, free_port
@@ -40,15 +41,15 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def bench_config(upstream_url: str) -> Config:
-    """One chat model, served by the fake upstream as an `openai` provider."""
-    return parse_config({
+def bench_config(upstream_url: str) -> dict[str, Any]:
+    """The config file: one chat model, served by the fake upstream as an `openai` provider."""
+    return {
         "providers": [{"name": "fakeai", "kind": "openai", "base_url": upstream_url,
                        "api_key_env": UPSTREAM_KEY_ENV}],
         "models": [{"id": MODEL, "type": "chat", "context_window": 128000,
                     "routes": [{"provider": "fakeai", "model": MODEL,
                                 "input_per_1k": "0.00015", "output_per_1k": "0.0006"}]}],
-    })
+    }
 
 
 def read_line(process: subprocess.Popen[bytes], timeout_s: float) -> str:
@@ -127,8 +128,9 @@ class BenchStack:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         urls = self._start_stores()
         self._start_upstream()
-        config = bench_config(self.upstream_url)
-        asyncio.run(self._prepare(config, urls))
+        # A real config file, as `aggregator up` gives its workers (they read provider settings).
+        self.config_path.write_text(json.dumps(bench_config(self.upstream_url), indent=1))  # JSON is YAML
+        asyncio.run(self._prepare(load_config(self.config_path), urls))
         self._start_workers(urls)
         self._start_envoy()
 
@@ -169,6 +171,10 @@ class BenchStack:
     def data_dir(self) -> Path:
         return self.root / "data"
 
+    @property
+    def config_path(self) -> Path:
+        return self.root / "aggregator.yaml"
+
     def _worker_env(self, urls: StoreUrls) -> dict[str, str]:
         from services.auth.secret_files import load_server_secret
 
@@ -193,7 +199,7 @@ class BenchStack:
             argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
                     "--host", "127.0.0.1", "--port", str(self.grpc_ports[index]),
                     "--ready-file", str(ready_file), "--data-dir", str(self.data_dir),
-                    "--config", str(self.data_dir / "no-config.yaml")]
+                    "--config", str(self.config_path)]
             process = children.spawn(argv, env=env, log_path=self.root / "logs" / f"worker-{index}.log")
             self.worker_processes.append(process)
         deadline = time.monotonic() + READY_TIMEOUT_S

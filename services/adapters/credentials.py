@@ -26,8 +26,13 @@ BEARER = AuthScheme("Authorization", "Bearer ")
 class CredentialResolver:
     """Turns an endpoint's `api_key_env` into the auth header of one request."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, *,
+                 allowed_names: frozenset[str] | None = None) -> None:
+        """`allowed_names`: the variables the config file names as provider keys. A route naming
+        any other variable is refused, so a forged route cannot send, say, DATABASE_URL or the
+        HMAC secret to a URL of its choosing. None allows any (tests with their own environ)."""
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._allowed = allowed_names
 
     def auth_headers(self, endpoint: route_pb2.Endpoint, scheme: AuthScheme, *,
                      key_required: bool) -> dict[str, str]:
@@ -39,6 +44,10 @@ class CredentialResolver:
                 raise GatewayError(Reason.UPSTREAM_AUTH_FAILED,
                                    f"Provider '{endpoint.provider}' has no api_key_env configured.")
             return {}
+        if self._allowed is not None and name not in self._allowed:
+            raise GatewayError(Reason.UPSTREAM_AUTH_FAILED,
+                               f"Provider '{endpoint.provider}' names a key variable that no configured "
+                               "provider uses.")
         value = self._environ.get(name)
         if not value:
             raise GatewayError(Reason.UPSTREAM_AUTH_FAILED,

@@ -30,11 +30,12 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
 
     @classmethod
     def create(cls, *, default_timeout_s: float = 120.0, environ: Mapping[str, str] | None = None,
-               transport: Transport | None = None) -> AdapterServicer:
+               transport: Transport | None = None,
+               key_envs: frozenset[str] | None = None) -> AdapterServicer:
         """The servicer with its own HTTP client and every known adapter (`environ` defaults to
         this process's environment; `transport` to the pooled aiohttp one)."""
         http = HttpClient(transport)
-        deps = AdapterDeps(http=http, credentials=CredentialResolver(environ),
+        deps = AdapterDeps(http=http, credentials=CredentialResolver(environ, allowed_names=key_envs),
                            default_timeout_s=default_timeout_s)
         return cls(AdapterRegistry.build(deps), http)
 

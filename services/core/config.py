@@ -50,6 +50,9 @@ class EdgeConfig:
     grpc_port: int = 50051
     admin_port: int = 9901
     listen_address: str = "0.0.0.0"
+    # The services' own gRPC port serves internal services too (the adapter, routing): keep it on
+    # loopback unless a mesh protects it.
+    services_address: str = "127.0.0.1"
     max_request_bytes: int = 10 * 1024 * 1024
 
 
@@ -63,6 +66,11 @@ class Config:
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
+
+    @property
+    def provider_key_envs(self) -> frozenset[str]:
+        """The environment variables that hold provider keys: the only ones an adapter reads."""
+        return frozenset(p.api_key_env for p in self.providers if p.api_key_env)
 
 
 def _decimal(value: Any, where: str) -> Decimal:

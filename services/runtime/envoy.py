@@ -212,31 +212,44 @@ def _route_action(cluster: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
             "host_selection_retry_max_attempts": 3}}
 
 
-def _routes_to(prefix: str, cluster: str) -> list[dict[str, Any]]:
-    grpc_request = {"prefix": prefix, "headers": [{"name": "content-type",
-                                                    "string_match": {"prefix": "application/grpc"}}]}
-    return [
-        # Native gRPC streams (server reflection is bidirectional) must not wait for the end of the
-        # request, so the buffer filter that enforces the JSON body limit stays out of their way;
-        # the services' own message size limit applies to them.
-        {"match": grpc_request, "route": _route_action(cluster), "typed_per_filter_config": {
-            "envoy.filters.http.buffer": {
-                _T: f"{_FILTERS}.buffer.v3.BufferPerRoute",
-                "disabled": True}}},
-        {"match": {"prefix": prefix}, "route": _route_action(cluster)},
-    ]
+# The services the public listener exposes to native gRPC clients. Internal services (auth's
+# Authenticate, routing, adapter, billing) are reachable only on the services' own port: the
+# adapter, for one, calls any URL it is given with a provider key.
+PUBLIC_GRPC_SERVICES = (
+    "aggregator.openai.v1.OpenAIService", "aggregator.openai.v1.InferenceService",
+    "aggregator.auth.v1.ApiKeyService", "aggregator.analytics.v1.AnalyticsService",
+    "aggregator.ops.v1.OpsService", "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
+)
+_GRPC = [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}]
+# Native gRPC streams (server reflection is bidirectional) must not wait for the end of the request,
+# so the buffer filter that enforces the JSON body limit stays out of their way; the services' own
+# message size limit applies to them.
+_NO_BUFFER = {"envoy.filters.http.buffer": {_T: f"{_FILTERS}.buffer.v3.BufferPerRoute", "disabled": True}}
 
 
 def _service_cluster(prefix: str) -> str:
     return "svc_" + prefix.strip("/.").replace(".", "_")
 
 
+def _cluster_of(service: str, service_prefixes: list[str]) -> str:
+    prefix = next((p for p in service_prefixes if service.startswith(p)), None)
+    return _service_cluster(prefix) if prefix else UPSTREAM_CLUSTER
+
+
 def _route_config(service_prefixes: list[str]) -> dict[str, Any]:
-    # The transcoder rewrites the path to the gRPC method and clears the route cache, so JSON
-    # requests are routed by their gRPC service too (split topology: one cluster per service).
-    routes = [r for prefix in service_prefixes for r in _routes_to("/" + prefix, _service_cluster(prefix))]
+    # The transcoder rewrites a JSON request's path to its gRPC method, sets content-type
+    # application/grpc and clears the route cache, so JSON requests take the gRPC routes below
+    # too (split topology: one cluster per service).
+    public = [{"match": {"prefix": f"/{service}/", "headers": _GRPC},
+               "route": _route_action(_cluster_of(service, service_prefixes)),
+               "typed_per_filter_config": _NO_BUFFER}
+              for service in PUBLIC_GRPC_SERVICES]
+    internal = {"match": {"prefix": "/", "headers": _GRPC}, "direct_response": {"status": 404},
+                "typed_per_filter_config": _NO_BUFFER}
+    json_requests = {"match": {"prefix": "/"}, "route": _route_action(UPSTREAM_CLUSTER)}
     return {"name": "edge", "virtual_hosts": [{"name": "aggregator", "domains": ["*"],
-                                               "routes": [*routes, *_routes_to("/", UPSTREAM_CLUSTER)]}]}
+                                               "routes": [*public, internal, json_requests]}]}
 
 
 def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int,

@@ -42,6 +42,7 @@ class WorkerSettings:
     stores: StoreUrls
     data_dir: Path
     upstream_timeout_ms: int = 120_000
+    provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
 
 
 @dataclass
@@ -118,7 +119,8 @@ async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) 
 async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wiring) -> None:
     from services.adapters.servicer import AdapterServicer
 
-    adapter = AdapterServicer.create(default_timeout_s=settings.upstream_timeout_ms / 1000)
+    adapter = AdapterServicer.create(default_timeout_s=settings.upstream_timeout_ms / 1000,
+                                     key_envs=settings.provider_key_envs)
     wiring.closers.append(adapter.close)
     wiring.serve(
         topology,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from services.core.config import Config, StoreUrls, parse_config
 from services.runtime import children
 from services.runtime.envoy import EnvoyProcess, render_bootstrap
@@ -84,6 +86,18 @@ def gateway_config(primary_url: str, backup_url: str, dead_url: str) -> Config:
     )
 
 
+def config_document(config: Config) -> dict[str, Any]:
+    """The config file that parses to `config` (service processes read it: provider key names)."""
+    return {
+        "providers": [{"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env}
+                      for p in config.providers],
+        "models": [{"id": m.id, "type": m.type, "context_window": m.context_window,
+                    "routes": [{"provider": r.provider, "model": r.model, "input_per_1k": str(r.input_per_1k),
+                                "output_per_1k": str(r.output_per_1k)} for r in m.routes]}
+                   for m in config.models],
+    }
+
+
 @dataclass
 class Gateway:
     """A running gateway: its public URL, Envoy's gRPC target and the bootstrap admin key."""
@@ -139,6 +153,8 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
     )
+    config_path = data_dir / "aggregator.yaml"
+    config_path.write_text(yaml.safe_dump(config_document(config)))  # noqa: ASYNC240
     groups = {"all": ("all",)} if topology == "all" else SPLIT
     ports = {name: free_port() for name in groups}
     gateway = Gateway("", "", "", ADMIN_KEY, data_dir)
@@ -161,7 +177,7 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
             "--data-dir",
             str(data_dir),
             "--config",
-            str(data_dir / "none.yaml"),
+            str(config_path),
         ]
         for other, other_services in groups.items():
             if other != name:

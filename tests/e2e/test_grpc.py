@@ -57,3 +57,15 @@ async def test_typed_errors_carry_status_and_reason(gateway: Gateway) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.CreateChatCompletion(request)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("method", ["/aggregator.adapter.v1.AdapterService/Embed",
+                                    "/aggregator.auth.v1.AuthService/Authenticate",
+                                    "/aggregator.routing.v1.RoutingService/ResolveRoute",
+                                    "/aggregator.billing.v1.BillingService/ReserveCost"])
+async def test_internal_services_are_not_exposed_publicly(gateway: Gateway, method: str) -> None:
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        call = channel.unary_unary(method, request_serializer=lambda m: m, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"", metadata=_metadata(gateway))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -48,3 +48,15 @@ def test_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("ACME_TEST_KEY_FROM_ENV", "sk-env")
     headers = CredentialResolver().auth_headers(endpoint("ACME_TEST_KEY_FROM_ENV"), BEARER, key_required=True)
     assert headers == {"Authorization": "Bearer sk-env"}
+
+
+def test_only_configured_key_variables_are_read() -> None:
+    environ = {"OPENAI_API_KEY": "sk-configured", "DATABASE_URL": "postgresql://secret@db/x"}
+    resolver = CredentialResolver(environ, allowed_names=frozenset({"OPENAI_API_KEY"}))
+    allowed = route_pb2.Endpoint(provider="openai", api_key_env="OPENAI_API_KEY")
+    assert resolver.auth_headers(allowed, BEARER, key_required=True) == {"Authorization": "Bearer sk-configured"}
+    forged = route_pb2.Endpoint(provider="evil", api_key_env="DATABASE_URL")
+    with pytest.raises(GatewayError) as caught:
+        resolver.auth_headers(forged, BEARER, key_required=True)
+    assert caught.value.reason is Reason.UPSTREAM_AUTH_FAILED
+    assert "secret" not in caught.value.message and "DATABASE_URL" not in caught.value.message
