@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one gRPC port for all workers (as `aggregator up`) or one Envoy endpoint each")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM unwind through every `finally`, which stops what was started. SIGINT is
+    # set explicitly: a shell starting us in the background would have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="aggregator-bench-"))
     try:
