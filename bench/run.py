@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         results = benchmark(args, root)
     except KeyboardInterrupt:
         print("bench: interrupted; everything stopped", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
         return 130
     except Exception:
         print(f"bench: failed; everything stopped; logs kept in {root / 'logs'}", file=sys.stderr)

@@ -8,9 +8,21 @@ and knows nothing of keys, limits or billing: everything it needs arrives in the
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Protocol
 
 from aggregator.adapter.v1 import adapter_service_pb2
+from services.adapters.credentials import CredentialResolver
+from services.adapters.http import HttpClient
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterDeps:
+    """What every adapter is built from: the process's HTTP client and credential resolver."""
+
+    http: HttpClient
+    credentials: CredentialResolver
+    default_timeout_s: float = 120.0
 
 
 class ProviderAdapter(Protocol):

@@ -19,6 +19,16 @@ from services.core.errors import GatewayError, Reason
 ALWAYS_ACCEPTED = frozenset({"model", "messages", "stream", "models", "provider", "prompt", "input"})
 
 
+def supported_chat_parameters(kind: str) -> tuple[str, ...]:
+    """The chat request fields a provider kind honours, sorted; empty for an unknown kind."""
+    from services.adapters.registry import adapter_module
+
+    module = adapter_module(kind)
+    if module is None:
+        return ()
+    return tuple(sorted(set(module.SUPPORTED_CHAT_PARAMETERS) - ALWAYS_ACCEPTED))
+
+
 def set_parameters(request: Message) -> list[str]:
     """Names of the fields the client set (presence for optional scalars, non-empty otherwise)."""
     return [field.name for field, _ in request.ListFields()]

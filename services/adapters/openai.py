@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from aggregator.adapter.v1 import adapter_service_pb2
+from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.adapters import openai_translate as translate
+from services.adapters.base import AdapterDeps
 from services.adapters.credentials import BEARER, CredentialResolver
 from services.adapters.http import (
     MAX_ERROR_BODY_BYTES,
@@ -118,3 +120,13 @@ class OpenAIAdapter:
                 raise await self._failure(response, candidate)
             raw = await response.read()
         return translate.embedding_event(raw, _target(candidate), _elapsed_ms(started))
+
+
+SUPPORTED_CHAT_PARAMETERS = frozenset(
+    field.name for field in chat_pb2.ChatCompletionRequest.DESCRIPTOR.fields)  # OpenAI's own API: all
+
+
+def create(deps: AdapterDeps, kind: str) -> OpenAIAdapter:
+    """The adapter for `openai` (a key is required) and `openai_compatible` (a key is optional)."""
+    return OpenAIAdapter(deps.http, deps.credentials, key_required=kind == "openai",
+                         default_timeout_s=deps.default_timeout_s)

@@ -1,39 +1,41 @@
 """The only place that chooses an adapter by provider kind (DESIGN.md §5).
 
-Adding a provider is one entry in `FACTORIES` (and its module); OpenAI-compatible servers are
-the OpenAI adapter with a different configuration, never a new entry of code.
+`ADAPTER_MODULES` maps each kind to the module that speaks it. Every adapter module exposes
+
+    create(deps: AdapterDeps, kind: str) -> ProviderAdapter
+    SUPPORTED_CHAT_PARAMETERS: frozenset[str]   # request fields it honours (capabilities.py)
+
+OpenAI-compatible servers are the OpenAI module with another `kind` (a key may be absent), never
+new code. Adding a provider is one module and one row here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+import importlib
+import importlib.util
+from collections.abc import Mapping
+from types import MappingProxyType, ModuleType
 
-from services.adapters.base import ProviderAdapter
-from services.adapters.credentials import CredentialResolver
-from services.adapters.http import HttpClient
-from services.adapters.openai import OpenAIAdapter
+from services.adapters.base import AdapterDeps, ProviderAdapter
 from services.core.errors import GatewayError, Reason
 
+__all__ = ["ADAPTER_MODULES", "AdapterDeps", "AdapterRegistry", "adapter_module"]
 
-@dataclass(frozen=True, slots=True)
-class AdapterDeps:
-    """What every adapter is built from: the process's HTTP client and credential resolver."""
-
-    http: HttpClient
-    credentials: CredentialResolver
-    default_timeout_s: float = 120.0
-
-
-AdapterFactory = Callable[[AdapterDeps], ProviderAdapter]
-
-FACTORIES: Mapping[str, AdapterFactory] = MappingProxyType({
-    "openai": lambda d: OpenAIAdapter(d.http, d.credentials, key_required=True,
-                                      default_timeout_s=d.default_timeout_s),
-    "openai_compatible": lambda d: OpenAIAdapter(d.http, d.credentials, key_required=False,
-                                                 default_timeout_s=d.default_timeout_s),
+ADAPTER_MODULES: Mapping[str, str] = MappingProxyType({
+    "openai": "services.adapters.openai",
+    "openai_compatible": "services.adapters.openai",
+    "anthropic": "services.adapters.anthropic",
+    "google": "services.adapters.google",
+    "cohere": "services.adapters.cohere",
 })
+
+
+def adapter_module(kind: str) -> ModuleType | None:
+    """The module speaking `kind`; None for an unknown kind or one not built into this version."""
+    name = ADAPTER_MODULES.get(kind)
+    if name is None or importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
 
 
 class AdapterRegistry:
@@ -43,9 +45,14 @@ class AdapterRegistry:
         self._adapters = dict(adapters)
 
     @classmethod
-    def build(cls, deps: AdapterDeps, factories: Mapping[str, AdapterFactory] = FACTORIES) -> AdapterRegistry:
+    def build(cls, deps: AdapterDeps, kinds: Mapping[str, str] = ADAPTER_MODULES) -> AdapterRegistry:
         """One adapter per kind, all sharing `deps`."""
-        return cls({kind: factory(deps) for kind, factory in factories.items()})
+        adapters = {}
+        for kind in kinds:
+            module = adapter_module(kind)
+            if module is not None:
+                adapters[kind] = module.create(deps, kind)
+        return cls(adapters)
 
     @property
     def kinds(self) -> tuple[str, ...]:

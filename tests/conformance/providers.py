@@ -7,6 +7,9 @@ format, its scripted failures (same function names as `tests.fakes.openai_failur
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -66,7 +69,7 @@ class ProviderProfile:
     supports: frozenset[str]
     failures: ModuleType
     wire: Any
-    make_fake: Callable[[ProviderProfile], FakeOpenAI]
+    make_fake: Callable[[ProviderProfile], Any]  # a fake with FakeOpenAI's scripting interface
 
     def __str__(self) -> str:
         return self.id
@@ -76,7 +79,7 @@ def _openai_fake(profile: ProviderProfile) -> FakeOpenAI:
     return FakeOpenAI(api_key=profile.api_key, model_aliases={"gpt-4o-mini": "gpt-4o-mini-2024-07-18"})
 
 
-PROFILES: tuple[ProviderProfile, ...] = (
+OPENAI_PROFILES: tuple[ProviderProfile, ...] = (
     ProviderProfile("openai", "openai", "CONFORMANCE_OPENAI_KEY", "sk-conformance-openai-0123456789",
                     CASES, openai_failures, OpenAIWireView, _openai_fake),
     # vLLM / Ollama style: no key at all.
@@ -86,6 +89,14 @@ PROFILES: tuple[ProviderProfile, ...] = (
     ProviderProfile("openai_compatible-keyed", "openai_compatible", "CONFORMANCE_COMPAT_KEY",
                     "sk-conformance-compat-0123456789", CASES, openai_failures, OpenAIWireView, _openai_fake),
 )
+
+# Other providers' profiles live in their own modules (`profile_<kind>.py`, each exporting
+# PROFILES), so adding a provider touches no shared table.
+PROVIDER_PROFILE_MODULES = ("tests.conformance.profile_anthropic", "tests.conformance.profile_google",
+                            "tests.conformance.profile_cohere")
+PROFILES: tuple[ProviderProfile, ...] = OPENAI_PROFILES + tuple(
+    profile for name in PROVIDER_PROFILE_MODULES if importlib.util.find_spec(name)
+    for profile in importlib.import_module(name).PROFILES)
 
 # The environment of the adapter process under test: the keys the profiles name.
 ENVIRON = {p.api_key_env: p.api_key for p in PROFILES if p.api_key_env and p.api_key}
