@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
