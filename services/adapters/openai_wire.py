@@ -113,6 +113,7 @@ def usage_to_proto(usage: Any) -> chat_pb2.Usage:
     if isinstance(prompt, dict):
         result.prompt_tokens_details.cached_tokens = _count(prompt, "cached_tokens")
         result.prompt_tokens_details.audio_tokens = _count(prompt, "audio_tokens")
+        result.prompt_tokens_details.cache_creation_tokens = _count(prompt, "cache_creation_tokens")
     if isinstance(completion, dict):
         details = result.completion_tokens_details
         details.reasoning_tokens = _count(completion, "reasoning_tokens")
