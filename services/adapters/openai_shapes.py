@@ -28,14 +28,23 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0, cache_creation_tokens: int = 0,
-          reasoning_tokens: int = 0) -> dict[str, Any]:
+def usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    cache_creation_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> dict[str, Any]:
     """OpenAI's `usage` object; `prompt_tokens` must already include cached and cache-write tokens."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens, "cache_creation_tokens": cache_creation_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": cached_tokens,
+            "cache_creation_tokens": cache_creation_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
 
@@ -45,8 +54,9 @@ def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def tool_call_delta(index: int, *, call_id: str | None = None, name: str | None = None,
-                    arguments: str = "") -> dict[str, Any]:
+def tool_call_delta(
+    index: int, *, call_id: str | None = None, name: str | None = None, arguments: str = ""
+) -> dict[str, Any]:
     """A streamed fragment of a tool call: the first carries id, type and name, later ones only
     argument fragments, as OpenAI streams them."""
     delta: dict[str, Any] = {"index": index}
@@ -60,8 +70,9 @@ def tool_call_delta(index: int, *, call_id: str | None = None, name: str | None 
     return delta
 
 
-def message(content: str | None, *, tool_calls: list[dict[str, Any]] | None = None,
-            refusal: str | None = None) -> dict[str, Any]:
+def message(
+    content: str | None, *, tool_calls: list[dict[str, Any]] | None = None, refusal: str | None = None
+) -> dict[str, Any]:
     """An assistant message of a completion."""
     result: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
     if tool_calls:
@@ -69,25 +80,56 @@ def message(content: str | None, *, tool_calls: list[dict[str, Any]] | None = No
     return result
 
 
-def completion(completion_id: str, created: int, upstream_model: str, choices: list[dict[str, Any]],
-               usage_obj: dict[str, Any] | None) -> dict[str, Any]:
+def completion(
+    completion_id: str,
+    created: int,
+    upstream_model: str,
+    choices: list[dict[str, Any]],
+    usage_obj: dict[str, Any] | None,
+) -> dict[str, Any]:
     """A `chat.completion`; `choices` are `choice(...)` dicts."""
-    return {"id": completion_id, "object": "chat.completion", "created": created, "model": upstream_model,
-            "choices": choices, "usage": usage_obj}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": upstream_model,
+        "choices": choices,
+        "usage": usage_obj,
+    }
 
 
 def choice(index: int, message_obj: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
     return {"index": index, "message": message_obj, "finish_reason": finish_reason, "logprobs": None}
 
 
-def chunk(completion_id: str, created: int, upstream_model: str, delta: dict[str, Any], *,
-          finish_reason: str | None = None, index: int = 0) -> dict[str, Any]:
+def chunk(
+    completion_id: str,
+    created: int,
+    upstream_model: str,
+    delta: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+    index: int = 0,
+) -> dict[str, Any]:
     """A `chat.completion.chunk` with one choice."""
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": upstream_model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": upstream_model,
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
 
 
-def usage_chunk(completion_id: str, created: int, upstream_model: str, usage_obj: dict[str, Any]) -> dict[str, Any]:
+def usage_chunk(
+    completion_id: str, created: int, upstream_model: str, usage_obj: dict[str, Any]
+) -> dict[str, Any]:
     """The final chunk of `stream_options.include_usage`: no choices, the usage of the request."""
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": upstream_model,
-            "choices": [], "usage": usage_obj}
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": upstream_model,
+        "choices": [],
+        "usage": usage_obj,
+    }
