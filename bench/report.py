@@ -91,7 +91,8 @@ def _details(results: dict[str, Any]) -> list[str]:
                      f"stores {_ms(phase['stores_cpu_ms_per_req'])}, "
                      f"upstream {_ms(phase['upstream_cpu_ms_per_req'])}, "
                      f"client {_ms(phase['client_cpu_ms_per_req'])}; "
-                     f"machine busy {phase['machine_busy'] * 100:.0f}%; "
+                     f"machine busy {phase['machine_busy'] * 100:.0f}% "
+                     f"(other processes {phase['machine_busy_others'] * 100:.0f}%); "
                      f"ok {phase['ok']}, errors {phase['errors']}{kinds}")
     for name, phase in results["phases"].items():
         shares = [v for v in phase["worker_cpu_share"].values() if v is not None]

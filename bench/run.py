@@ -101,6 +101,11 @@ def _with_cpu(result: dict[str, Any], target: str, stream: bool, cpu: dict[str, 
     envoy_s = cpu.get("envoy", 0.0)
     stores_s = sum(v for name, v in cpu.items() if name.startswith("store-"))
     per_req = report.per_request_ms
+    # CPU the machine spent on processes that are none of ours (other work on the host): figures
+    # taken while it is high are noisy.
+    ours = sum(cpu.values()) + result["client_cpu_s"]
+    capacity = result["elapsed_s"] * (os.cpu_count() or 1)
+    others = max(0.0, busy - ours / capacity) if capacity else 0.0
     return {**result, "target": target, "stream": stream, "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
             "cpu_ms_per_req": {k: per_req(v, completed) for k, v in cpu.items()},
             "gateway_cpu_ms_per_req": per_req(workers_s + envoy_s, completed),
@@ -111,7 +116,7 @@ def _with_cpu(result: dict[str, Any], target: str, stream: bool, cpu: dict[str, 
             "client_cpu_ms_per_req": per_req(result["client_cpu_s"], completed),
             "worker_cpu_share": {k: round(v / workers_s, 3) if workers_s else None
                                  for k, v in cpu.items() if k.startswith("worker-")},
-            "machine_busy": round(busy, 3)}
+            "machine_busy": round(busy, 3), "machine_busy_others": round(others, 3)}
 
 
 def _peak_rss(stack: BenchStack) -> dict[str, Any]:

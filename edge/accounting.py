@@ -36,12 +36,17 @@ def estimate_tokens(text_chars: int) -> int:
     return math.ceil(text_chars / 4)
 
 
-def price(candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    """Exact cost in USD of the tokens at the candidate's price."""
-    return (
+def price(
+    candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int, images: int = 0
+) -> Decimal:
+    """Exact cost in USD of the tokens (and images, where the route prices them) at the candidate's price."""
+    cost = (
         Decimal(prompt_tokens) * Decimal(candidate.input_per_1k)
         + Decimal(completion_tokens) * Decimal(candidate.output_per_1k)
     ) / THOUSAND
+    if images and candidate.per_image:
+        cost += images * Decimal(candidate.per_image)
+    return cost
 
 
 @dataclass
@@ -60,6 +65,7 @@ class RequestRecord:
     attempts: int = 0
     usage: chat_pb2.Usage | None = None
     content_events: int = 0  # upstream chunks that carried content: about one token each
+    images: int = 0
     prompt_bytes: int = 0
     first_token_at: float | None = None
     status: int = ev.REQUEST_STATUS_SUCCEEDED
@@ -81,7 +87,11 @@ class RequestRecord:
             generated = self.first_token_at is not None
             prompt = estimate_tokens(self.prompt_bytes) if generated else 0
             completion = self.content_events
-        cost = price(self.candidate, prompt, completion) if self.candidate is not None else Decimal(0)
+        cost = (
+            price(self.candidate, prompt, completion, self.images)
+            if self.candidate is not None
+            else Decimal(0)
+        )
         created = timestamp_pb2.Timestamp()
         created.FromNanoseconds(int(self.created_at * 1e9))
         end = time.monotonic()
@@ -109,6 +119,7 @@ class RequestRecord:
             else 0,
             created_at=created,
             attempts=self.attempts,
+            images=self.images,
         )
 
 

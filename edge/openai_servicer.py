@@ -4,7 +4,8 @@ which Envoy forwards one by one (DESIGN.md §3)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -14,6 +15,7 @@ from aggregator.openai.v1 import (
     chat_pb2,
     completion_pb2,
     embedding_pb2,
+    image_pb2,
     model_pb2,
     openai_service_pb2_grpc,
 )
@@ -21,6 +23,8 @@ from aggregator.openai.v1 import (
     openai_service_pb2 as pb,
 )
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
+from edge.accounting import RequestRecord
+from edge.multipart import parse_image_upload
 from edge.pipeline import Pipeline, check_model_allowed
 from services.core import calls
 from services.core.errors import GatewayError, Reason
@@ -46,11 +50,29 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         self, request: chat_pb2.ChatCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """`chat.completion` JSON, or SSE chunks ending with `data: [DONE]`."""
-        stream = request.stream
-        record = self._pipeline.start(context, "chat.completions", request.model, stream)
+        record = self._pipeline.start(context, "chat.completions", request.model, request.stream)
+        async with contextlib.aclosing(self._pipeline.chat(request, context, record)) as events:
+            async for body in self._respond(events, record, context):
+                yield body
+
+    @rpc_method
+    async def CreateCompletion(
+        self, request: completion_pb2.CompletionRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """`text_completion` JSON, or SSE chunks ending with `data: [DONE]`."""
+        record = self._pipeline.start(context, "completions", request.model, request.stream)
+        async with contextlib.aclosing(self._pipeline.complete(request, context, record)) as events:
+            async for body in self._respond(events, record, context):
+                yield body
+
+    async def _respond(
+        self, events: AsyncIterator[Any], record: RequestRecord, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """The bytes of a (possibly streamed) answer, and its usage record whatever happens."""
+        stream = record.stream
         started = False
         try:
-            async for event in self._pipeline.chat(request, context, record):
+            async for event in events:
                 if not started:
                     started = True
                     await context.send_initial_metadata((("x-request-id", record.request_id),))
@@ -72,14 +94,19 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         finally:
             self._pipeline.recorder.finish(record)
 
-    @rpc_method
-    async def CreateCompletion(
-        self, request: completion_pb2.CompletionRequest, context: Any
-    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        """Not implemented yet (the providers issue): UNIMPLEMENTED after authentication."""
-        await self._pipeline.authenticate(context)
-        raise GatewayError(Reason.UNIMPLEMENTED, "POST /v1/completions is not supported yet.")
-        yield  # pragma: no cover - makes this an async generator like its siblings
+    async def _unary(
+        self, record: RequestRecord, context: Any, answer: Awaitable[Any]
+    ) -> httpbody_pb2.HttpBody:
+        """One JSON answer of a unary endpoint, and its usage record whatever happens."""
+        try:
+            result = await answer
+        except GatewayError as error:
+            record.fail(error)
+            raise
+        finally:
+            self._pipeline.recorder.finish(record)
+        await context.send_initial_metadata((("x-request-id", record.request_id),))
+        return httpbody_pb2.HttpBody(content_type=JSON, data=result.body)
 
     @rpc_method
     async def CreateEmbedding(
@@ -87,15 +114,38 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         """OpenAI's `list` of embeddings."""
         record = self._pipeline.start(context, "embeddings", request.model, False)
-        try:
-            answer = await self._pipeline.embed(request, context, record)
-        except GatewayError as error:
-            record.fail(error)
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
-        await context.send_initial_metadata((("x-request-id", record.request_id),))
-        return httpbody_pb2.HttpBody(content_type=JSON, data=answer.body)
+        return await self._unary(record, context, self._pipeline.embed(request, context, record))
+
+    @rpc_method
+    async def CreateImage(
+        self, request: image_pb2.ImageGenerationRequest, context: Any
+    ) -> httpbody_pb2.HttpBody:
+        """OpenAI's images answer for a prompt."""
+        record = self._pipeline.start(context, "images.generations", request.model, False)
+        answer = self._pipeline.image(request, request.model, list(request.models), context, record)
+        return await self._unary(record, context, answer)
+
+    @rpc_method
+    async def CreateImageEdit(self, request: httpbody_pb2.HttpBody, context: Any) -> httpbody_pb2.HttpBody:
+        """OpenAI's images answer for an uploaded image (multipart/form-data)."""
+        return await self._upload(request, context, "edit", "images.edits")
+
+    @rpc_method
+    async def CreateImageVariation(
+        self, request: httpbody_pb2.HttpBody, context: Any
+    ) -> httpbody_pb2.HttpBody:
+        """OpenAI's images answer of variations of an uploaded image (multipart/form-data)."""
+        return await self._upload(request, context, "variation", "images.variations")
+
+    async def _upload(
+        self, body: httpbody_pb2.HttpBody, context: Any, operation: str, endpoint: str
+    ) -> httpbody_pb2.HttpBody:
+        await self._pipeline.authenticate(context)  # before reading anything of the body
+        upload = parse_image_upload(body.content_type, body.data, operation)
+        model = upload.fields.get("model", "")
+        record = self._pipeline.start(context, endpoint, model, False)
+        answer = self._pipeline.image(upload, model, [], context, record)
+        return await self._unary(record, context, answer)
 
     @rpc_method
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:

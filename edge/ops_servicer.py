@@ -32,7 +32,8 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
     async def GetReadyz(self, request: pb.GetReadyzRequest, context: Any) -> httpbody_pb2.HttpBody:
         names = list(self._probes)
         results = await asyncio.gather(
-            *(asyncio.wait_for(self._probes[n](), self._timeout_s) for n in names), return_exceptions=True)
+            *(asyncio.wait_for(self._probes[n](), self._timeout_s) for n in names), return_exceptions=True
+        )
         failing = [n for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
         if failing:
             raise GatewayError(Reason.UNAVAILABLE, f"Not ready: {', '.join(failing)} unreachable.")
@@ -40,5 +41,6 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
 
     @rpc_method
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> httpbody_pb2.HttpBody:
-        return httpbody_pb2.HttpBody(content_type="text/plain; version=0.0.4; charset=utf-8",
-                                     data=telemetry.render_metrics())
+        return httpbody_pb2.HttpBody(
+            content_type="text/plain; version=0.0.4; charset=utf-8", data=telemetry.render_metrics()
+        )

@@ -8,24 +8,26 @@ next candidate (DESIGN.md §2.8). After the first event the stream belongs to th
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
-from aggregator.openai.v1 import chat_pb2, embedding_pb2
+from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2, image_pb2
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
-from edge.validation import validate_chat, validate_embedding
+from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import metadata_value
 
 BEARER = "bearer "
+T = TypeVar("T")
 
 
 def bearer_key(authorization: str | None) -> str:
@@ -96,24 +98,61 @@ class Pipeline:
 
     async def chat(
         self, request: chat_pb2.ChatCompletionRequest, context: Any, record: RequestRecord
-    ) -> AsyncIterator[adapter_pb.ChatResponse]:
+    ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Yields the adapter's events of the first candidate that answers."""
         principal = await self.authenticate(context, record)
         validate_chat(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), "chat")
         record.prompt_bytes = request.ByteSize()
-        last_error: GatewayError | None = None
-        for candidate in candidates:
-            record.candidate = candidate
-            record.attempts += 1
-            call = adapter_pb.ChatRequest(
+
+        def call(candidate: route_pb2.RouteCandidate) -> tuple[Any, adapter_pb.ChatRequest]:
+            return self.clients.adapter.Chat, adapter_pb.ChatRequest(
                 candidate=candidate,
                 request=request,
                 request_id=record.request_id,
                 timeout_ms=self._timeout_ms,
             )
-            async with calls.stream(self.clients.adapter.Chat, call) as events:
+
+        async with contextlib.aclosing(self._first_stream(candidates, record, call)) as events:
+            async for event in events:
+                yield event
+
+    async def complete(
+        self, request: completion_pb2.CompletionRequest, context: Any, record: RequestRecord
+    ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
+        """Legacy completions: the adapter's events of the first candidate that answers."""
+        principal = await self.authenticate(context, record)
+        validate_completion(request)
+        check_model_allowed(principal, [request.model, *request.models])
+        candidates = await self._candidates(request.model, list(request.models), "completion")
+        record.prompt_bytes = request.ByteSize()
+
+        def call(candidate: route_pb2.RouteCandidate) -> tuple[Any, adapter_pb.CompleteRequest]:
+            return self.clients.adapter.Complete, adapter_pb.CompleteRequest(
+                candidate=candidate,
+                request=request,
+                request_id=record.request_id,
+                timeout_ms=self._timeout_ms,
+            )
+
+        async with contextlib.aclosing(self._first_stream(candidates, record, call)) as events:
+            async for event in events:
+                yield event
+
+    async def _first_stream(
+        self,
+        candidates: list[route_pb2.RouteCandidate],
+        record: RequestRecord,
+        call: Callable[[route_pb2.RouteCandidate], tuple[Any, Any]],
+    ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
+        """Streams the first candidate whose first event arrives; failures before it fall through."""
+        last_error: GatewayError | None = None
+        for candidate in candidates:
+            record.candidate = candidate
+            record.attempts += 1
+            method, message = call(candidate)
+            async with calls.stream(method, message) as events:
                 first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
                 try:
                     first = await anext(events)
@@ -145,6 +184,29 @@ class Pipeline:
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
 
+    async def _first_answer(
+        self,
+        candidates: list[route_pb2.RouteCandidate],
+        record: RequestRecord,
+        call: Callable[[route_pb2.RouteCandidate], Awaitable[T]],
+    ) -> T:
+        """The answer of the first candidate that answers a unary call."""
+        last_error: GatewayError | None = None
+        for candidate in candidates:
+            record.candidate = candidate
+            record.attempts += 1
+            try:
+                answer = await call(candidate)
+            except GatewayError as error:
+                if not may_try_next(error):
+                    raise
+                last_error = error
+                telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
+                continue
+            record.first_token_at = time.monotonic()
+            return answer
+        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+
     async def embed(
         self, request: embedding_pb2.EmbeddingRequest, context: Any, record: RequestRecord
     ) -> adapter_pb.EmbedResponse:
@@ -152,26 +214,50 @@ class Pipeline:
         principal = await self.authenticate(context, record)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
-        last_error: GatewayError | None = None
-        for candidate in await self._candidates(request.model, list(request.models), "embedding"):
-            record.candidate = candidate
-            record.attempts += 1
-            try:
-                answer = await calls.unary(
-                    self.clients.adapter.Embed,
-                    adapter_pb.EmbedRequest(
-                        candidate=candidate,
-                        request=request,
-                        request_id=record.request_id,
-                        timeout_ms=self._timeout_ms,
-                    ),
-                )
-            except GatewayError as error:
-                if not may_try_next(error):
-                    raise
-                last_error = error
-                continue
+        candidates = await self._candidates(request.model, list(request.models), "embedding")
+
+        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.EmbedResponse:
+            return await calls.unary(
+                self.clients.adapter.Embed,
+                adapter_pb.EmbedRequest(
+                    candidate=candidate,
+                    request=request,
+                    request_id=record.request_id,
+                    timeout_ms=self._timeout_ms,
+                ),
+            )
+
+        answer = await self._first_answer(candidates, record, call)
+        record.usage = answer.usage
+        return answer
+
+    async def image(
+        self,
+        operation: image_pb2.ImageGenerationRequest | image_pb2.ImageUpload,
+        model: str,
+        fallbacks: list[str],
+        context: Any,
+        record: RequestRecord,
+    ) -> adapter_pb.ImageResponse:
+        """Images from the first candidate that answers: a generation, an edit or a variation."""
+        principal = await self.authenticate(context, record)
+        if not model:
+            raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
+        check_model_allowed(principal, [model, *fallbacks])
+        candidates = await self._candidates(model, fallbacks, "image")
+        field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
+
+        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.ImageResponse:
+            message = adapter_pb.ImageRequest(
+                candidate=candidate,
+                request_id=record.request_id,
+                timeout_ms=self._timeout_ms,
+                **{field: operation},
+            )
+            return await calls.unary(self.clients.adapter.Image, message)
+
+        answer = await self._first_answer(candidates, record, call)
+        if answer.HasField("usage"):
             record.usage = answer.usage
-            record.first_token_at = time.monotonic()
-            return answer
-        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+        record.images = answer.images
+        return answer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from aggregator.openai.v1 import chat_pb2, embedding_pb2
+from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2
 from services.core.errors import GatewayError, Reason
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -100,3 +100,20 @@ def validate_embedding(request: embedding_pb2.EmbeddingRequest) -> None:
         raise _invalid("Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format")
     if request.HasField("dimensions") and request.dimensions < 1:
         raise _invalid("Invalid 'dimensions': integer below minimum value 1.", "dimensions")
+
+
+def validate_completion(request: completion_pb2.CompletionRequest) -> None:
+    if not request.model:
+        raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
+    if _kind(request.prompt) not in ("string_value", "list_value"):
+        raise _invalid("Invalid 'prompt': expected a string or an array.", "prompt")
+    _range(request, "temperature", 0, 2)
+    _range(request, "top_p", 0, 1)
+    _range(request, "presence_penalty", -2, 2)
+    _range(request, "frequency_penalty", -2, 2)
+    _range(request, "n", 1, 128)
+    _range(request, "logprobs", 0, 5)
+    if request.HasField("max_tokens") and request.max_tokens < 0:
+        raise _invalid("Invalid 'max_tokens': integer below minimum value 0.", "max_tokens")
+    if request.HasField("best_of") and request.best_of < (request.n if request.HasField("n") else 1):
+        raise _invalid("Invalid 'best_of': must be at least 'n'.", "best_of")

@@ -34,6 +34,7 @@ class RouteConfig:
     model: str
     input_per_1k: Decimal
     output_per_1k: Decimal
+    per_image: Decimal | None = None  # image models priced per image rather than by tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class ModelConfig:
     type: str
     context_window: int
     routes: tuple[RouteConfig, ...]
+    max_output_tokens: int = 0  # 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +125,16 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             if "input_per_1k" not in r or "output_per_1k" not in r:
                 # An unpriced model is an error, never $0 (DESIGN.md §2.5).
                 raise ConfigError(f"{rwhere}: input_per_1k and output_per_1k are required")
+            per_image = _decimal(r["per_image"], rwhere) if r.get("per_image") is not None else None
             routes.append(RouteConfig(r["provider"], str(r["model"]), _decimal(r["input_per_1k"], rwhere),
-                                      _decimal(r["output_per_1k"], rwhere)))
+                                      _decimal(r["output_per_1k"], rwhere), per_image))
         if not routes:
             raise ConfigError(f"{where}: at least one route is required")
-        models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes)))
+        max_output = int(m.get("max_output_tokens") or 0)
+        if max_output < 0:
+            raise ConfigError(f"{where}: max_output_tokens must be positive")
+        models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes),
+                                  max_output))
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0))

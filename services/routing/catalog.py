@@ -16,6 +16,21 @@ def decimal_str(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+# Which model types serve an endpoint's kind: legacy completions also run on chat models (as
+# vLLM and other OpenAI-compatible servers allow); adapters refuse where the provider cannot.
+SERVES: dict[str, tuple[str, ...]] = {"completion": ("completion", "chat")}
+
+
+def supported_parameters(kind: str, model_type: str) -> tuple[str, ...]:
+    """The request parameters the first route's provider honours (chat models; OpenRouter's
+    `supported_parameters`). The adapters declare them; this reads their static tables."""
+    if model_type != "chat":
+        return ()
+    from services.adapters.capabilities import supported_chat_parameters
+
+    return supported_chat_parameters(kind)
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogModel:
     """A public model id and its candidates in order."""
@@ -35,9 +50,11 @@ class CatalogModel:
             owned_by=first.endpoint.provider,
             type=self.type,
             context_window=self.context_window,
+            max_output_tokens=first.max_output_tokens,
             pricing=model_pb2.ModelPricing(
-                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k
+                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k, per_image=first.per_image
             ),
+            supported_parameters=supported_parameters(first.endpoint.kind, self.type),
         )
 
 
@@ -81,7 +98,7 @@ class Catalog:
         seen: set[tuple[str, str]] = set()
         for index, wanted in enumerate([model_id, *fallbacks]):
             model = self.get(wanted)
-            if model_type and model.type != model_type:
+            if model_type and model.type not in SERVES.get(model_type, (model_type,)):
                 raise GatewayError(
                     Reason.INVALID_REQUEST,
                     f"The model `{wanted}` is a {model.type} model and cannot serve this endpoint.",

@@ -36,21 +36,23 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
         await conn.execute("UPDATE models SET enabled = false, updated_at = now()")
         for m in config.models:
             model_id = await conn.fetchval(
-                """INSERT INTO models (public_id, type, context_window, enabled) VALUES ($1, $2, $3, true)
-                   ON CONFLICT (public_id) DO UPDATE SET type = $2, context_window = $3, enabled = true,
-                       updated_at = now()
+                """INSERT INTO models (public_id, type, context_window, max_output_tokens, enabled)
+                   VALUES ($1, $2, $3, $4, true)
+                   ON CONFLICT (public_id) DO UPDATE SET type = $2, context_window = $3, max_output_tokens = $4,
+                       enabled = true, updated_at = now()
                    RETURNING id""",
                 m.id,
                 m.type,
                 m.context_window,
+                m.max_output_tokens,
             )
             await conn.execute("DELETE FROM provider_endpoints WHERE model_id = $1", model_id)
             await conn.executemany(
                 """INSERT INTO provider_endpoints
-                   (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, position)
-                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                   (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, per_image, position)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 [
-                    (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k, i)
+                    (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k, r.per_image, i)
                     for i, r in enumerate(m.routes)
                 ],
             )
@@ -63,7 +65,7 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
             "SELECT name, kind, base_url, api_key_env FROM providers WHERE enabled ORDER BY name"
         )
         rows = await conn.fetch(
-            """SELECT m.public_id, m.type, m.context_window,
+            """SELECT m.public_id, m.type, m.context_window, m.max_output_tokens, e.per_image,
                       extract(epoch FROM m.created_at)::bigint AS created,
                       p.name, p.kind, p.base_url, p.api_key_env,
                       e.upstream_model, e.input_per_1k, e.output_per_1k
@@ -90,6 +92,8 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
                 output_per_1k=decimal_str(r["output_per_1k"]),
                 context_window=r["context_window"],
                 model_type=r["type"],
+                max_output_tokens=r["max_output_tokens"],
+                per_image=decimal_str(r["per_image"]) if r["per_image"] is not None else "",
             )
             for r in routes
         )
