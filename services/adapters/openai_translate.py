@@ -6,7 +6,9 @@ name and our extensions (`models`, `provider`) removed. Streams always ask for u
 gateway can bill; the client sees the usage chunk only if it asked for it.
 
 Responses: upstream JSON is kept as sent except `model` (the public id) and the added
-`provider` object `{"name", "model" (what the upstream reports), "latency_ms"}`.
+`provider` object `{"name", "model" (what the upstream reports), "latency_ms"}`. Chat and legacy
+text completions share the events; they differ only in where a choice carries its output
+(`ChoiceContent`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ EXTENSION_FIELDS = ("models", "provider")
 _MAX_EXACT_INT = 2**53
 # Delta or message fields that carry generated output: the first chunk with one is the first token.
 CONTENT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning", "function_call")
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceContent:
+    """Where a response's choices carry generated output: chat nests it in `message` (a whole
+    completion) or `delta` (a chunk); a legacy `text_completion` puts `text` on the choice itself."""
+
+    whole: str | None
+    chunk: str | None
+    fields: tuple[str, ...]
+
+
+CHAT_CONTENT = ChoiceContent("message", "delta", CONTENT_FIELDS)
+TEXT_CONTENT = ChoiceContent(None, None, ("text",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +72,9 @@ def _int64_fields(descriptor: Descriptor) -> tuple[str, ...]:
     return tuple(f.name for f in descriptor.fields if f.cpp_type in wide)
 
 
-def _request_json(request: Message, upstream_model: str) -> dict[str, Any]:
+def request_json(request: Message, upstream_model: str) -> dict[str, Any]:
+    """A typed OpenAI request as OpenAI's JSON body: presence kept, numbers as JSON wants them,
+    our extensions removed, `model` set to the upstream's name."""
     body: dict[str, Any] = _whole_numbers(json_format.MessageToDict(
         request, preserving_proto_field_name=True, unquote_int64_if_possible=True))
     # Proto JSON quotes an int64 beyond 2**53 (`seed`); OpenAI's JSON wants a number.
@@ -70,8 +88,9 @@ def _request_json(request: Message, upstream_model: str) -> dict[str, Any]:
 
 
 def chat_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
-    """The upstream JSON body of a ChatCompletionRequest."""
-    body = _request_json(request, upstream_model)
+    """The upstream JSON body of a ChatCompletionRequest (or a legacy CompletionRequest: the same
+    rules, a stream always asks for usage)."""
+    body = request_json(request, upstream_model)
     if body.get("stream"):
         body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
     return body
@@ -79,33 +98,40 @@ def chat_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
 
 def embedding_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
     """The upstream JSON body of an EmbeddingRequest."""
-    return _request_json(request, upstream_model)
+    return request_json(request, upstream_model)
+
+
+def provider_extension(target: Target, reported: Any, latency_ms: int) -> dict[str, Any]:
+    """The `provider` object added to every answer; `reported` is the model the upstream named."""
+    return {"name": target.provider,
+            "model": reported if isinstance(reported, str) and reported else target.upstream_model,
+            "latency_ms": latency_ms}
 
 
 def _stamp(obj: dict[str, Any], target: Target, latency_ms: int) -> None:
     reported = obj.get("model")
     obj["model"] = target.public_model
-    obj["provider"] = {"name": target.provider,
-                       "model": reported if isinstance(reported, str) and reported else target.upstream_model,
-                       "latency_ms": latency_ms}
+    obj["provider"] = provider_extension(target, reported, latency_ms)
 
 
-def _carries_content(choices: Any, part: str) -> bool:
+def _carries_content(choices: Any, part: str | None, fields: tuple[str, ...]) -> bool:
     if not isinstance(choices, list):
         return False
     for choice in choices:
-        fields = choice.get(part) if isinstance(choice, dict) else None
-        if isinstance(fields, dict) and any(fields.get(name) for name in CONTENT_FIELDS):
+        holder = choice.get(part) if part is not None and isinstance(choice, dict) else choice
+        if isinstance(holder, dict) and any(holder.get(name) for name in fields):
             return True
     return False
 
 
-def completion_event(raw: bytes, target: Target, latency_ms: int) -> adapter_service_pb2.ChatResponse:
-    """The one event of a non-streamed completion."""
+def completion_event(raw: bytes, target: Target, latency_ms: int, *,
+                     content: ChoiceContent = CHAT_CONTENT) -> adapter_service_pb2.ChatResponse:
+    """The one event of a non-streamed completion (`content` says where its output lives)."""
     obj = parse_object(raw)
     _stamp(obj, target, latency_ms)
+    has_content = _carries_content(obj.get("choices"), content.whole, content.fields)
     event = adapter_service_pb2.ChatResponse(body=orjson.dumps(obj), latency_ms=latency_ms,
-                                             has_content=_carries_content(obj.get("choices"), "message"))
+                                             has_content=has_content)
     if isinstance(obj.get("usage"), dict):
         event.usage.CopyFrom(usage_to_proto(obj["usage"]))
     return event
@@ -124,8 +150,8 @@ def ends_generation(obj: dict[str, Any]) -> bool:
     return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
-def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *,
-                client_wants_usage: bool) -> adapter_service_pb2.ChatResponse:
+def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *, client_wants_usage: bool,
+                content: ChoiceContent = CHAT_CONTENT) -> adapter_service_pb2.ChatResponse:
     """The event of one parsed stream chunk. When the client did not ask for usage, the `usage`
     field it would not have seen is removed, and the usage-only chunk becomes an event with an
     empty body that still carries the counts for billing."""
@@ -139,7 +165,7 @@ def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *,
             return event
     _stamp(obj, target, latency_ms)
     event.body = orjson.dumps(obj)
-    event.has_content = _carries_content(obj.get("choices"), "delta")
+    event.has_content = _carries_content(obj.get("choices"), content.chunk, content.fields)
     return event
 
 

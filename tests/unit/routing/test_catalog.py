@@ -148,3 +148,17 @@ def test_to_proto_uses_the_first_candidate() -> None:
 def test_decimal_str(value: Decimal, text: str) -> None:
     assert decimal_str(value) == text
     assert Decimal(text) == value
+
+
+def test_completions_run_on_chat_models_but_not_embedding_models(catalog: Catalog) -> None:
+    assert keys(catalog.resolve("big", [], "completion")) == keys(catalog.resolve("big", [], "chat"))
+    with pytest.raises(GatewayError) as caught:
+        catalog.resolve("embed", [], "completion")
+    assert caught.value.reason is Reason.INVALID_REQUEST
+
+
+def test_models_list_their_providers_supported_parameters(catalog: Catalog) -> None:
+    listed = {m.id: m.to_proto() for m in catalog.models()}
+    assert "temperature" in listed["big"].supported_parameters and "tools" in listed["big"].supported_parameters
+    assert "messages" not in listed["big"].supported_parameters
+    assert list(listed["embed"].supported_parameters) == []
