@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from bench.loadgen import REQUEST_TIMEOUT_S, chat_body
 from bench.stack import MODEL, REPO, BenchStack, die_with_parent, read_line, stop_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-# Direct phases first, so the gateway phases run on an upstream that is equally warm.
+# The baseline first (the upstream alone), then the same load through the gateway.
 PHASES = (("direct_nonstream", "direct", False), ("direct_stream", "direct", True),
           ("gateway_nonstream", "gateway", False), ("gateway_stream", "gateway", True))
 
@@ -48,13 +49,19 @@ def _post(url: str, key: str, stream: bool) -> tuple[int, bytes]:
 def check_answers(url: str, key: str, where: str) -> None:
     """One request of each kind must be a 200 with content; RuntimeError otherwise."""
     status, body = _post(url, key, stream=False)
-    content = json.loads(body)["choices"][0]["message"]["content"] if status == 200 else None
+    try:
+        content = json.loads(body)["choices"][0]["message"]["content"] if status == 200 else None
+    except (ValueError, LookupError, TypeError):
+        content = None
     if not content:
         raise RuntimeError(f"{where}: non-streaming chat answered {status}: {body[:500]!r}")
     status, body = _post(url, key, stream=True)
     events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
-    text = "".join((json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
-                   for e in events[:-1])
+    try:
+        text = "".join((json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                       for e in events[:-1])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        text = ""
     if status != 200 or not events or events[-1] != b"[DONE]" or not text:
         raise RuntimeError(f"{where}: streaming chat answered {status}: {body[:500]!r}")
     print(f"  {where}: ok ({content!r})", flush=True)
@@ -138,7 +145,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             phases[name] = run_phase(stack, args, target, stream)
         rss = _peak_rss(stack)
         print("bench: stopping", flush=True)
-    return {"meta": {"time": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
+    return {"meta": {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
                      "warmup_s": args.warmup, "concurrency": args.concurrency, "workers": args.workers,
                      "ports": args.ports,
                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one gRPC port for all workers (as `aggregator up`) or one Envoy endpoint each")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
+        parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")
     # Ctrl-C and SIGTERM unwind through every `finally`, which stops what was started. SIGINT is
     # set explicitly: a shell starting us in the background would have it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -93,6 +93,7 @@ class BenchStack:
         # round-robin cluster, so requests (not connections) are spread.
         self.distinct_ports = distinct_ports
         self.grpc_ports: list[int] = []
+        self.envoy_ports: list[int] = []
         self.admin_key = "sk_live_bench" + secrets.token_urlsafe(32)
         self.upstream_key = "sk-upstream-" + secrets.token_hex(12)
         self.upstream_url = ""  # http://127.0.0.1:PORT/v1
@@ -211,11 +212,13 @@ class BenchStack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers not ready within {READY_TIMEOUT_S:g} s")
             time.sleep(0.05)
+        # As `up` does: Envoy balances over every worker's own port (see GrpcServer).
+        self.envoy_ports = [int(json.loads(path.read_text())["private_port"]) for path in ready]
 
     def _start_envoy(self) -> None:
         http_port, admin_port = free_port(), free_port()
         bootstrap = render_bootstrap(http_port=http_port, admin_port=admin_port,
-                                     upstreams=[("127.0.0.1", port) for port in sorted(set(self.grpc_ports))],
+                                     upstreams=[("127.0.0.1", port) for port in self.envoy_ports],
                                      descriptor_path=REPO / "gen" / "descriptor.pb",
                                      lua_path=REPO / "envoy" / "error_shaper.lua", listen_address="127.0.0.1",
                                      access_log_path=str(self.root / "logs" / "envoy-access.log"))

@@ -44,7 +44,6 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         try:
             async for event in self._pipeline.chat(request, context, record):
                 if event.body:
-                    await context.send_initial_metadata((("x-request-id", record.request_id),))
                     return _parse(event.body, chat_pb2.ChatCompletion())
             raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
         except GatewayError as error:
@@ -59,12 +58,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         request = self._with_stream(request, True)
         record = self._pipeline.start(context, "chat.completions", request.model, True)
-        started = False
         try:
             async for event in self._pipeline.chat(request, context, record):
-                if not started:
-                    started = True
-                    await context.send_initial_metadata((("x-request-id", record.request_id),))
                 chunk = _parse(event.body, chat_pb2.ChatCompletionChunk()) if event.body else None
                 if chunk is None and event.HasField("usage"):
                     chunk = chat_pb2.ChatCompletionChunk(usage=event.usage)
@@ -99,5 +94,4 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             raise
         finally:
             self._pipeline.recorder.finish(record)
-        await context.send_initial_metadata((("x-request-id", record.request_id),))
         return _parse(answer.body, embedding_pb2.EmbeddingResponse())

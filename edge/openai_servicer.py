@@ -1,5 +1,10 @@
 """OpenAIService: the HTTP face. Writes OpenAI's exact bytes as `google.api.HttpBody` chunks,
-which Envoy forwards one by one (DESIGN.md §3)."""
+which Envoy forwards one by one (DESIGN.md §3).
+
+No explicit `send_initial_metadata`: it costs a batch of its own per request, and Envoy already
+puts the request id (which it generated and passed in) on every response; errors carry it in
+their trailers too (rpc.abort).
+"""
 
 from __future__ import annotations
 
@@ -73,9 +78,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         started = False
         try:
             async for event in events:
-                if not started:
-                    started = True
-                    await context.send_initial_metadata((("x-request-id", record.request_id),))
+                started = True
                 if not event.body:
                     continue  # a usage-only event the client did not ask for
                 yield sse(event.body) if stream else httpbody_pb2.HttpBody(content_type=JSON, data=event.body)
@@ -105,7 +108,6 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             raise
         finally:
             self._pipeline.recorder.finish(record)
-        await context.send_initial_metadata((("x-request-id", record.request_id),))
         return httpbody_pb2.HttpBody(content_type=JSON, data=result.body)
 
     @rpc_method

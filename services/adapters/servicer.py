@@ -15,6 +15,11 @@ from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method
 
 
+def _unsupported(kind: str, endpoint: str) -> GatewayError:
+    # UNSUPPORTED_PARAMETER, not UNIMPLEMENTED: routing skips this candidate and tries the next one.
+    return GatewayError(Reason.UNSUPPORTED_PARAMETER, f"Provider kind '{kind}' does not support {endpoint}.")
+
+
 def _check(candidate: route_pb2.RouteCandidate) -> None:
     if not candidate.endpoint.base_url or not candidate.upstream_model:
         raise GatewayError(Reason.INVALID_REQUEST, "candidate.endpoint.base_url and candidate.upstream_model "
@@ -56,6 +61,32 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
         """Calls an embedding model."""
         _check(request.candidate)
         return await self._registry.adapter_for(request.candidate.endpoint.kind).embed(request)
+
+    @rpc_method
+    async def Complete(self, request: adapter_service_pb2.CompleteRequest,
+                       context: Any) -> AsyncIterator[adapter_service_pb2.ChatResponse]:
+        """Streams a legacy text completion like Chat (bodies are `text_completion` JSON); a kind
+        without completions fails with UNSUPPORTED_PARAMETER."""
+        _check(request.candidate)
+        kind = request.candidate.endpoint.kind
+        complete = getattr(self._registry.adapter_for(kind), "complete", None)
+        if complete is None:
+            raise _unsupported(kind, "completions")
+        async with aclosing(complete(request)) as events:
+            async for event in events:
+                yield event
+
+    @rpc_method
+    async def Image(self, request: adapter_service_pb2.ImageRequest,
+                    context: Any) -> adapter_service_pb2.ImageResponse:
+        """Generates, edits or varies images; a kind without images fails with UNSUPPORTED_PARAMETER."""
+        _check(request.candidate)
+        kind = request.candidate.endpoint.kind
+        image = getattr(self._registry.adapter_for(kind), "image", None)
+        if image is None:
+            raise _unsupported(kind, "images")
+        response: adapter_service_pb2.ImageResponse = await image(request)
+        return response
 
     async def close(self) -> None:
         """Closes the pooled upstream connections."""

@@ -30,19 +30,29 @@ class Registration:
 class GrpcServer:
     """A grpc.aio server with health (per service and overall) and reflection."""
 
-    def __init__(self, registrations: Iterable[Registration], *, host: str, port: int) -> None:
+    def __init__(
+        self, registrations: Iterable[Registration], *, host: str, port: int, private_host: str | None = None
+    ) -> None:
+        """Listens on host:port (shared by every worker through SO_REUSEPORT) and, when
+        `private_host` is given, also on an ephemeral port of its own (`private_port`): the kernel
+        balances connections, not requests, so Envoy lists every worker's own port and spreads
+        its few long-lived HTTP/2 connections itself."""
         self._registrations = tuple(registrations)
         self._server = grpc.aio.server(
             interceptors=[aio_server_interceptor()],
-            options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.keepalive_permit_without_calls", 1),
-                     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000)],
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ],
         )
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {host}:{port}")
+        self.private_port = self._server.add_insecure_port(f"{private_host}:0") if private_host else None
 
     async def start(self) -> None:
         names = [r.service_name for r in self._registrations]
@@ -51,7 +61,8 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._server)
+            self._server,
+        )
         await self._server.start()
         for name in ("", *names):
             await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)

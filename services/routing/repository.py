@@ -38,8 +38,8 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
             model_id = await conn.fetchval(
                 """INSERT INTO models (public_id, type, context_window, max_output_tokens, enabled)
                    VALUES ($1, $2, $3, $4, true)
-                   ON CONFLICT (public_id) DO UPDATE SET type = $2, context_window = $3, max_output_tokens = $4,
-                       enabled = true, updated_at = now()
+                   ON CONFLICT (public_id) DO UPDATE SET type = $2, context_window = $3,
+                       max_output_tokens = $4, enabled = true, updated_at = now()
                    RETURNING id""",
                 m.id,
                 m.type,
@@ -52,7 +52,8 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
                    (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, per_image, position)
                    VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 [
-                    (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k, r.per_image, i)
+                    (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k,
+                     r.per_image, i)
                     for i, r in enumerate(m.routes)
                 ],
             )

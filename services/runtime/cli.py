@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from services.core.server import GrpcServer
     from services.core.telemetry import configure_logging, configure_tracing
     from services.runtime.topology import parse_remotes, parse_services
     from services.runtime.worker import WorkerSettings, serve
@@ -96,9 +98,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         provider_key_envs=config.provider_key_envs if config else frozenset(),
     )
 
-    def on_ready() -> None:
-        if args.ready_file:
-            Path(args.ready_file).write_text(str(os.getpid()))
+    def on_ready(server: GrpcServer) -> None:
+        if args.ready_file:  # written whole, then renamed: a reader never sees half of it
+            ready = Path(args.ready_file)
+            temporary = ready.with_suffix(".tmp")
+            temporary.write_text(
+                json.dumps({"pid": os.getpid(), "port": server.port, "private_port": server.private_port})
+            )
+            temporary.replace(ready)
 
     import uvloop
 

@@ -71,8 +71,9 @@ def transcoder_descriptor_set(descriptor_path: Path) -> descriptor_pb2.FileDescr
     return descriptor_set
 
 
-def _add_with_dependencies(descriptor_set: descriptor_pb2.FileDescriptorSet, file: Any,
-                           present: set[str]) -> None:
+def _add_with_dependencies(
+    descriptor_set: descriptor_pb2.FileDescriptorSet, file: Any, present: set[str]
+) -> None:
     if file.name in present:
         return
     for dependency in file.dependencies:
@@ -94,14 +95,26 @@ def _status(op: str, code: int) -> dict[str, Any]:
 # Set by the Lua shaper on native gRPC requests. The request headers cannot tell: the transcoder
 # rewrites a JSON request into a gRPC one before any of its own replies.
 GRPC_METADATA_NAMESPACE = "aggregator.grpc"
-_IS_GRPC = {"metadata_filter": {"matcher": {"filter": GRPC_METADATA_NAMESPACE, "path": [{"key": "grpc"}],
-                                            "value": {"bool_match": True}},
-                                "match_if_key_not_found": False}}
+_IS_GRPC = {
+    "metadata_filter": {
+        "matcher": {
+            "filter": GRPC_METADATA_NAMESPACE,
+            "path": [{"key": "grpc"}],
+            "value": {"bool_match": True},
+        },
+        "match_if_key_not_found": False,
+    }
+}
 # Envoy names the cause of each of its replies in the response code details; only CEL reads them.
-_TRANSCODE_FAILURE = {"extension_filter": {
-    "name": "envoy.access_loggers.extension_filters.cel",
-    "typed_config": {_T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
-                     "expression": "response.code_details.startsWith('grpc_json_transcode_failure')"}}}
+_TRANSCODE_FAILURE = {
+    "extension_filter": {
+        "name": "envoy.access_loggers.extension_filters.cel",
+        "typed_config": {
+            _T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": "response.code_details.startsWith('grpc_json_transcode_failure')",
+        },
+    }
+}
 _INVALID, _SERVER = "invalid_request_error", "server_error"
 
 
@@ -109,30 +122,49 @@ def _local_reply_config(max_request_bytes: int) -> dict[str, Any]:
     """OpenAI error JSON for every reply Envoy makes itself, in our words; the first match wins."""
     rows: list[tuple[dict[str, Any], int | None, str, str, str | None]] = [
         # (which replies, status sent instead, message, type, code)
-        (_status("EQ", 413), None, f"Request body too large: the limit is {max_request_bytes} bytes.",
-         _INVALID, "request_too_large"),
+        (
+            _status("EQ", 413),
+            None,
+            f"Request body too large: the limit is {max_request_bytes} bytes.",
+            _INVALID,
+            "request_too_large",
+        ),
         (_status("EQ", 404), None, "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)", _INVALID, "unknown_url"),
-        ({"and_filter": {"filters": [_status("EQ", 400), _TRANSCODE_FAILURE]}}, None,
-         "We could not parse the JSON body of your request: it must be a JSON object whose fields have the "
-         "types of the API reference.", _INVALID, "invalid_request_body"),
+        (
+            {"and_filter": {"filters": [_status("EQ", 400), _TRANSCODE_FAILURE]}},
+            None,
+            "We could not parse the JSON body of your request: it must be a JSON object whose fields "
+            "have the types of the API reference.",
+            _INVALID,
+            "invalid_request_body",
+        ),
         (_status("EQ", 400), None, "The request is malformed.", _INVALID, None),
         (_status("EQ", 408), None, "The request timed out.", _INVALID, "timeout"),
         (_status("EQ", 431), None, "The request headers are too large.", _INVALID, "headers_too_large"),
         (_status("EQ", 504), None, "The service did not answer in time. Please retry.", _SERVER, "timeout"),
-        (_status("GE", 500), 503, "The service is temporarily unavailable. Please retry.", _SERVER,
-         "service_unavailable"),
+        (
+            _status("GE", 500),
+            503,
+            "The service is temporarily unavailable. Please retry.",
+            _SERVER,
+            "service_unavailable",
+        ),
         (_status("GE", 400), None, "The request could not be processed.", _INVALID, None),
     ]
     mappers: list[dict[str, Any]] = [
         # Native gRPC clients read the status; Envoy's text stays out of grpc-message too.
-        {"filter": {"and_filter": {"filters": [_IS_GRPC, _status("GE", 500)]}},
-         "body": {"inline_string": "The service is temporarily unavailable."}},
+        {
+            "filter": {"and_filter": {"filters": [_IS_GRPC, _status("GE", 500)]}},
+            "body": {"inline_string": "The service is temporarily unavailable."},
+        },
         {"filter": _IS_GRPC, "body": {"inline_string": "The request could not be processed."}},
     ]
     for when, status, message, error_type, code in rows:
         body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-        mapper = {"filter": when,
-                  "body_format_override": {"json_format": body, "content_type": "application/json"}}
+        mapper = {
+            "filter": when,
+            "body_format_override": {"json_format": body, "content_type": "application/json"},
+        }
         mappers.append(mapper if status is None else {**mapper, "status_code": status})
     return {"mappers": mappers}
 
@@ -162,64 +194,107 @@ def _access_log(path: str | None) -> list[dict[str, Any]]:
     # The format names every field explicitly: headers such as authorization never appear.
     log_format = {"json_format": ACCESS_LOG_FORMAT}
     if path is None:
-        return [{"name": "envoy.access_loggers.stdout", "typed_config": {
-            _T: f"{_EXTENSIONS}.access_loggers.stream.v3.StdoutAccessLog",
-            "log_format": log_format}}]
-    return [{"name": "envoy.access_loggers.file", "typed_config": {
-        _T: f"{_EXTENSIONS}.access_loggers.file.v3.FileAccessLog",
-        "path": path, "log_format": log_format}}]
+        return [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    _T: f"{_EXTENSIONS}.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": log_format,
+                },
+            }
+        ]
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                _T: f"{_EXTENSIONS}.access_loggers.file.v3.FileAccessLog",
+                "path": path,
+                "log_format": log_format,
+            },
+        }
+    ]
 
 
 def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int) -> list[dict[str, Any]]:
     descriptor_set = transcoder_descriptor_set(descriptor_path)
     return [
-        {"name": "envoy.filters.http.lua", "typed_config": {
-            _T: f"{_FILTERS}.lua.v3.Lua",
-            "default_source_code": {"filename": str(lua_path)}}},
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                _T: f"{_FILTERS}.lua.v3.Lua",
+                "default_source_code": {"filename": str(lua_path)},
+            },
+        },
         # The transcoder streams a body through without a size check, so the limit is the buffer
         # filter's: it answers 413 for Content-Length and chunked bodies alike. JSON requests are
         # single messages that the transcoder needs whole anyway.
-        {"name": "envoy.filters.http.buffer", "typed_config": {
-            _T: f"{_FILTERS}.buffer.v3.Buffer",
-            "max_request_bytes": max_request_bytes}},
-        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
-            _T: f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-            "proto_descriptor_bin": base64.b64encode(descriptor_set.SerializeToString()).decode(),
-            "services": transcoded_services(descriptor_set),
-            # Clients may encode the slashes of model ids ("openai%2Fgpt-4o").
-            "url_unescape_spec": "ALL_CHARACTERS",
-            "print_options": {"add_whitespace": False, "always_print_primitive_fields": True,
-                              "preserve_proto_field_names": True},
-            # A failure after the service's headers but before any message then still gets an error
-            # status (the body, a google.rpc.Status, is replaced by the Lua shaper).
-            "convert_grpc_status": True,
-            "request_validation_options": {"reject_unknown_method": True,
-                                           "reject_unknown_query_parameters": False}}},
-        {"name": "envoy.filters.http.router", "typed_config": {
-            _T: f"{_FILTERS}.router.v3.Router",
-            "suppress_envoy_headers": True}},
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {_T: f"{_FILTERS}.buffer.v3.Buffer", "max_request_bytes": max_request_bytes},
+        },
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": {
+                _T: f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                "proto_descriptor_bin": base64.b64encode(descriptor_set.SerializeToString()).decode(),
+                "services": transcoded_services(descriptor_set),
+                # Clients may encode the slashes of model ids ("openai%2Fgpt-4o").
+                "url_unescape_spec": "ALL_CHARACTERS",
+                "print_options": {
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": True,
+                    "preserve_proto_field_names": True,
+                },
+                # A failure after the service's headers but before any message then still gets an error
+                # status (the body, a google.rpc.Status, is replaced by the Lua shaper).
+                "convert_grpc_status": True,
+                "request_validation_options": {
+                    "reject_unknown_method": True,
+                    "reject_unknown_query_parameters": False,
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {_T: f"{_FILTERS}.router.v3.Router", "suppress_envoy_headers": True},
+        },
     ]
 
 
 def _route_action(cluster: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
     return {
-        "cluster": cluster, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
+        "cluster": cluster,
+        "timeout": "0s",
+        "idle_timeout": STREAM_IDLE_TIMEOUT,
         # Only failures where the request never reached a service are retried: safe for POST.
         "retry_policy": {
-            "retry_on": "connect-failure,refused-stream", "num_retries": 2,
-            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-                _T: f"{_EXTENSIONS}.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-            "host_selection_retry_max_attempts": 3}}
+            "retry_on": "connect-failure,refused-stream",
+            "num_retries": 2,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        _T: f"{_EXTENSIONS}.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        },
+    }
 
 
 # The services the public listener exposes to native gRPC clients. Internal services (auth's
 # Authenticate, routing, adapter, billing) are reachable only on the services' own port: the
 # adapter, for one, calls any URL it is given with a provider key.
 PUBLIC_GRPC_SERVICES = (
-    "aggregator.openai.v1.OpenAIService", "aggregator.openai.v1.InferenceService",
-    "aggregator.auth.v1.ApiKeyService", "aggregator.analytics.v1.AnalyticsService",
-    "aggregator.ops.v1.OpsService", "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
+    "aggregator.openai.v1.OpenAIService",
+    "aggregator.openai.v1.InferenceService",
+    "aggregator.auth.v1.ApiKeyService",
+    "aggregator.analytics.v1.AnalyticsService",
+    "aggregator.ops.v1.OpsService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
 )
 _GRPC = [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}]
 # Native gRPC streams (server reflection is bidirectional) must not wait for the end of the request,
@@ -241,19 +316,36 @@ def _route_config(service_prefixes: list[str]) -> dict[str, Any]:
     # The transcoder rewrites a JSON request's path to its gRPC method, sets content-type
     # application/grpc and clears the route cache, so JSON requests take the gRPC routes below
     # too (split topology: one cluster per service).
-    public = [{"match": {"prefix": f"/{service}/", "headers": _GRPC},
-               "route": _route_action(_cluster_of(service, service_prefixes)),
-               "typed_per_filter_config": _NO_BUFFER}
-              for service in PUBLIC_GRPC_SERVICES]
-    internal = {"match": {"prefix": "/", "headers": _GRPC}, "direct_response": {"status": 404},
-                "typed_per_filter_config": _NO_BUFFER}
+    public = [
+        {
+            "match": {"prefix": f"/{service}/", "headers": _GRPC},
+            "route": _route_action(_cluster_of(service, service_prefixes)),
+            "typed_per_filter_config": _NO_BUFFER,
+        }
+        for service in PUBLIC_GRPC_SERVICES
+    ]
+    internal = {
+        "match": {"prefix": "/", "headers": _GRPC},
+        "direct_response": {"status": 404},
+        "typed_per_filter_config": _NO_BUFFER,
+    }
     json_requests = {"match": {"prefix": "/"}, "route": _route_action(UPSTREAM_CLUSTER)}
-    return {"name": "edge", "virtual_hosts": [{"name": "aggregator", "domains": ["*"],
-                                               "routes": [*public, internal, json_requests]}]}
+    return {
+        "name": "edge",
+        "virtual_hosts": [
+            {"name": "aggregator", "domains": ["*"], "routes": [*public, internal, json_requests]}
+        ],
+    }
 
 
-def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_bytes: int,
-                        access_log_path: str | None, service_prefixes: list[str]) -> dict[str, Any]:
+def _connection_manager(
+    *,
+    descriptor_path: Path,
+    lua_path: Path,
+    max_request_bytes: int,
+    access_log_path: str | None,
+    service_prefixes: list[str],
+) -> dict[str, Any]:
     return {
         _T: _HCM,
         "stat_prefix": "edge",
@@ -262,23 +354,30 @@ def _connection_manager(*, descriptor_path: Path, lua_path: Path, max_request_by
         "use_remote_address": True,
         # Envoy always makes the request id itself, whoever the client is: usage events are
         # deduplicated by it, so a client-chosen id could hide another request's usage.
-        "early_header_mutation_extensions": [{
-            "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {_T: f"{_EXTENSIONS}.http.early_header_mutation."
-                                 "header_mutation.v3.HeaderMutation",
-                             "mutations": [{"remove": "x-request-id"}]}}],
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    _T: f"{_EXTENSIONS}.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": [{"remove": "x-request-id"}],
+                },
+            }
+        ],
         "always_set_request_id_in_response": True,
         "server_header_transformation": "PASS_THROUGH",
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "request_headers_timeout": "10s",
-        "common_http_protocol_options": {"idle_timeout": "300s",
-                                         "headers_with_underscores_action": "DROP_HEADER"},
+        "common_http_protocol_options": {
+            "idle_timeout": "300s",
+            "headers_with_underscores_action": "DROP_HEADER",
+        },
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": _access_log(access_log_path),
         "local_reply_config": _local_reply_config(max_request_bytes),
         "route_config": _route_config(service_prefixes),
-        "http_filters": _http_filters(descriptor_path=descriptor_path, lua_path=lua_path,
-                                      max_request_bytes=max_request_bytes),
+        "http_filters": _http_filters(
+            descriptor_path=descriptor_path, lua_path=lua_path, max_request_bytes=max_request_bytes
+        ),
     }
 
 
@@ -291,8 +390,10 @@ def _is_ip(host: str) -> bool:
 
 
 def _cluster(upstreams: list[tuple[str, int]], name: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
-    endpoints = [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-                 for host, port in upstreams]
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for host, port in upstreams
+    ]
     return {
         "name": name,
         "type": "STATIC" if all(_is_ip(host) for host, _ in upstreams) else "STRICT_DNS",
@@ -303,18 +404,35 @@ def _cluster(upstreams: list[tuple[str, int]], name: str = UPSTREAM_CLUSTER) -> 
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 _T: f"{_EXTENSIONS}.upstreams.http.v3.HttpProtocolOptions",
                 # No HTTP/2 keepalive pings: gRPC servers answer frequent pings with GOAWAY.
-                "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 1024}}}},
+                "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 1024}},
+            }
+        },
         # Streams live for minutes: the default limit of 1024 concurrent requests is far too low.
-        "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
-                                             "max_requests": 100000, "max_retries": 1000}]},
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 1000,
+                }
+            ]
+        },
     }
 
 
-def render_bootstrap(*, http_port: int, admin_port: int, upstreams: list[tuple[str, int]],
-                     descriptor_path: Path, lua_path: Path, listen_address: str = "0.0.0.0",
-                     max_request_bytes: int = MAX_REQUEST_BYTES,
-                     access_log_path: str | None = None,
-                     service_upstreams: dict[str, list[tuple[str, int]]] | None = None) -> dict[str, Any]:
+def render_bootstrap(
+    *,
+    http_port: int,
+    admin_port: int,
+    upstreams: list[tuple[str, int]],
+    descriptor_path: Path,
+    lua_path: Path,
+    listen_address: str = "0.0.0.0",
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    access_log_path: str | None = None,
+    service_upstreams: dict[str, list[tuple[str, int]]] | None = None,
+) -> dict[str, Any]:
     """The Envoy bootstrap (static resources only) as a plain dict, ready for JSON or YAML.
 
     `upstreams` serve every service by default; `service_upstreams` maps a gRPC name prefix
@@ -323,29 +441,52 @@ def render_bootstrap(*, http_port: int, admin_port: int, upstreams: list[tuple[s
     service_upstreams = service_upstreams or {}
     if not upstreams:
         raise ValueError("at least one upstream gRPC address is required")
-    connection_manager = _connection_manager(descriptor_path=Path(descriptor_path).resolve(),
-                                             lua_path=Path(lua_path).resolve(),
-                                             max_request_bytes=max_request_bytes,
-                                             access_log_path=access_log_path,
-                                             service_prefixes=list(service_upstreams))
+    connection_manager = _connection_manager(
+        descriptor_path=Path(descriptor_path).resolve(),
+        lua_path=Path(lua_path).resolve(),
+        max_request_bytes=max_request_bytes,
+        access_log_path=access_log_path,
+        service_prefixes=list(service_upstreams),
+    )
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
-            "listeners": [{
-                "name": "edge_http",
-                "address": {"socket_address": {"address": listen_address, "port_value": http_port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": connection_manager}]}],
-            }],
-            "clusters": [_cluster(upstreams),
-                         *(_cluster(addresses, _service_cluster(prefix))
-                           for prefix, addresses in service_upstreams.items())],
+            "listeners": [
+                {
+                    "name": "edge_http",
+                    "address": {"socket_address": {"address": listen_address, "port_value": http_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _cluster(upstreams),
+                *(
+                    _cluster(addresses, _service_cluster(prefix))
+                    for prefix, addresses in service_upstreams.items()
+                ),
+            ],
         },
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {_T: f"{_EXTENSIONS}.resource_monitors.downstream_connections.v3."
-                                 "DownstreamConnectionsConfig",
-                             "max_active_downstream_connections": 50000}}]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        _T: f"{_EXTENSIONS}.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
+        },
     }
 
 
@@ -372,8 +513,15 @@ class EnvoyProcess:
     context manager.
     """
 
-    def __init__(self, bootstrap: dict[str, Any], run_dir: Path, *, concurrency: int | None = None,
-                 log_level: str = "warn", binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: dict[str, Any],
+        run_dir: Path,
+        *,
+        concurrency: int | None = None,
+        log_level: str = "warn",
+        binary: Path | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.run_dir = Path(run_dir)
         self.config_path = self.run_dir / "envoy.json"
@@ -397,15 +545,23 @@ class EnvoyProcess:
             raise EnvoyError("envoy is already running")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.bootstrap, indent=1))
-        command = [str(self._binary or envoy_binary()), "--config-path", str(self.config_path),
-                   "--log-level", self._log_level, "--disable-hot-restart",
-                   # Access log lines reach their file within a second (Envoy's default is ten).
-                   "--file-flush-interval-msec", "1000"]
+        command = [
+            str(self._binary or envoy_binary()),
+            "--config-path",
+            str(self.config_path),
+            "--log-level",
+            self._log_level,
+            "--disable-hot-restart",
+            # Access log lines reach their file within a second (Envoy's default is ten).
+            "--file-flush-interval-msec",
+            "1000",
+        ]
         if self._concurrency is not None:
             command += ["--concurrency", str(self._concurrency)]
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             start_new_session=True)
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         try:
             self._wait_live(timeout)
         except BaseException:

@@ -152,8 +152,14 @@ class EmbeddedServer(abc.ABC):
         self._prepare()
         self._log_file = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-            cwd=self.data_dir, start_new_session=True, **self._spawn_kwargs())
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+            start_new_session=True,
+            **self._spawn_kwargs(),
+        )
         self._pid_path.write_text(str(self._proc.pid))
         try:
             self._wait_ready(timeout)
@@ -189,8 +195,9 @@ class EmbeddedServer(abc.ABC):
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _wait_ready(self, timeout: float) -> None:
@@ -264,8 +271,19 @@ class EmbeddedPostgres(EmbeddedServer):
         return str(path) if len(f"{path}/.s.PGSQL.{self.port}") < 100 else ""
 
     def _command(self) -> list[str]:
-        return [str(self.bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), "-h", _HOST,
-                "-k", self._socket_dir(), "-c", "max_connections=200"]
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.pgdata),
+            "-p",
+            str(self.port),
+            "-h",
+            _HOST,
+            "-k",
+            self._socket_dir(),
+            "-c",
+            "max_connections=200",
+        ]
 
     def _spawn_kwargs(self) -> dict[str, Any]:
         if os.geteuid() != 0:
@@ -273,8 +291,12 @@ class EmbeddedPostgres(EmbeddedServer):
         import pwd
 
         entry = pwd.getpwnam(self.system_user)
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
-                "env": {**os.environ, "HOME": str(self.data_dir), "LC_ALL": "C"}}
+        return {
+            "user": entry.pw_uid,
+            "group": entry.pw_gid,
+            "extra_groups": [],
+            "env": {**os.environ, "HOME": str(self.data_dir), "LC_ALL": "C"},
+        }
 
     def _prepare(self) -> None:
         for path in (self.pgdata, self.data_dir / "run"):
@@ -291,19 +313,37 @@ class EmbeddedPostgres(EmbeddedServer):
         try:
             entry = pwd.getpwnam(self.system_user)
         except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                            self.system_user], check=True, capture_output=True)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", self.system_user],
+                check=True,
+                capture_output=True,
+            )
             entry = pwd.getpwnam(self.system_user)
         _grant_traverse(self.data_dir)
         for path in (self.pgdata, self.data_dir / "run"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _initdb(self) -> None:
-        cmd = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
-               "--encoding=utf8", "--locale=C", "--no-instructions"]
+        cmd = [
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=utf8",
+            "--locale=C",
+            "--no-instructions",
+        ]
         with self.log_path.open("ab") as log:
-            result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=self.data_dir, **self._spawn_kwargs())
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                **self._spawn_kwargs(),
+            )
         if result.returncode != 0:
             raise StoreError(f"initdb failed with code {result.returncode}:\n{self._log_tail()}")
 
@@ -328,12 +368,30 @@ class EmbeddedPostgres(EmbeddedServer):
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         except OSError:
             return False
-        return len(lines) >= 8 and self._proc is not None and lines[0].strip() == str(self._proc.pid) \
+        return (
+            len(lines) >= 8
+            and self._proc is not None
+            and lines[0].strip() == str(self._proc.pid)
             and lines[7].strip() == "ready"
+        )
 
     def _psql(self, sql: str) -> str:
-        cmd = [str(self.bin_dir / "psql"), "-X", "-h", _HOST, "-p", str(self.port), "-U", "postgres",
-               "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql]
+        cmd = [
+            str(self.bin_dir / "psql"),
+            "-X",
+            "-h",
+            _HOST,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ]
         result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise StoreError(f"psql failed: {result.stderr.strip()}")
@@ -360,8 +418,23 @@ class EmbeddedValkey(EmbeddedServer):
         return f"redis://{_HOST}:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [str(_valkey_binary()), "--bind", _HOST, "--port", str(self.port), "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", ""]
+        return [
+            str(_valkey_binary()),
+            "--bind",
+            _HOST,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
 
     def _is_ready(self) -> bool:
         # While it loads the append-only file Valkey accepts connections but answers -LOADING.
@@ -387,8 +460,16 @@ class EmbeddedNats(EmbeddedServer):
         return f"nats://{_HOST}:{self.port}"
 
     def _command(self) -> list[str]:
-        return [str(_nats_binary()), "-a", _HOST, "-p", str(self.port), "-js",
-                "-sd", str(self.data_dir / "store")]
+        return [
+            str(_nats_binary()),
+            "-a",
+            _HOST,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.data_dir / "store"),
+        ]
 
     def _is_ready(self) -> bool:
         # The server greets every client with INFO {json}; JetStream is on once it says so.

@@ -11,8 +11,11 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from services.core.config import SERVICE_NAMES, ConfigError
 from services.core.inproc import InProcessChannel
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                   ("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.enable_retries", 0),
+]
 
 
 def parse_services(text: str) -> frozenset[str]:
@@ -22,8 +25,10 @@ def parse_services(text: str) -> frozenset[str]:
         return frozenset(SERVICE_NAMES)
     unknown = names - set(SERVICE_NAMES)
     if unknown or not names:
-        raise ConfigError(f"unknown services: {', '.join(sorted(unknown)) or '(none)'}; "
-                          f"choose from all, {', '.join(SERVICE_NAMES)}")
+        raise ConfigError(
+            f"unknown services: {', '.join(sorted(unknown)) or '(none)'}; "
+            f"choose from all, {', '.join(SERVICE_NAMES)}"
+        )
     return frozenset(names)
 
 
@@ -55,7 +60,8 @@ class Topology:
             raise ConfigError(f"service {service!r} is neither local nor given with --remote")
         if address not in self._channels:
             self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors())
+                address, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors()
+            )
         return self._channels[address]
 
     async def close(self) -> None:

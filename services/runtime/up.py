@@ -9,6 +9,7 @@ taking connections, workers finish in-flight calls and flush usage, then stores 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -130,6 +131,13 @@ class Stack:
             f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f} s; see {self.run_dir / 'logs'}"
         )
 
+    def worker_ports(self) -> list[int]:
+        """Every worker's own port, from the ready files they wrote."""
+        ports = []
+        for ready in sorted(self.run_dir.glob("worker-*.ready")):
+            ports.append(int(json.loads(ready.read_text())["private_port"]))
+        return ports
+
     def start_envoy(self) -> str:
         from services.runtime.envoy import EnvoyProcess, render_bootstrap
 
@@ -137,7 +145,7 @@ class Stack:
         bootstrap = render_bootstrap(
             http_port=edge.http_port,
             admin_port=edge.admin_port,
-            upstreams=[("127.0.0.1", edge.grpc_port)],
+            upstreams=[("127.0.0.1", port) for port in self.worker_ports()],
             descriptor_path=REPO / "gen" / "descriptor.pb",
             lua_path=REPO / "envoy" / "error_shaper.lua",
             listen_address=edge.listen_address,

@@ -119,8 +119,9 @@ async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) 
 async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wiring) -> None:
     from services.adapters.servicer import AdapterServicer
 
-    adapter = AdapterServicer.create(default_timeout_s=settings.upstream_timeout_ms / 1000,
-                                     key_envs=settings.provider_key_envs)
+    adapter = AdapterServicer.create(
+        default_timeout_s=settings.upstream_timeout_ms / 1000, key_envs=settings.provider_key_envs
+    )
     wiring.closers.append(adapter.close)
     wiring.serve(
         topology,
@@ -228,7 +229,9 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
 
 
 async def serve(
-    settings: WorkerSettings, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None
+    settings: WorkerSettings,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[GrpcServer], None] | None = None,
 ) -> None:
     """Serves until SIGTERM/SIGINT (or `stop` is set), then stops gracefully.
 
@@ -241,11 +244,13 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     topology = Topology(settings.services, settings.remotes)
     wiring = await build(settings, topology)
-    server = GrpcServer(wiring.registrations, host=settings.host, port=settings.port)
+    server = GrpcServer(
+        wiring.registrations, host=settings.host, port=settings.port, private_host="127.0.0.1"
+    )
     try:
         await server.start()
         if on_ready is not None:
-            on_ready()
+            on_ready(server)
         await stop.wait()
         log.info("stopping: letting in-flight calls finish for %.0f s", GRACE_S)
         await server.stop(GRACE_S)

@@ -11,6 +11,18 @@ What the fake "generates":
 - `stop` cuts the text before the first stop sequence; `max_tokens` / `max_completion_tokens`
   keep that many tokens (finish_reason "length").
 Tokens are whitespace-delimited pieces (`TOKEN_RE`); usage counts them, 3 more per prompt message.
+
+Legacy completions (`text_completion`): each prompt (a string, a list of strings, token ids read
+as the ids joined by spaces, or lists of those) "completes" to " <prompt>" (" Hello!" when empty),
+plus " [before <suffix>]" when `suffix` is set; `stop` cuts that generated text, `max_tokens`
+(OpenAI's default: 16) keeps that many tokens; `echo` puts the prompt in front; `n` choices per
+prompt (index = prompt * n + j); `logprobs: k` gives each token a deterministic logprob and k top
+entries. Usage: prompt tokens of every prompt, completion tokens of every choice (echo excluded).
+
+Images: a 1x1 PNG per image (`n`), as `b64_json` (GPT image models always; DALL·E when asked) or
+a `url`; DALL·E 3 adds `revised_prompt`; GPT image models report `usage` (text tokens of the
+prompt plus IMAGE_INPUT_TOKENS per uploaded image in, OUTPUT_TOKENS[quality] per image out) and
+echo `background`, `output_format`, `quality`, `size` as OpenAI does.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import base64
 import hashlib
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,3 +230,147 @@ def models_list(models: list[str], created: int) -> dict[str, Any]:
 def error(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """OpenAI's error body."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# -- legacy completions ---------------------------------------------------------------------------
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass(slots=True)
+class TextReply:
+    """One `text_completion` choice: the echoed prompt (if asked), the generated pieces, the reason."""
+
+    echo: str
+    pieces: list[str]
+    finish_reason: str
+
+    @property
+    def text(self) -> str:
+        return self.echo + "".join(self.pieces)
+
+
+def prompt_texts(prompt: Any) -> list[tuple[str, int]]:
+    """Each prompt of a completions body as (text, prompt tokens)."""
+    if isinstance(prompt, str):
+        return [(prompt, len(tokens(prompt)))]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [(" ".join(map(str, prompt)), len(prompt))]
+    if isinstance(prompt, list) and prompt:
+        return [item for p in prompt for item in prompt_texts(p)]
+    return [("", 1)]  # no prompt: OpenAI completes "<|endoftext|>", one token
+
+
+def _text_reply(body: dict[str, Any], prompt: str) -> TextReply:
+    generated = f" {prompt}" if prompt else " Hello!"
+    if body.get("suffix"):
+        generated += f" [before {body['suffix']}]"
+    stop = body.get("stop")
+    for seq in [stop] if isinstance(stop, str) else stop or []:
+        if seq and seq in generated:
+            generated = generated[: generated.index(seq)]
+    limit = body.get("max_tokens")
+    limit = DEFAULT_COMPLETION_MAX_TOKENS if limit is None else limit
+    pieces, finish = tokens(generated), "stop"
+    if len(pieces) > limit:
+        pieces, finish = pieces[:limit], "length"
+    return TextReply(prompt if body.get("echo") else "", pieces, finish)
+
+
+def text_replies(body: dict[str, Any]) -> tuple[list[TextReply], int]:
+    """Every choice of a completions request, in index order, and the prompt tokens."""
+    prompts = prompt_texts(body.get("prompt"))
+    n = body.get("n") or 1
+    replies = [_text_reply(body, text) for text, _ in prompts for _ in range(n)]
+    return replies, sum(count for _, count in prompts)
+
+
+def text_logprobs(pieces: list[str], top: int, offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy `logprobs` object over `pieces`, starting at character `offset`."""
+    values = [-round(len(p) / 100, 4) for p in pieces]
+    offsets = [offset + sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    tops = [{piece: value, **{f"{piece.strip() or '_'}~{m}": round(value - m, 4) for m in range(1, top)}}
+            if top else {} for piece, value in zip(pieces, values, strict=True)]
+    return {"tokens": pieces, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def text_usage(prompt: int, completion: int) -> dict[str, Any]:
+    """The usage of a legacy completion (no details)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def text_completion(body: dict[str, Any], *, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    """A whole `text_completion`."""
+    replies, prompt = text_replies(body)
+    top = body.get("logprobs")
+    choices = [{"text": r.text, "index": i, "finish_reason": r.finish_reason,
+                "logprobs": None if top is None else text_logprobs(tokens(r.echo) + r.pieces, top)}
+               for i, r in enumerate(replies)]
+    return {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": text_usage(prompt, sum(len(r.pieces) for r in replies))}
+
+
+def text_completion_chunks(body: dict[str, Any], *, completion_id: str, created: int,
+                           model: str) -> list[dict[str, Any]]:
+    """Every chunk of a streamed `text_completion`: the echo first, one chunk per token, an empty
+    chunk with the finish reason per choice, and the usage chunk last when asked for."""
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    replies, prompt = text_replies(body)
+    top = body.get("logprobs")
+    head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    out = []
+    for index, reply in enumerate(replies):
+        offset = 0
+        for piece in ([reply.echo] if reply.echo else []) + reply.pieces:
+            logprobs = None if top is None else text_logprobs(tokens(piece), top, offset)
+            out.append({**head, "choices": [{"text": piece, "index": index, "logprobs": logprobs,
+                                             "finish_reason": None}]})
+            offset += len(piece)
+        out.append({**head, "choices": [{"text": "", "index": index, "logprobs": None,
+                                         "finish_reason": reply.finish_reason}]})
+    if include_usage:
+        for chunk in out:
+            chunk["usage"] = None
+        out.append({**head, "choices": [], "usage": text_usage(prompt, sum(len(r.pieces) for r in replies))})
+    return out
+
+
+# -- images -------------------------------------------------------------------------------------------
+OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}  # gpt-image-1, 1024x1024, per image
+IMAGE_INPUT_TOKENS = 194  # per uploaded image
+
+
+def png(rgb: tuple[int, int, int] = (0, 128, 255)) -> bytes:
+    """A valid 1x1 RGB PNG."""
+    def chunk_(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk_(b"IHDR", header) + chunk_(b"IDAT", zlib.compress(bytes([0, *rgb])))
+            + chunk_(b"IEND", b""))
+
+
+def images(body: dict[str, Any], *, created: int, input_images: int = 0) -> dict[str, Any]:
+    """An images response for a generation, edit or variation request (`body`: its fields)."""
+    model = str(body.get("model") or "dall-e-2")
+    n = int(body.get("n") or 1)
+    gpt = model.startswith("gpt-image")
+    as_b64 = gpt or body.get("response_format") == "b64_json"
+    data: list[dict[str, Any]] = []
+    for i in range(n):
+        item: dict[str, Any] = ({"b64_json": base64.b64encode(png((i, 128, 255))).decode()} if as_b64
+                                else {"url": f"https://images.fake-openai.test/{created}-{i}.png"})
+        if model == "dall-e-3":
+            item["revised_prompt"] = f"A picture of {body.get('prompt', '')}"
+        data.append(item)
+    out: dict[str, Any] = {"created": created, "data": data}
+    if gpt:
+        quality = str(body.get("quality")) if body.get("quality") in OUTPUT_TOKENS else "medium"
+        size = body.get("size") if body.get("size") not in (None, "auto") else "1024x1024"
+        background = body.get("background") if body.get("background") == "transparent" else "opaque"
+        text = len(tokens(str(body.get("prompt") or "")))
+        image = IMAGE_INPUT_TOKENS * input_images
+        out |= {"background": background, "output_format": body.get("output_format") or "png",
+                "quality": quality, "size": size,
+                "usage": {"input_tokens": text + image, "output_tokens": OUTPUT_TOKENS[quality] * n,
+                          "total_tokens": text + image + OUTPUT_TOKENS[quality] * n,
+                          "input_tokens_details": {"text_tokens": text, "image_tokens": image}}}
+    return out

@@ -6,9 +6,13 @@
         fake.chunk_delay_s = 0.01                         # pause between stream chunks
         fake.hold_streams(); ...; fake.release_streams()  # a stream waits after its first chunk
         fake.requests[-1].json, fake.disconnects          # what it saw
+        fake.requests[-1].files                           # the files of a multipart upload
 
-Routes: POST /v1/chat/completions (JSON or SSE ending `data: [DONE]`), POST /v1/embeddings,
-GET /v1/models. Standalone: `python -m tests.fakes.openai_upstream --port N` prints the port once
+Routes: POST /v1/chat/completions and /v1/completions (JSON or SSE ending `data: [DONE]`),
+POST /v1/embeddings, POST /v1/images/generations (JSON), /v1/images/edits and
+/v1/images/variations (multipart/form-data: `json` records the text fields, `files` the files),
+GET /v1/models. Scripted failures apply to every POST route.
+Standalone: `python -m tests.fakes.openai_upstream --port N` prints the port once
 listening and serves until SIGINT/SIGTERM. The serving path does no validation and, with
 `record=False`, no bookkeeping: the benchmark drives thousands of requests through it.
 """
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from tests.fakes import openai_payloads as payloads
 
@@ -43,13 +47,24 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedFile:
+    """One file part of a multipart request."""
+
+    field: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RecordedRequest:
     """One request as the fake received it."""
 
     method: str
     path: str
     headers: dict[str, str]  # lower-case names
-    json: Any
+    json: Any  # the JSON body; for multipart, the text fields
+    files: tuple[RecordedFile, ...] = ()
 
 
 class FakeOpenAI:
@@ -80,7 +95,11 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/images/generations", self._image_generations)
+        app.router.add_post("/v1/images/edits", self._image_uploads)
+        app.router.add_post("/v1/images/variations", self._image_uploads)
         app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a client that leaves cancels our handler, which is how we see it.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
@@ -112,7 +131,7 @@ class FakeOpenAI:
 
     # -- scripting ---------------------------------------------------------------------------
     def fail_next(self, failure: Failure, times: int = 1) -> None:
-        """The next `times` chat/embedding requests answer `failure` (after earlier scripted ones)."""
+        """The next `times` POST requests answer `failure` (after earlier scripted ones)."""
         self._failures.extend([failure] * times)
 
     def hold_streams(self) -> None:
@@ -142,24 +161,50 @@ class FakeOpenAI:
         if self.record:
             self.requests.append(RecordedRequest(request.method, request.path,
                                                  {k.lower(): v for k, v in request.headers.items()}, body))
+        return body, await self._gate(request, body)
+
+    async def _admit_form(self, request: web.Request) -> tuple[dict[str, str], list[RecordedFile],
+                                                                web.Response | Failure | None]:
+        """Parses and records a multipart request: its text fields, files and early answer, if any."""
+        if request.content_type != "multipart/form-data":
+            message = f"Invalid Content-Type header ({request.content_type}), expected multipart/form-data."
+            return {}, [], _json(400, payloads.error(message, "invalid_request_error"))
+        fields: dict[str, str] = {}
+        files: list[RecordedFile] = []
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            assert isinstance(part, BodyPartReader)  # no nested multipart in OpenAI's API
+            if part.filename is None:
+                fields[part.name or ""] = await part.text()
+            else:
+                files.append(RecordedFile(part.name or "", part.filename,
+                                          part.headers.get("Content-Type", ""), bytes(await part.read())))
+        if self.record:
+            self.requests.append(RecordedRequest(request.method, request.path,
+                                                 {k.lower(): v for k, v in request.headers.items()}, fields,
+                                                 tuple(files)))
+        return fields, files, await self._gate(request, fields)
+
+    async def _gate(self, request: web.Request, body: Any) -> web.Response | Failure | None:
+        """Delays, scripted failures, the key and model checks: the early answer, if any."""
         if self.first_byte_delay_s:
             await asyncio.sleep(self.first_byte_delay_s)
         if self._failures:
             failure = self._failures.popleft()
             if failure.after_chunks is None:
-                return body, web.Response(status=failure.status, body=failure.body, headers=failure.headers,
-                                          content_type=failure.content_type)
-            return body, failure
+                return web.Response(status=failure.status, body=failure.body, headers=failure.headers,
+                                    content_type=failure.content_type)
+            return failure
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return body, _json(401, _unauthorized(request.headers.get("Authorization")))
+            return _json(401, _unauthorized(request.headers.get("Authorization")))
         if self.known_models is not None and body.get("model") not in self.known_models:
             message = f"The model `{body.get('model')}` does not exist or you do not have access to it."
-            return body, _json(404, payloads.error(message, "invalid_request_error", code="model_not_found"))
-        return body, None
+            return _json(404, payloads.error(message, "invalid_request_error", code="model_not_found"))
+        return None
 
-    def _identity(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _identity(self, body: dict[str, Any], prefix: str = "chatcmpl") -> dict[str, Any]:
         model = str(body.get("model", ""))
-        return {"completion_id": f"chatcmpl-fake{next(self._ids):08d}", "created": int(time.time()),
+        return {"completion_id": f"{prefix}-fake{next(self._ids):08d}", "created": int(time.time()),
                 "model": self.model_aliases.get(model, model)}
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -171,6 +216,17 @@ class FakeOpenAI:
         if not body.get("stream"):
             return _json(200, payloads.completion(body, **self._identity(body)))
         return await self._stream(request, payloads.chunks(body, **self._identity(body)), early)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, early = await self._admit(request)
+        if isinstance(early, web.Response):
+            return early
+        if isinstance(early, Failure) and not body.get("stream"):
+            return web.Response(status=early.status, body=early.body, content_type=early.content_type)
+        identity = self._identity(body, prefix="cmpl")
+        if not body.get("stream"):
+            return _json(200, payloads.text_completion(body, **identity))
+        return await self._stream(request, payloads.text_completion_chunks(body, **identity), early)
 
     async def _stream(self, request: web.Request, chunks: list[dict[str, Any]],
                       failure: Failure | None) -> web.StreamResponse:
@@ -202,8 +258,34 @@ class FakeOpenAI:
         model = self._identity(body)["model"]
         return _json(200, payloads.embeddings(body, model=model))
 
+    async def _image_generations(self, request: web.Request) -> web.Response:
+        body, early = await self._admit(request)
+        if early is not None:
+            return _unary(early)
+        return _json(200, payloads.images(body, created=int(time.time())))
+
+    async def _image_uploads(self, request: web.Request) -> web.Response:
+        fields, files, early = await self._admit_form(request)
+        if early is not None:
+            return _unary(early)
+        images = [f for f in files if f.field in ("image", "image[]")]
+        required = ("prompt", "image") if request.path.endswith("/edits") else ("image",)
+        for name in required:
+            if not (images if name == "image" else fields.get(name)):
+                return _json(400, payloads.error(f"Missing required parameter: '{name}'.",
+                                                 "invalid_request_error", param=name,
+                                                 code="missing_required_parameter"))
+        return _json(200, payloads.images(fields, created=int(time.time()), input_images=len(images)))
+
     async def _models(self, request: web.Request) -> web.Response:
         return _json(200, payloads.models_list(self.models, created=1_700_000_000))
+
+
+def _unary(early: web.Response | Failure) -> web.Response:
+    """The answer of a scripted failure on a non-streaming route (an in-stream one has no stream)."""
+    if isinstance(early, web.Response):
+        return early
+    return web.Response(status=early.status, body=early.body, content_type=early.content_type)
 
 
 def _json(status: int, obj: Any) -> web.Response:
