@@ -79,6 +79,15 @@ class OpenAIAdapter:
         return to_gateway_error(failure, provider=candidate.endpoint.provider,
                                 upstream_model=candidate.upstream_model)
 
+    async def _exchange(self, request: HttpRequest, candidate: route_pb2.RouteCandidate) -> tuple[bytes, int]:
+        """One whole answer and its latency in milliseconds (embeddings, images)."""
+        started = time.monotonic()
+        async with self._http.open(request) as response:
+            if response.status >= 300:
+                raise await self._failure(response, candidate)
+            raw = await response.read()
+        return raw, _elapsed_ms(started)
+
     async def _events(self, call: adapter_service_pb2.ChatRequest | adapter_service_pb2.CompleteRequest,
                       path: str, content: translate.ChoiceContent,
                       ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
@@ -131,12 +140,8 @@ class OpenAIAdapter:
         body = translate.embedding_request_body(call.request, candidate.upstream_model)
         request = self._request(candidate, "/embeddings", orjson.dumps(body),
                                 request_id=call.request_id, timeout_ms=call.timeout_ms, stream=False)
-        started = time.monotonic()
-        async with self._http.open(request) as response:
-            if response.status >= 300:
-                raise await self._failure(response, candidate)
-            raw = await response.read()
-        return translate.embedding_event(raw, _target(candidate), _elapsed_ms(started))
+        raw, latency_ms = await self._exchange(request, candidate)
+        return translate.embedding_event(raw, _target(candidate), latency_ms)
 
     async def image(self, call: adapter_service_pb2.ImageRequest) -> adapter_service_pb2.ImageResponse:
         """Calls `/images/generations` (JSON) or `/images/edits|variations` (multipart); see
@@ -145,12 +150,8 @@ class OpenAIAdapter:
         upstream = images.upstream_call(call, candidate.upstream_model)
         request = self._request(candidate, upstream.path, upstream.body, request_id=call.request_id,
                                 timeout_ms=call.timeout_ms, stream=False, content_type=upstream.content_type)
-        started = time.monotonic()
-        async with self._http.open(request) as response:
-            if response.status >= 300:
-                raise await self._failure(response, candidate)
-            raw = await response.read()
-        return images.image_response(raw, _target(candidate), _elapsed_ms(started))
+        raw, latency_ms = await self._exchange(request, candidate)
+        return images.image_response(raw, _target(candidate), latency_ms)
 
 
 SUPPORTED_CHAT_PARAMETERS = frozenset(

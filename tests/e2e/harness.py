@@ -34,56 +34,38 @@ SPLIT = {
 }
 
 
-def gateway_config(primary_url: str, backup_url: str, dead_url: str) -> Config:
-    """Models served by the fake upstreams; `fallback-chat` starts on a dead provider."""
-    price = {"input_per_1k": "0.0015", "output_per_1k": "0.002"}
-    return parse_config(
-        {
-            "providers": [
-                {
-                    "name": "fakeai",
-                    "kind": "openai",
-                    "base_url": primary_url,
-                    "api_key_env": "FAKEAI_API_KEY",
-                },
-                {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
-                {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
-            ],
-            "models": [
-                {
-                    "id": "gpt-4o-mini",
-                    "type": "chat",
-                    "context_window": 128000,
-                    "routes": [{"provider": "fakeai", "model": "gpt-4o-mini", **price}],
-                },
-                {
-                    "id": "fallback-chat",
-                    "type": "chat",
-                    "routes": [
-                        {"provider": "dead", "model": "gpt-4o-mini", **price},
-                        {"provider": "backup", "model": "gpt-4o-mini", **price},
-                    ],
-                },
-                {
-                    "id": "only-dead",
-                    "type": "chat",
-                    "routes": [{"provider": "dead", "model": "gpt-4o-mini", **price}],
-                },
-                {
-                    "id": "text-embedding-3-small",
-                    "type": "embedding",
-                    "routes": [
-                        {
-                            "provider": "fakeai",
-                            "model": "text-embedding-3-small",
-                            "input_per_1k": "0.00002",
-                            "output_per_1k": "0",
-                        }
-                    ],
-                },
-            ],
-        }
-    )
+def _route(provider: str, model: str, input_per_1k: str = "0.0015", output_per_1k: str = "0.002",
+           **extra: str) -> dict[str, str]:
+    return {"provider": provider, "model": model, "input_per_1k": input_per_1k,
+            "output_per_1k": output_per_1k, **extra}
+
+
+def gateway_config(primary_url: str, backup_url: str, dead_url: str,
+                   providers: list[dict[str, str]] = (), models: list[dict[str, Any]] = ()) -> Config:
+    """Models served by the fake upstreams; `fallback-chat` starts on a dead provider.
+    `providers` and `models` add more (other provider kinds' fakes)."""
+    return parse_config({
+        "providers": [
+            {"name": "fakeai", "kind": "openai", "base_url": primary_url, "api_key_env": "FAKEAI_API_KEY"},
+            {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
+            {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
+            *providers,
+        ],
+        "models": [
+            {"id": "gpt-4o-mini", "type": "chat", "context_window": 128000,
+             "routes": [_route("fakeai", "gpt-4o-mini")]},
+            {"id": "fallback-chat", "type": "chat",
+             "routes": [_route("dead", "gpt-4o-mini"), _route("backup", "gpt-4o-mini")]},
+            {"id": "only-dead", "type": "chat", "routes": [_route("dead", "gpt-4o-mini")]},
+            {"id": "text-embedding-3-small", "type": "embedding",
+             "routes": [_route("fakeai", "text-embedding-3-small", "0.00002", "0")]},
+            {"id": "gpt-image-1", "type": "image",
+             "routes": [_route("fakeai", "gpt-image-1", "0.005", "0.04")]},
+            {"id": "dall-e-3", "type": "image",
+             "routes": [_route("fakeai", "dall-e-3", "0", "0", per_image="0.04")]},
+            *models,
+        ],
+    })
 
 
 def config_document(config: Config) -> dict[str, Any]:
@@ -93,7 +75,9 @@ def config_document(config: Config) -> dict[str, Any]:
                       for p in config.providers],
         "models": [{"id": m.id, "type": m.type, "context_window": m.context_window,
                     "routes": [{"provider": r.provider, "model": r.model, "input_per_1k": str(r.input_per_1k),
-                                "output_per_1k": str(r.output_per_1k)} for r in m.routes]}
+                                "output_per_1k": str(r.output_per_1k),
+                                **({"per_image": str(r.per_image)} if r.per_image is not None else {})}
+                               for r in m.routes]}
                    for m in config.models],
     }
 

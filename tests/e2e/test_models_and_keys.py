@@ -28,9 +28,12 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI, http: httpx.
     assert model.id == "fakeai/gpt-4o-mini" and model.object == "model" and model.owned_by == "fakeai"
     raw = (await http.get("/v1/models")).json()
     assert raw["object"] == "list"
-    first = raw["data"][0]
-    assert isinstance(first["created"], int) and first["created"] > 1_600_000_000  # a JSON number
-    assert first["pricing"]["input_per_1k"] == "0.0015"
+    mini = next(m for m in raw["data"] if m["id"] == "gpt-4o-mini")
+    assert isinstance(mini["created"], int) and mini["created"] > 1_600_000_000  # a JSON number
+    assert mini["pricing"]["input_per_1k"] == "0.0015" and mini["context_window"] == 128000
+    assert "tools" in mini["supported_parameters"] and "temperature" in mini["supported_parameters"]
+    dalle = next(m for m in raw["data"] if m["id"] == "dall-e-3")
+    assert dalle["type"] == "image" and dalle["pricing"]["per_image"] == "0.04"
 
 
 async def test_providers_list(http: httpx.AsyncClient) -> None:

@@ -157,7 +157,7 @@ def message(body: dict[str, Any], *, message_id: str, model: str, cached: int = 
 
 def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
     if block["type"] == "text":
-        start = {"type": "text", "text": ""}
+        start: dict[str, Any] = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": piece} for piece in tokens(block["text"])]
     else:
         start = {**block, "input": {}}
@@ -196,7 +196,7 @@ def error(type_: str, message: str, request_id: str = "req_fake0001") -> dict[st
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
 
-def _tool_use_ids(turn: dict[str, Any]) -> set[str]:
+def _tool_use_ids(turn: dict[str, Any]) -> set[Any]:
     content = turn.get("content")
     if turn.get("role") != "assistant" or not isinstance(content, list):
         return set()

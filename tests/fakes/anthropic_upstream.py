@@ -10,7 +10,9 @@ anthropic_payloads.py), with FakeOpenAI's scripting interface:
 
 Route: POST /v1/messages (JSON, or SSE `event:`/`data:` pairs ending with `message_stop`). Every
 request needs `anthropic-version: 2023-06-01` (else 400, as Anthropic answers) and, when
-`api_key` is set, `x-api-key: <api_key>` (else 401 authentication_error). Bodies are validated
+`api_key` is set, `x-api-key: <api_key>` (else 401 authentication_error). The key is read from
+`x-api-key` only: that is what the gateway sends (the 2.x SDK sends `Authorization: Bearer`,
+which the fake does not take, so a regression in the adapter's header shows). Bodies are validated
 as Anthropic does for the mistakes an adapter could make (unknown fields, no `max_tokens`, empty
 text blocks, orphan `tool_result`s, temperature above 1): 400 invalid_request_error.
 Standalone: `python -m tests.fakes.anthropic_upstream --port N` prints the port once listening.
@@ -151,11 +153,12 @@ class FakeAnthropic:
         if refusal is not None:
             return refusal
         model = str(body.get("model", ""))
-        identity = {"message_id": f"msg_fake{next(self._ids):016d}",
-                    "model": self.model_aliases.get(model, model), "cached": self.cached_prompt_tokens}
+        message_id, reported = f"msg_fake{next(self._ids):016d}", self.model_aliases.get(model, model)
+        cached = self.cached_prompt_tokens
         if not body.get("stream"):
-            return _json(200, payloads.message(body, **identity))
-        return await self._stream(request, payloads.events(body, **identity), failure)
+            return _json(200, payloads.message(body, message_id=message_id, model=reported, cached=cached))
+        events = payloads.events(body, message_id=message_id, model=reported, cached=cached)
+        return await self._stream(request, events, failure)
 
     async def _stream(self, request: web.Request, events: list[dict[str, Any]],
                       failure: Failure | None) -> web.StreamResponse:

@@ -146,8 +146,7 @@ def _text_events(reply: Reply) -> list[StreamEvent]:
 def stream_events(body: dict[str, Any], *, response_id: str) -> list[StreamEvent]:
     """Every event of a `/v2/chat` stream, in order (`data: [DONE]` follows them on the wire)."""
     reply = reply_for(body, response_id[-12:])
-    start = {"id": response_id, "type": "message-start", "delta": {"message": {
-        "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}
+    start = {"id": response_id, "type": "message-start", "delta": {"message": {"role": "assistant"}}}
     blocks = _tool_events(reply) if reply.tool_calls else _text_events(reply)
     end = {"type": "message-end",
            "delta": {"finish_reason": reply.finish_reason, "usage": usage(body, reply)}}

@@ -32,12 +32,12 @@ from tests.fakes import cohere_payloads as payloads
 from tests.fakes.openai_upstream import Failure, RecordedRequest
 
 # The request fields of the SDK's `v2.chat` / `v2.embed` (cohere 7.3), and the required ones.
-CHAT_FIELDS = frozenset({"model", "messages", "stream", "tools", "strict_tools", "documents", "citation_options",
-                         "response_format", "safety_mode", "max_tokens", "stop_sequences", "temperature", "seed",
-                         "frequency_penalty", "presence_penalty", "k", "p", "logprobs", "tool_choice", "thinking",
-                         "priority"})
-EMBED_FIELDS = frozenset({"model", "input_type", "texts", "images", "inputs", "max_tokens", "output_dimension",
-                          "embedding_types", "truncate", "priority"})
+CHAT_FIELDS = frozenset({
+    "model", "messages", "stream", "tools", "strict_tools", "documents", "citation_options",
+    "response_format", "safety_mode", "max_tokens", "stop_sequences", "temperature", "seed",
+    "frequency_penalty", "presence_penalty", "k", "p", "logprobs", "tool_choice", "thinking", "priority"})
+EMBED_FIELDS = frozenset({"model", "input_type", "texts", "images", "inputs", "max_tokens",
+                          "output_dimension", "embedding_types", "truncate", "priority"})
 REQUIRED = {"/v2/chat": ("model", "messages"), "/v2/embed": ("model", "input_type")}
 KNOWN = {"/v2/chat": CHAT_FIELDS, "/v2/embed": EMBED_FIELDS}
 HOLD_AFTER_EVENTS = 2  # message-start and the first block's first event
@@ -47,7 +47,8 @@ class FakeCohere:
     """The fake server. Not thread-safe: use it from the event loop that started it."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 known_models: set[str] | None = None, record: bool = True, chunk_delay_s: float = 0.0) -> None:
+                 known_models: set[str] | None = None, record: bool = True,
+                 chunk_delay_s: float = 0.0) -> None:
         self.host, self._port = host, port
         self.api_key = api_key
         self.known_models = known_models  # when set, other models answer 404
@@ -153,8 +154,9 @@ class FakeCohere:
             problem = f"unknown field: {unknown[0]}" if unknown else f"missing required field: {missing[0]}"
             return _json(400, payloads.error(f"invalid request: {problem}"))
         if self.known_models is not None and body["model"] not in self.known_models:
-            return _json(404, payloads.error(f"model '{body['model']}' not found, make sure the correct model ID "
-                                             "was used and that you have access to the model."))
+            message = (f"model '{body['model']}' not found, make sure the correct model ID was used and "
+                       "that you have access to the model.")
+            return _json(404, payloads.error(message))
         return None
 
     def _response_id(self) -> str:
@@ -174,7 +176,8 @@ class FakeCohere:
 
     async def _stream(self, request: web.Request, events: list[payloads.StreamEvent],
                       failure: Failure | None) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:
             for i, (name, data) in enumerate(events):
@@ -210,7 +213,8 @@ def _event(name: str, data: bytes) -> bytes:
 def _failed_answer(answer: dict[str, Any], failure: Failure) -> dict[str, Any]:
     delta = orjson.loads(failure.body).get("delta", {}) if failure.body else {}
     return {"id": answer["id"], "message": {"role": "assistant", "content": []},
-            "finish_reason": delta.get("finish_reason", "ERROR"), "usage": delta.get("usage", answer["usage"])}
+            "finish_reason": delta.get("finish_reason", "ERROR"),
+            "usage": delta.get("usage", answer["usage"])}
 
 
 def _json(status: int, obj: Any) -> web.Response:

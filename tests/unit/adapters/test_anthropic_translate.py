@@ -16,7 +16,8 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
                    "required": ["city"]}}}
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+CALL = {"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
 
 
 def user(content: Any) -> dict[str, Any]:
@@ -91,7 +92,8 @@ def test_tool_calls_and_results() -> None:
         # Tool results of one turn merge into one user message, the user's next words after them.
         {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "call_1", "content": "12 degrees"},
-            {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "20 degrees"}]},
+            {"type": "tool_result", "tool_use_id": "call_2",
+             "content": [{"type": "text", "text": "20 degrees"}]},
             {"type": "text", "text": "and tomorrow?"}]}]
 
 
@@ -101,7 +103,8 @@ def test_assistant_with_empty_content_and_empty_arguments() -> None:
                               {"role": "tool", "tool_call_id": "call_1", "content": ""}]})
     assert sent["messages"][1] == {"role": "assistant", "content": [
         {"type": "tool_use", "id": "call_1", "name": "now", "input": {}}]}
-    assert sent["messages"][2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1"}]}
+    assert sent["messages"][2] == {"role": "user",
+                                   "content": [{"type": "tool_result", "tool_use_id": "call_1"}]}
 
 
 def test_assistant_refusal_is_what_it_said() -> None:
@@ -125,7 +128,8 @@ def test_tool_message_needs_its_call_id() -> None:
 
 def test_images_by_data_url_and_by_http_url() -> None:
     parts = [{"type": "text", "text": "compare"},
-             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+             {"type": "image_url",
+              "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
              {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]
     assert body({"messages": [user(parts)]})["messages"][0]["content"] == [
         {"type": "text", "text": "compare"},
@@ -134,9 +138,11 @@ def test_images_by_data_url_and_by_http_url() -> None:
 
 
 def test_pdf_file_becomes_a_document() -> None:
-    part = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}
+    part = {"type": "file",
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}
+    source = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}
     assert body({"messages": [user([part])]})["messages"][0]["content"] == [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}]
+        {"type": "document", "source": source}]
 
 
 @pytest.mark.parametrize("part, reason, param", [
@@ -190,7 +196,8 @@ def test_tools_keep_their_schema() -> None:
     ("auto", None, {"type": "auto"}),
     ("none", None, {"type": "none"}),
     ("required", None, {"type": "any"}),
-    ({"type": "function", "function": {"name": "get_weather"}}, None, {"type": "tool", "name": "get_weather"}),
+    ({"type": "function", "function": {"name": "get_weather"}}, None,
+     {"type": "tool", "name": "get_weather"}),
     (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
     ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
     ("none", False, {"type": "none"}),
@@ -221,13 +228,15 @@ def test_tool_choice_without_tools() -> None:
      "messages[1].function_call"),
     ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages[0].role"),
     ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "list", "schema": {"type": "array"}}}},
+    ({"response_format": {"type": "json_schema",
+                          "json_schema": {"name": "list", "schema": {"type": "array"}}}},
      "response_format.json_schema.schema"),
 ])
 def test_unsupported_shapes_are_refused_by_name(request_: dict[str, Any], param: str) -> None:
     error = refused(request_)
     assert error.reason is Reason.UNSUPPORTED_PARAMETER and error.param == param
-    assert "provider 'claude'" in error.message and error.to_openai()["error"]["code"] == "unsupported_parameter"
+    assert "provider 'claude'" in error.message
+    assert error.to_openai()["error"]["code"] == "unsupported_parameter"
 
 
 def test_json_object_is_a_forced_tool() -> None:

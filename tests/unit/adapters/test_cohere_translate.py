@@ -225,8 +225,9 @@ def test_failed_generations_raise(reason: str, expected: Reason) -> None:
 
 
 def test_usage_prefers_billed_units_and_falls_back_to_tokens() -> None:
-    assert translate.usage({"billed_units": {"input_tokens": 5, "output_tokens": 2},
-                            "tokens": {"input_tokens": 70, "output_tokens": 2}})["prompt_tokens"] == 5
+    billed = translate.usage({"billed_units": {"input_tokens": 5, "output_tokens": 2},
+                              "tokens": {"input_tokens": 70, "output_tokens": 2}})
+    assert billed is not None and billed["prompt_tokens"] == 5
     only_tokens = translate.usage({"tokens": {"input_tokens": 70.0, "output_tokens": 3.2},
                                    "cached_tokens": 99})
     assert only_tokens is not None
