@@ -27,13 +27,12 @@ from google.protobuf.message import Message
 
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
-from services.adapters.anthropic_wire import MessageParam, MessagesRequest, TextBlock, ToolParam
+from services.adapters.anthropic_wire import MessageParam, MessagesRequest, Role, ToolParam
 from services.core.errors import GatewayError, Reason
 
 DEFAULT_MAX_TOKENS = 4096
 MAX_TEMPERATURE = 1.0  # Anthropic's range is 0..1 (OpenAI's 0..2)
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-EMPTY_SCHEMA: Mapping[str, Any] = MappingProxyType({"type": "object", "properties": {}})
 JSON_OBJECT_TOOL = "json_object"
 JSON_TOOL_DESCRIPTION = "Respond with this tool: its input is your whole answer, as a JSON object."
 _MAX_EXACT_INT = 2**53
@@ -114,12 +113,15 @@ def _file_part(part: dict[str, Any], param: str, provider: str) -> dict[str, Any
     return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
+def _refusal_part(part: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
+    return _text_part({"text": part.get("refusal")}, param, provider)  # what the assistant said
+
+
 PartTranslator = Callable[[dict[str, Any], str, str], dict[str, Any]]
 USER_PARTS: Mapping[str, PartTranslator] = MappingProxyType(
     {"text": _text_part, "image_url": _image_part, "file": _file_part})
 ASSISTANT_PARTS: Mapping[str, PartTranslator] = MappingProxyType(
-    {"text": _text_part, "refusal": lambda p, param, provider: _text_part({"text": p.get("refusal")}, param,
-                                                                           provider)})
+    {"text": _text_part, "refusal": _refusal_part})
 TEXT_PARTS: Mapping[str, PartTranslator] = MappingProxyType({"text": _text_part})
 
 
@@ -199,7 +201,7 @@ def _tool_turn(message: chat_pb2.ChatMessage, param: str, provider: str) -> list
 
 TurnTranslator = Callable[[chat_pb2.ChatMessage, str, str], list[dict[str, Any]]]
 # OpenAI role -> (Anthropic role, translator).
-TURNS: Mapping[str, tuple[str, TurnTranslator]] = MappingProxyType({
+TURNS: Mapping[str, tuple[Role, TurnTranslator]] = MappingProxyType({
     "user": ("user", _user_turn),
     "assistant": ("assistant", _assistant_turn),
     "tool": ("user", _tool_turn),
@@ -207,20 +209,20 @@ TURNS: Mapping[str, tuple[str, TurnTranslator]] = MappingProxyType({
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-def _message_param(role: str, blocks: list[dict[str, Any]]) -> MessageParam:
+def _message_param(role: Role, blocks: list[dict[str, Any]]) -> MessageParam:
     if len(blocks) == 1 and blocks[0]["type"] == "text":
-        return {"role": role, "content": blocks[0]["text"]}  # type: ignore[typeddict-item]
-    return {"role": role, "content": blocks}  # type: ignore[typeddict-item]
+        return {"role": role, "content": blocks[0]["text"]}
+    return {"role": role, "content": blocks}
 
 
-def conversation(messages: Any, provider: str) -> tuple[list[TextBlock], list[MessageParam]]:
-    """The system blocks (every system/developer message, in order) and the alternating turns."""
-    system: list[TextBlock] = []
-    turns: list[tuple[str, list[dict[str, Any]]]] = []
+def conversation(messages: Any, provider: str) -> tuple[list[dict[str, Any]], list[MessageParam]]:
+    """The system text blocks (every system/developer message, in order) and the alternating turns."""
+    system: list[dict[str, Any]] = []
+    turns: list[tuple[Role, list[dict[str, Any]]]] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if message.role in SYSTEM_ROLES:
-            system += _blocks(_content(message), TEXT_PARTS, f"{param}.content", provider)  # type: ignore[arg-type]
+            system += _blocks(_content(message), TEXT_PARTS, f"{param}.content", provider)
             continue
         entry = TURNS.get(message.role)
         if entry is None:
@@ -266,7 +268,9 @@ def _tools(request: chat_pb2.ChatCompletionRequest, provider: str) -> list[ToolP
         if tool.type not in ("", "function"):
             raise _unsupported(f"tools[{i}].type", f"The tool type '{tool.type}'", provider)
         function = tool.function
-        schema = _plain(function.parameters) if function.HasField("parameters") else dict(EMPTY_SCHEMA)
+        # Never dropped: a function without parameters takes an empty object.
+        schema = (_plain(function.parameters) if function.HasField("parameters")
+                  else {"type": "object", "properties": {}})
         param: ToolParam = {"name": function.name, "input_schema": schema}
         if function.HasField("description"):
             param["description"] = function.description
@@ -348,9 +352,10 @@ def messages_request(request: chat_pb2.ChatCompletionRequest,
                              "max_tokens": _max_tokens(request, candidate), "messages": messages}
     if system:
         body["system"] = system[0]["text"] if len(system) == 1 else system
-    for name in ("temperature", "top_p"):
-        if request.HasField(name):
-            body[name] = getattr(request, name)  # type: ignore[literal-required]
+    if request.HasField("temperature"):
+        body["temperature"] = request.temperature
+    if request.HasField("top_p"):
+        body["top_p"] = request.top_p
     stop = _stop_sequences(request)
     if stop is not None:
         body["stop_sequences"] = stop

@@ -92,10 +92,13 @@ class ToolResultBlock(TypedDict):
     content: NotRequired[str | list[TextBlock]]
 
 
+Role = Literal["user", "assistant"]
+
+
 class MessageParam(TypedDict):
     """One turn; roles strictly alternate, starting with `user`."""
 
-    role: Literal["user", "assistant"]
+    role: Role
     content: str | list[dict[str, Any]]
 
 
@@ -114,7 +117,7 @@ class MessagesRequest(TypedDict):
     model: str
     max_tokens: int
     messages: list[MessageParam]
-    system: NotRequired[str | list[TextBlock]]
+    system: NotRequired[str | list[dict[str, Any]]]  # text blocks
     stop_sequences: NotRequired[list[str]]
     temperature: NotRequired[float]
     top_p: NotRequired[float]

@@ -193,7 +193,7 @@ class UsageCounts:
 # Cohere's own statuses, by the standard status that means the same to the error table:
 # 402 (payment required: the account cannot be billed) is an account problem like 403;
 # 498 (invalid token) is 401; 499 (the request was cancelled upstream) is Cohere failing, 500.
-STATUS_MEANING: Mapping[int, int] = {402: 403, 498: 401, 499: 500}
+STATUS_MEANING: Mapping[int, int] = {498: 401, 499: 500}
 
 
 @dataclass(frozen=True, slots=True)

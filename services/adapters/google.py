@@ -42,7 +42,7 @@ API_KEY = AuthScheme(API_KEY_HEADER)
 SUPPORTED_CHAT_PARAMETERS = frozenset({
     "model", "messages", "stream", "stream_options", "temperature", "top_p", "n", "stop", "max_tokens",
     "max_completion_tokens", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "seed",
-    "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "modalities",
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "modalities", "store",
 })
 SUPPORTED_EMBEDDING_PARAMETERS = frozenset({"dimensions", "encoding_format"})
 

@@ -2,25 +2,29 @@
 no I/O.
 
 Requests: system/developer messages become `systemInstruction`; user, assistant ("model") and
-tool turns become `contents`, consecutive turns of one role merged (Gemini wants them
-alternating); tool results are `functionResponse` parts named after the assistant call they
-answer. Tool and output schemas go as JSON Schema (`parametersJsonSchema`, `responseJsonSchema`),
-which the API accepts natively, so no schema keyword is converted or lost on our side; a keyword
-Gemini cannot honour is refused by Gemini itself with a 400 that names it.
+tool turns become `contents`, consecutive turns of one role merged into one (so the results of
+parallel calls share one turn, as Gemini expects); tool results are `functionResponse` parts
+named after the assistant call they answer. Tool and output schemas go as JSON Schema
+(`parametersJsonSchema`, `responseJsonSchema`), which the API accepts natively, so no schema
+keyword is converted or lost on our side; a keyword Gemini cannot honour is refused by Gemini
+itself with a 400 that names it.
 
 Tool-call ids: Gemini (before Gemini 3) gives none, so answers get fresh `call_<hex>` ids. Gemini 3
 attaches a `thoughtSignature` to a function call and requires it back in the next turn; OpenAI's
 tool call has no field for it, so it travels inside the id, after `THOUGHT_SEPARATOR`, and is
 split off again when the client sends the call back.
+
+Answers: `completion()` turns a GenerateContentResponse into a `chat.completion`, and
+`StreamTranslator` each stream event into `chat.completion.chunk`s, both through the shared
+`openai_shapes` builders; finish reasons and usage map as `FINISH_REASONS` and `usage_of` say.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import posixpath
 import urllib.parse
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,16 +46,18 @@ from services.adapters.google_wire import (
 )
 from services.core.errors import GatewayError, Reason
 
-PROVIDER_KIND = "google"
 THOUGHT_SEPARATOR = "__thought__"
 _MAX_EXACT_INT = 2**53
 # What Gemini reads from a URL's extension: it needs a MIME type for every fileData part.
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
-               ".heic": "image/heic", ".heif": "image/heif"}
-AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
-               "ogg": "audio/ogg", "flac": "audio/flac"}
-TOOL_CHOICE_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
-THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "xhigh": "XHIGH"}
+IMAGE_TYPES: Mapping[str, str] = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+    ".heic": "image/heic", ".heif": "image/heif"}
+AUDIO_TYPES: Mapping[str, str] = {
+    "wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac", "ogg": "audio/ogg",
+    "flac": "audio/flac"}
+TOOL_CHOICE_MODES: Mapping[str, str] = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+THINKING_LEVELS: Mapping[str, str] = {
+    "minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "xhigh": "XHIGH"}
 
 
 def unsupported(param: str, what: str) -> GatewayError:
@@ -86,15 +92,12 @@ def split_call_id(call_id: str) -> tuple[str, str | None]:
 
 # -- content parts ----------------------------------------------------------------------------
 def _data_url(url: str, param: str) -> tuple[str, str]:
-    """(MIME type, base64 data) of a `data:<mime>;base64,<data>` URL."""
+    """(MIME type, base64 data) of a `data:<mime>[;...];base64,<data>` URL. The data is passed on
+    undecoded (Gemini wants base64 too, and refuses bad base64 itself with a 400)."""
     head, comma, data = url.partition(",")
-    mime, _, encoding = head.removeprefix("data:").partition(";")
-    if not comma or encoding != "base64" or not mime:
+    mime, *options = head.removeprefix("data:").split(";")
+    if not comma or "base64" not in options or not mime:
         raise invalid(param, f"{param} must be a base64 data URL (data:<mime type>;base64,...).")
-    try:
-        base64.b64decode(data, validate=True)
-    except binascii.Error as exc:
-        raise invalid(param, f"{param} holds invalid base64 data.") from exc
     return mime, data
 
 
@@ -215,7 +218,7 @@ def _append(contents: list[Content], role: str, parts: list[Part]) -> None:
         contents.append({"role": role, "parts": parts})
 
 
-def contents_of(messages: Any) -> tuple[list[Content], list[Part]]:
+def contents_of(messages: Iterable[chat_pb2.ChatMessage]) -> tuple[list[Content], list[Part]]:
     """The `contents` turns and the `systemInstruction` parts of a conversation."""
     contents: list[Content] = []
     system: list[Part] = []
@@ -297,7 +300,7 @@ def generation_config(request: chat_pb2.ChatCompletionRequest) -> GenerationConf
 def _tool_config(request: chat_pb2.ChatCompletionRequest, strict: bool) -> FunctionCallingConfig | None:
     choice = plain(request.tool_choice) if request.HasField("tool_choice") else None
     if choice is None:
-        # Gemini's VALIDATED mode keeps calls to the declared schema, as OpenAI's `strict` does.
+        # Gemini documents VALIDATED as AUTO that also holds calls to the declared schema: `strict`.
         return {"mode": "VALIDATED"} if strict else None
     if isinstance(choice, str) and choice in TOOL_CHOICE_MODES:
         mode = TOOL_CHOICE_MODES[choice]
@@ -337,6 +340,8 @@ def chat_request_body(request: chat_pb2.ChatCompletionRequest) -> GenerateConten
     """The generateContent body of a ChatCompletionRequest (the model goes in the URL)."""
     if any(m != "text" for m in request.modalities):
         raise unsupported("modalities", "An output modality other than text")
+    if request.store:  # `store: false` (OpenAI's default) asks for nothing
+        raise unsupported("store", "Storing completions")
     contents, system = contents_of(request.messages)
     body: GenerateContentRequest = {"contents": contents}
     if system:
@@ -351,7 +356,8 @@ def chat_request_body(request: chat_pb2.ChatCompletionRequest) -> GenerateConten
 # -- answers ----------------------------------------------------------------------------------
 # Gemini's finish reasons as OpenAI's; STOP becomes "tool_calls" when the choice called a tool.
 # Unlisted reasons (OTHER, FINISH_REASON_UNSPECIFIED, TOO_MANY_TOOL_CALLS, new ones) are "stop".
-FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "CONTINUATION": "length"} | dict.fromkeys((
+FINISH_REASONS: Mapping[str, str] = {
+    "STOP": "stop", "MAX_TOKENS": "length", "CONTINUATION": "length"} | dict.fromkeys((
     "SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
     "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR"),
     "content_filter")
@@ -452,11 +458,16 @@ def prompt_blocked(obj: GenerateContentResponse) -> bool:
 def completion(obj: GenerateContentResponse, upstream_model: str, n: int) -> dict[str, Any]:
     """A `chat.completion` from a whole GenerateContentResponse. A blocked prompt is answered as
     OpenAI answers filtered content: `n` empty choices with finish_reason "content_filter"."""
+    candidates = obj.get("candidates") or []
+    # A zero index is left out of proto3 JSON; were indices missing altogether, positions stand in.
+    indices = [candidate.get("index", 0) for candidate in candidates]
+    if len(set(indices)) != len(indices):
+        indices = list(range(len(candidates)))
     choices = []
-    for position, candidate in enumerate(obj.get("candidates") or []):
+    for index, candidate in zip(indices, candidates, strict=True):
         output = output_of(candidate)
         reason = finish_reason(candidate.get("finishReason", "STOP"), bool(output.tool_calls))
-        choice = shapes.choice(candidate.get("index", position), _message(output), reason)
+        choice = shapes.choice(index, _message(output), reason)
         choice["logprobs"] = logprobs_of(candidate.get("logprobsResult"))
         choices.append(choice)
     if prompt_blocked(obj):
@@ -482,9 +493,9 @@ class StreamTranslator:
 
     A choice opens with `{"role": "assistant", "content": ""}` before its first text, or carries
     the role on its first tool-call delta (as OpenAI streams). Gemini sends a function call whole
-    in one event: it goes out as one delta holding id, name and the complete arguments. Usage
-    (cumulative on every event) goes out once, after the last choice finished. Gemini ends a
-    stream by closing it (no [DONE]); `end()` says whether it ended complete."""
+    in one event: it goes out as one delta holding id, name and the complete arguments. Gemini
+    ends a stream by closing it (no [DONE]); `end()` then checks every choice finished and gives
+    the usage chunk, from the last `usageMetadata` seen (each event carries the running counts)."""
 
     def __init__(self, upstream_model: str, n: int) -> None:
         self._model = upstream_model
@@ -493,7 +504,6 @@ class StreamTranslator:
         self._created = shapes.now()
         self._choices: dict[int, _ChoiceState] = {}
         self._usage: dict[str, Any] | None = None
-        self._usage_sent = False
 
     def feed(self, obj: GenerateContentResponse) -> list[dict[str, Any]]:
         """The chunks of one event (possibly none)."""
@@ -507,9 +517,6 @@ class StreamTranslator:
                 out += self._finish(index, "content_filter")
         for candidate in obj.get("candidates") or []:
             out += self._candidate(candidate)
-        finished = sum(state.finished for state in self._choices.values())
-        if finished >= self._n:
-            out += self._usage_chunk()
         return out
 
     def end(self) -> list[dict[str, Any]]:
@@ -518,7 +525,9 @@ class StreamTranslator:
         if not self._choices or not all(state.finished for state in self._choices.values()):
             raise GatewayError(Reason.UPSTREAM_ERROR,
                                "The upstream stream ended before the answer was complete.")
-        return self._usage_chunk()
+        if self._usage is None:
+            return []
+        return [shapes.usage_chunk(self._id or "", self._created, self._model, self._usage)]
 
     def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return shapes.chunk(self._id or "", self._created, self._model, delta, finish_reason=finish,
@@ -562,9 +571,3 @@ class StreamTranslator:
         self._choices[index].finished = True
         out.append(self._chunk(index, {}, reason))
         return out
-
-    def _usage_chunk(self) -> list[dict[str, Any]]:
-        if self._usage_sent or self._usage is None:
-            return []
-        self._usage_sent = True
-        return [shapes.usage_chunk(self._id or "", self._created, self._model, self._usage)]

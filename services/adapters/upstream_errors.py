@@ -19,6 +19,10 @@ from services.core.errors import GatewayError, Reason
 STATUS_REASONS: Mapping[int, Reason] = {
     400: Reason.UPSTREAM_BAD_REQUEST,
     401: Reason.UPSTREAM_AUTH_FAILED,
+    # Payment required (Anthropic's billing_error, Cohere's trial limits): the gateway's account
+    # with the provider cannot pay. Like bad credentials it is ours to fix, and the next candidate
+    # may serve; the provider's message (account details) is not passed on.
+    402: Reason.UPSTREAM_AUTH_FAILED,
     403: Reason.UPSTREAM_AUTH_FAILED,
     404: Reason.UPSTREAM_BAD_REQUEST,
     408: Reason.UPSTREAM_TIMEOUT,

@@ -9,7 +9,7 @@ The conformance table row (case -> supported, or why not; docs/providers/anthrop
   shape upstream (`sent["tools"] == [WEATHER_TOOL]`, `sent["messages"][1] == {... "tool_calls"}`,
   `sent["response_format"] == ...`). Anthropic's wire has `tools[].input_schema`, `tool_use`
   blocks and a forced tool instead. `AnthropicWireView.tools / assistant_tool_calls /
-  response_format` read those back in OpenAI's shape, for the cases to use instead.
+  response_format (or json_output)` read those back in OpenAI's shape, for the cases to use.
 - usage_in_stream: supported, but one case asserts `sent["stream_options"] == {"include_usage":
   True}`; Anthropic's stream always reports usage and has no such field
   (`AnthropicWireView.asks_stream_usage`).
@@ -125,6 +125,14 @@ class AnthropicWireView:
             return {"type": "json_object"}
         spec = {"name": tool["name"], "schema": tool["input_schema"], "strict": bool(tool.get("strict"))}
         return {"type": "json_schema", "json_schema": spec}
+
+    @staticmethod
+    def json_output(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """Whether JSON output was asked for, and its schema (None for any JSON object)."""
+        wanted = AnthropicWireView.response_format(body)
+        if wanted is None:
+            return False, None
+        return True, (wanted.get("json_schema") or {}).get("schema")
 
     @staticmethod
     def asks_stream_usage(body: dict[str, Any]) -> bool:

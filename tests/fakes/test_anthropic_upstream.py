@@ -23,7 +23,7 @@ from anthropic.types.shared import ErrorResponse
 from pydantic import TypeAdapter
 
 from tests.fakes import anthropic_failures as failures
-from tests.fakes.anthropic_upstream import FakeAnthropic, Failure
+from tests.fakes.anthropic_upstream import Failure, FakeAnthropic
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-ant-fake-test-key"
@@ -93,7 +93,8 @@ async def stream(http: aiohttp.ClientSession, fake: FakeAnthropic, body: dict[st
 
 
 def text_of(events: list[Any]) -> str:
-    return "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    return "".join(e.delta.text for e in events
+                   if e.type == "content_block_delta" and e.delta.type == "text_delta")
 
 
 async def test_message_echoes_and_validates(fake: FakeAnthropic, http: aiohttp.ClientSession) -> None:
@@ -160,7 +161,8 @@ async def test_free_form_tool_input_echoes(fake: FakeAnthropic, http: aiohttp.Cl
     assert answer.content[0].type == "tool_use" and answer.content[0].input == {"echo": "json please"}
 
 
-async def test_tool_result_images_stop_and_max_tokens(fake: FakeAnthropic, http: aiohttp.ClientSession) -> None:
+async def test_tool_result_images_stop_and_max_tokens(fake: FakeAnthropic,
+                                                      http: aiohttp.ClientSession) -> None:
     call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
     result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}
     answer = await message(http, fake, request(user("weather?"), {"role": "assistant", "content": [call]},
@@ -169,7 +171,8 @@ async def test_tool_result_images_stop_and_max_tokens(fake: FakeAnthropic, http:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
     answer = await message(http, fake, request(user([{"type": "text", "text": "describe"}, image, image])))
     assert answer.content[0].type == "text" and answer.content[0].text == "describe [2 images]"
-    answer = await message(http, fake, request(user("alpha beta STOP gamma END"), stop_sequences=["END", "STOP"]))
+    answer = await message(http, fake, request(user("alpha beta STOP gamma END"),
+                                               stop_sequences=["END", "STOP"]))
     assert answer.content[0].type == "text" and answer.content[0].text == "alpha beta "
     assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "STOP")
     answer = await message(http, fake, {**request(user("a b c d e")), "max_tokens": 2})
@@ -246,8 +249,9 @@ async def test_in_stream_error_event(fake: FakeAnthropic, http: aiohttp.ClientSe
 async def test_official_client_reads_the_fake(fake: FakeAnthropic) -> None:
     # SDK 2.x sends its key as `Authorization: Bearer` and a newer API version by default; the
     # gateway (and so the fake) speaks x-api-key and version 2023-06-01.
-    client = anthropic.AsyncAnthropic(api_key=KEY, base_url=fake.base_url, max_retries=0, default_headers={
-        **HEADERS, "Authorization": anthropic.omit})
+    headers: dict[str, Any] = {**HEADERS, "Authorization": anthropic.omit}
+    client = anthropic.AsyncAnthropic(api_key=KEY, base_url=fake.base_url, max_retries=0,
+                                      default_headers=headers)
     try:
         answer = await client.messages.create(model="claude-x", max_tokens=64,
                                               messages=[{"role": "user", "content": "hi there"}])
@@ -261,7 +265,8 @@ async def test_official_client_reads_the_fake(fake: FakeAnthropic) -> None:
         assert final.content[0].input == {"city": "get_weather in Oslo", "days": 42}
         fake.fail_next(failures.overloaded())
         with pytest.raises(anthropic.OverloadedError):
-            await client.messages.create(model="claude-x", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+            await client.messages.create(model="claude-x", max_tokens=8,
+                                         messages=[{"role": "user", "content": "x"}])
         fake.fail_next(failures.in_stream(1))
         with pytest.raises(anthropic.APIStatusError):
             async with client.messages.stream(model="claude-x", max_tokens=8,

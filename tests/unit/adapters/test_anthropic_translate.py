@@ -111,6 +111,10 @@ def test_assistant_refusal_is_what_it_said() -> None:
     sent = body({"messages": [user("x"), {"role": "assistant", "content": None, "refusal": "I can't."},
                               user("y")]})
     assert sent["messages"][1] == {"role": "assistant", "content": "I can't."}
+    parts = [{"type": "text", "text": "Well."}, {"type": "refusal", "refusal": "No."}]
+    sent = body({"messages": [user("x"), {"role": "assistant", "content": parts}, user("y")]})
+    assert sent["messages"][1]["content"] == [{"type": "text", "text": "Well."},
+                                              {"type": "text", "text": "No."}]
 
 
 @pytest.mark.parametrize("arguments", ['{"city": ', "[1, 2]", '"Oslo"'])
