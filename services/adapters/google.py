@@ -39,10 +39,13 @@ from services.core.errors import GatewayError, Reason
 
 API_KEY = AuthScheme(API_KEY_HEADER)
 
+# What Gemini honours. `parallel_tool_calls`, `modalities` and `store` only at the values that ask
+# for nothing Gemini lacks (true; ["text"]; false): google_translate refuses the others.
 SUPPORTED_CHAT_PARAMETERS = frozenset({
     "model", "messages", "stream", "stream_options", "temperature", "top_p", "n", "stop", "max_tokens",
     "max_completion_tokens", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "seed",
-    "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "modalities", "store",
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "modalities",
+    "store",
 })
 SUPPORTED_EMBEDDING_PARAMETERS = frozenset({"dimensions", "encoding_format"})
 

@@ -62,7 +62,7 @@ def test_not_found_names_the_model_and_retry_after_is_kept() -> None:
 
 
 def test_cohere_only_statuses_keep_their_meaning() -> None:
-    assert CohereErrorBody().failure(402).status == 403
+    assert CohereErrorBody().failure(402).status == 402  # the shared table knows payment required
     assert CohereErrorBody().failure(498).status == 401
     assert CohereErrorBody().failure(499).status == 500
     assert CohereErrorBody().failure(418).status == 418
