@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -11,6 +12,9 @@ import pytest
 
 from services.runtime.stores import free_port
 from tests.e2e.harness import UPSTREAM_KEY, Gateway, gateway_config, start_gateway
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.cohere_upstream import FakeCohere
+from tests.fakes.google_upstream import FakeGoogle
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.stores import migrated_database_url, store_urls
 
@@ -31,11 +35,76 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+@pytest.fixture(scope="session")
+async def vendors() -> AsyncIterator[dict[str, Any]]:
+    """Fakes of the other providers, each speaking its own wire format."""
+    async with (
+        FakeAnthropic(api_key=UPSTREAM_KEY) as anthropic,
+        FakeGoogle(api_key=UPSTREAM_KEY) as google,
+        FakeCohere(api_key=UPSTREAM_KEY) as cohere,
+    ):
+        yield {"anthropic": anthropic, "google": google, "cohere": cohere}
+
+
+def _vendor_catalog(vendors: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    providers = [
+        {"name": kind, "kind": kind, "base_url": fake.base_url, "api_key_env": "FAKEAI_API_KEY"}
+        for kind, fake in vendors.items()
+    ]
+    price = {"input_per_1k": "0.003", "output_per_1k": "0.015"}
+    models = [
+        {
+            "id": "claude",
+            "type": "chat",
+            "max_output_tokens": 1024,
+            "routes": [{"provider": "anthropic", "model": "claude-sonnet-4-5", **price}],
+        },
+        {
+            "id": "gemini",
+            "type": "chat",
+            "routes": [{"provider": "google", "model": "gemini-2.5-flash", **price}],
+        },
+        {
+            "id": "command",
+            "type": "chat",
+            "routes": [{"provider": "cohere", "model": "command-a-03-2025", **price}],
+        },
+        {
+            "id": "claude-then-gpt",
+            "type": "chat",
+            "routes": [
+                {"provider": "anthropic", "model": "claude-sonnet-4-5", **price},
+                {"provider": "fakeai", "model": "gpt-4o-mini", **price},
+            ],
+        },
+        {
+            "id": "gemini-embed",
+            "type": "embedding",
+            "routes": [{"provider": "google", "model": "gemini-embedding-001", **price}],
+        },
+        {
+            "id": "cohere-embed",
+            "type": "embedding",
+            "routes": [{"provider": "cohere", "model": "embed-v4.0", **price}],
+        },
+    ]
+    return providers, models
+
+
 @pytest.fixture(scope="session", params=["all", "split"])
-async def gateway(request: pytest.FixtureRequest, store_urls, upstream: FakeOpenAI, backup: FakeOpenAI,
-                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+async def gateway(
+    request: pytest.FixtureRequest,
+    store_urls,
+    upstream: FakeOpenAI,
+    backup: FakeOpenAI,
+    vendors: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Gateway]:
     """The gateway, once with every service in one process and once with each in its own."""
-    config = gateway_config(upstream.base_url, backup.base_url, f"http://127.0.0.1:{free_port()}/v1")
+    providers, models = _vendor_catalog(vendors)
+    config = gateway_config(
+        upstream.base_url, backup.base_url, f"http://127.0.0.1:{free_port()}/v1", providers, models
+    )
     data_dir: Path = tmp_path_factory.mktemp(f"gateway-{request.param}")
     running = await start_gateway(request.param, store_urls, data_dir, config)
     try:
@@ -45,22 +114,24 @@ async def gateway(request: pytest.FixtureRequest, store_urls, upstream: FakeOpen
 
 
 @pytest.fixture(autouse=True)
-def _reset_fakes(upstream: FakeOpenAI, backup: FakeOpenAI) -> None:
-    upstream.reset()
-    backup.reset()
+def _reset_fakes(upstream: FakeOpenAI, backup: FakeOpenAI, vendors: dict[str, Any]) -> None:
+    for fake in (upstream, backup, *vendors.values()):
+        fake.reset()
 
 
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     """The official SDK pointed at the gateway with the admin key."""
-    async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.admin_key,
-                                  max_retries=0, timeout=30) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url + "/v1", api_key=gateway.admin_key, max_retries=0, timeout=30
+    ) as sdk:
         yield sdk
 
 
 @pytest.fixture
 async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     """A raw HTTP client for byte-level checks."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
-                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, timeout=30, headers={"authorization": f"Bearer {gateway.admin_key}"}
+    ) as raw:
         yield raw

@@ -74,6 +74,7 @@ def config_document(config: Config) -> dict[str, Any]:
         "providers": [{"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env}
                       for p in config.providers],
         "models": [{"id": m.id, "type": m.type, "context_window": m.context_window,
+                    "max_output_tokens": m.max_output_tokens,
                     "routes": [{"provider": r.provider, "model": r.model, "input_per_1k": str(r.input_per_1k),
                                 "output_per_1k": str(r.output_per_1k),
                                 **({"per_image": str(r.per_image)} if r.per_image is not None else {})}
