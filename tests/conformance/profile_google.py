@@ -2,12 +2,11 @@
 
 `GoogleWireView` reads a recorded Gemini request in the suite's (OpenAI) terms: "model" turns are
 the assistant's, `functionResponse` ids are tool results, inline data is shown again as the data
-URL it came from. Its methods beyond the suite's current ones (`temperature`, `tools`,
-`assistant_tool_calls`, `json_output`, `asks_stream_usage`, `api_key`, `upstream_model`,
-`embedding_model`)
-are the ones the cases in `PENDING_SHARED_CHANGE` need: those cases read the OpenAI body directly
-today, so they cannot run for this provider until they read it through the view. Cases that
-cannot apply at all are in `NOT_APPLICABLE` (see docs/providers/google.md).
+URL it came from, function declarations as OpenAI tools. Beyond the methods the shared cases use
+today it has those they need to stop reading OpenAI's request directly (`upstream_model`,
+`temperature`, `tools`, `assistant_tool_calls`, `json_output`, `asks_stream_usage`, `api_key`,
+`embedding_model`); until they do, those cases are in `PENDING_SHARED_CHANGE`. The table of every
+case is in docs/providers/google.md.
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ from tests.conformance.providers import CASES, ProviderProfile
 from tests.fakes import google_failures
 from tests.fakes.google_upstream import FakeGoogle, RecordedRequest
 
-# Conformance cases Google cannot pass by its nature: Gemini embeds text only, never token ids.
+# Cases Google cannot pass by its nature. (Gemini embeds text only: the token-id embedding test,
+# today part of "embeddings", would be the one.)
 NOT_APPLICABLE: frozenset[str] = frozenset()
-# Cases the adapter passes, but whose shared test reads OpenAI's request body or headers directly.
+# Cases the adapter passes, but whose shared test reads OpenAI's request body or headers directly,
+# or counts OpenAI's chunks or expects OpenAI's error classes (see the docs page).
 PENDING_SHARED_CHANGE = frozenset({
     "text", "tool_call", "tool_call_stream", "tool_result", "json_output", "usage_in_stream", "errors",
     "error_in_stream", "credentials", "request_id", "embeddings", "timeout",

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from google import genai
 from google.genai import errors, types
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -344,3 +345,27 @@ def test_standalone_process_prints_port_and_serves() -> None:
         assert process.wait(timeout=10) == 0
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_the_official_client_talks_to_the_fake(fake: FakeGoogle) -> None:
+    """google-genai itself (not only its types) reads every answer of the fake."""
+    options = types.HttpOptions(base_url=fake.base_url, api_version="v1beta")
+    client = genai.Client(api_key=KEY, http_options=options).aio
+    wrong = genai.Client(api_key="AIza-wrong", http_options=options).aio
+    try:
+        config = types.GenerateContentConfig(system_instruction="Be brief.", temperature=0.2)
+        answer = await client.models.generate_content(model="gemini-2.0-flash", contents="hello there",
+                                                      config=config)
+        assert answer.text == "hello there" and answer.model_version == "gemini-2.0-flash-001"
+        events = [e async for e in await client.models.generate_content_stream(model="m", contents="a b c")]
+        assert [e.text for e in events] == ["a ", "b ", "c"]
+        embedded = await client.models.embed_content(
+            model="gemini-embedding-001", contents=["a", "b c"],
+            config=types.EmbedContentConfig(output_dimensionality=4))
+        assert [len(e.values or []) for e in embedded.embeddings or []] == [4, 4]
+        with pytest.raises(errors.ClientError) as info:
+            await wrong.models.generate_content(model="m", contents="x")
+        assert (info.value.code, info.value.status) == (400, "INVALID_ARGUMENT")
+    finally:
+        await client.aclose()
+        await wrong.aclose()
