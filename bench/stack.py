@@ -23,7 +23,8 @@ from typing import Any
 
 from services.core.config import Config, StoreUrls, load_config
 from services.runtime import children
-from services.runtime.envoy import EnvoyProcess, render_bootstrap
+from services.runtime.envoy import render_bootstrap
+from services.runtime.envoy_process import EnvoyProcess
 from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedServer, EmbeddedValkey, free_port
 from services.runtime.up import REPO, prepare_stores
 

@@ -139,7 +139,8 @@ class Stack:
         return ports
 
     def start_envoy(self) -> str:
-        from services.runtime.envoy import EnvoyProcess, render_bootstrap
+        from services.runtime.envoy import render_bootstrap
+        from services.runtime.envoy_process import EnvoyProcess
 
         edge = self.config.edge
         bootstrap = render_bootstrap(

@@ -20,7 +20,8 @@ import yaml
 
 from services.core.config import Config, StoreUrls, parse_config
 from services.runtime import children
-from services.runtime.envoy import EnvoyProcess, render_bootstrap
+from services.runtime.envoy import render_bootstrap
+from services.runtime.envoy_process import EnvoyProcess
 from services.runtime.stores import free_port
 from services.runtime.up import REPO, prepare_stores
 

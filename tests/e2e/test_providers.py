@@ -12,29 +12,49 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 MODELS = {"anthropic": "claude", "google": "gemini", "cohere": "command"}
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
 async def test_chat_text_and_usage(client: openai.AsyncOpenAI, kind: str) -> None:
     completion = await client.chat.completions.create(
-        model=MODELS[kind], messages=[{"role": "system", "content": "Be brief."},
-                                      {"role": "user", "content": "Say hello"}])
+        model=MODELS[kind],
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
+    )
     assert completion.model == MODELS[kind] and completion.object == "chat.completion"
     assert "Say hello" in (completion.choices[0].message.content or "")
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage and completion.usage.total_tokens == (
-        completion.usage.prompt_tokens + completion.usage.completion_tokens) > 0
+    assert (
+        completion.usage
+        and completion.usage.total_tokens
+        == (completion.usage.prompt_tokens + completion.usage.completion_tokens)
+        > 0
+    )
     assert completion.model_extra["provider"]["name"] == kind
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
 async def test_streamed_tool_call_arguments_assemble(client: openai.AsyncOpenAI, kind: str) -> None:
     stream = await client.chat.completions.create(
-        model=MODELS[kind], messages=[{"role": "user", "content": "Call get_weather for Paris."}], tools=TOOLS,
-        stream=True, stream_options={"include_usage": True})
+        model=MODELS[kind],
+        messages=[{"role": "user", "content": "Call get_weather for Paris."}],
+        tools=TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     name, arguments, finish, usage = "", "", None, None
     async for chunk in stream:
         for choice in chunk.choices:
@@ -51,7 +71,11 @@ async def test_streamed_tool_call_arguments_assemble(client: openai.AsyncOpenAI,
 
 @pytest.mark.parametrize("kind", list(MODELS))
 async def test_unsupported_parameter_is_a_400_naming_it(http: httpx.AsyncClient, kind: str) -> None:
-    body = {"model": MODELS[kind], "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}}
+    body = {
+        "model": MODELS[kind],
+        "messages": [{"role": "user", "content": "hi"}],
+        "logit_bias": {"50256": -100},
+    }
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     error: dict[str, Any] = response.json()["error"]
@@ -61,7 +85,8 @@ async def test_unsupported_parameter_is_a_400_naming_it(http: httpx.AsyncClient,
 
 async def test_a_later_candidate_serves_what_the_first_cannot(client: openai.AsyncOpenAI) -> None:
     completion = await client.chat.completions.create(
-        model="claude-then-gpt", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+        model="claude-then-gpt", messages=[{"role": "user", "content": "hi"}], logprobs=True
+    )
     assert completion.model_extra["provider"]["name"] == "fakeai"
 
 

@@ -33,7 +33,8 @@ from aggregator.openai.v1 import (
 )
 from services.core.errors import GatewayError, Reason, from_rpc_error
 from services.core.rpc import rpc_method
-from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, envoy_binary, render_bootstrap
+from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, render_bootstrap
+from services.runtime.envoy_process import envoy_binary
 from tests.support.envoy import EnvoyEdge, envoy_in_front_of, free_port, h2c_post
 
 PLUMBING = {"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding",

@@ -37,8 +37,17 @@ class Routing(routing_service_pb2_grpc.RoutingServiceServicer):
 
 
 async def test_one_trace_spans_client_and_server_of_a_remote_call() -> None:
-    server = GrpcServer([Registration(routing_service_pb2_grpc.add_RoutingServiceServicer_to_server, Routing(),
-                                      "aggregator.routing.v1.RoutingService")], host="127.0.0.1", port=0)
+    server = GrpcServer(
+        [
+            Registration(
+                routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
+                Routing(),
+                "aggregator.routing.v1.RoutingService",
+            )
+        ],
+        host="127.0.0.1",
+        port=0,
+    )
     await server.start()
     topology = Topology(frozenset(), {"routing": f"127.0.0.1:{server.port}"})
     try:
@@ -49,8 +58,11 @@ async def test_one_trace_spans_client_and_server_of_a_remote_call() -> None:
         await topology.close()
         await server.stop(0)
     trace_id = parent.get_span_context().trace_id
-    kinds = {span.kind for span in EXPORTER.get_finished_spans()
-             if span.context.trace_id == trace_id and "ListCatalogProviders" in span.name}
+    kinds = {
+        span.kind
+        for span in EXPORTER.get_finished_spans()
+        if span.context.trace_id == trace_id and "ListCatalogProviders" in span.name
+    }
     assert kinds == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
 
 

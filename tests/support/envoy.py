@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime import envoy as envoy_runtime
-from services.runtime.envoy import EnvoyError, EnvoyProcess, render_bootstrap
+from services.runtime.envoy import render_bootstrap
+from services.runtime.envoy_process import EnvoyError, EnvoyProcess
 
 _BIND_ATTEMPTS = 3
 

@@ -159,6 +159,6 @@ def test_completions_run_on_chat_models_but_not_embedding_models(catalog: Catalo
 
 def test_models_list_their_providers_supported_parameters(catalog: Catalog) -> None:
     listed = {m.id: m.to_proto() for m in catalog.models()}
-    assert "temperature" in listed["big"].supported_parameters and "tools" in listed["big"].supported_parameters
-    assert "messages" not in listed["big"].supported_parameters
+    supported = listed["big"].supported_parameters
+    assert "temperature" in supported and "tools" in supported and "messages" not in supported
     assert list(listed["embed"].supported_parameters) == []
