@@ -198,23 +198,15 @@ class BenchStack:
         ready = [self.data_dir / f"worker-{i}.ready" for i in range(self.workers)]
         self._exit.callback(children.stop_all, self.worker_processes, 10.0)
         for index, ready_file in enumerate(ready):
-            argv = [sys.executable, "-m", "services.runtime.cli", "serve", "--services", "all",
-                    "--host", "127.0.0.1", "--port", str(self.grpc_ports[index]),
-                    "--ready-file", str(ready_file), "--data-dir", str(self.data_dir),
-                    "--config", str(self.config_path)]
+            argv = children.serve_command(
+                services="all", host="127.0.0.1", port=self.grpc_ports[index], ready_file=ready_file,
+                config=self.config_path, data_dir=self.data_dir)
             process = children.spawn(argv, env=env, log_path=self.root / "logs" / f"worker-{index}.log")
             self.worker_processes.append(process)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not all(path.exists() for path in ready):
-            for index, process in enumerate(self.worker_processes):
-                if process.poll() is not None:
-                    raise RuntimeError(f"worker {index} exited with status {process.returncode}; "
-                                       f"see {self.root / 'logs' / f'worker-{index}.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers not ready within {READY_TIMEOUT_S:g} s")
-            time.sleep(0.05)
+        workers = {f"worker {i}": p for i, p in enumerate(self.worker_processes)}
+        answers = children.wait_ready(workers, ready, timeout_s=READY_TIMEOUT_S, logs=self.root / "logs")
         # As `up` does: Envoy balances over every worker's own port (see GrpcServer).
-        self.envoy_ports = [int(json.loads(path.read_text())["private_port"]) for path in ready]
+        self.envoy_ports = [int(answer["private_port"]) for answer in answers]
 
     def _start_envoy(self) -> None:
         http_port, admin_port = free_port(), free_port()

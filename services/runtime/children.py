@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -52,3 +55,55 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def serve_command(
+    *,
+    services: str,
+    host: str,
+    port: int,
+    ready_file: Path,
+    config: Path,
+    data_dir: Path | None = None,
+    remotes: Sequence[str] = (),
+) -> list[str]:
+    """The argv of one `aggregator serve` worker; `remotes` are `name=host:port` pairs."""
+    argv = [
+        sys.executable,
+        "-m",
+        "services.runtime.cli",
+        "serve",
+        "--services",
+        services,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--config",
+        str(config),
+        "--ready-file",
+        str(ready_file),
+    ]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return argv + [f"--remote={remote}" for remote in remotes]
+
+
+def wait_ready(
+    processes: Mapping[str, subprocess.Popen[bytes]],
+    ready_files: Sequence[Path],
+    *,
+    timeout_s: float,
+    logs: Path,
+) -> list[dict[str, Any]]:
+    """Waits until every worker wrote its ready file (`serve --ready-file`); answers their contents
+    ({"pid", "port", "private_port"}) in order. RuntimeError when a worker dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not all(path.exists() for path in ready_files):
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {process.returncode}; see {logs}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers not ready after {timeout_s:.0f} s; see {logs}")
+        time.sleep(0.05)
+    return [json.loads(path.read_text()) for path in ready_files]

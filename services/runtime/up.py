@@ -9,7 +9,6 @@ taking connections, workers finish in-flight calls and flush usage, then stores 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -96,49 +95,27 @@ class Stack:
         )
         edge = self.config.edge
         for index in range(self.workers):
-            argv = [
-                sys.executable,
-                "-m",
-                "services.runtime.cli",
-                "serve",
-                "--services",
-                "all",
-                "--host",
-                edge.listen_address,
-                "--port",
-                str(edge.grpc_port),
-                "--config",
-                str(self.config_path),
-                "--ready-file",
-                str(self.run_dir / f"worker-{index}.ready"),
-            ]
-            self.processes.append(
-                children.spawn(argv, env=env, log_path=self.run_dir / "logs" / f"worker-{index}.log")
+            argv = children.serve_command(
+                services="all",
+                host=edge.services_address,
+                port=edge.grpc_port,
+                ready_file=self.run_dir / f"worker-{index}.ready",
+                config=self.config_path,
             )
+            log_path = self.run_dir / "logs" / f"worker-{index}.log"
+            self.processes.append(children.spawn(argv, env=env, log_path=log_path))
 
-    def wait_workers_ready(self) -> None:
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            dead = [p for p in self.processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(
-                    f"a worker exited with status {dead[0].returncode}; see {self.run_dir / 'logs'}"
-                )
-            if len(list(self.run_dir.glob("worker-*.ready"))) >= self.workers:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f} s; see {self.run_dir / 'logs'}"
+    def wait_workers_ready(self) -> list[int]:
+        """Waits for every worker; answers their own ports (Envoy's endpoints)."""
+        ready = children.wait_ready(
+            {f"worker {p.pid}": p for p in self.processes},
+            [self.run_dir / f"worker-{i}.ready" for i in range(self.workers)],
+            timeout_s=WORKER_READY_TIMEOUT_S,
+            logs=self.run_dir / "logs",
         )
+        return [int(entry["private_port"]) for entry in ready]
 
-    def worker_ports(self) -> list[int]:
-        """Every worker's own port, from the ready files they wrote."""
-        ports = []
-        for ready in sorted(self.run_dir.glob("worker-*.ready")):
-            ports.append(int(json.loads(ready.read_text())["private_port"]))
-        return ports
-
-    def start_envoy(self) -> str:
+    def start_envoy(self, worker_ports: list[int]) -> str:
         from services.runtime.envoy import render_bootstrap
         from services.runtime.envoy_process import EnvoyProcess
 
@@ -146,7 +123,7 @@ class Stack:
         bootstrap = render_bootstrap(
             http_port=edge.http_port,
             admin_port=edge.admin_port,
-            upstreams=[("127.0.0.1", port) for port in self.worker_ports()],
+            upstreams=[("127.0.0.1", port) for port in worker_ports],
             descriptor_path=REPO / "gen" / "descriptor.pb",
             lua_path=REPO / "envoy" / "error_shaper.lua",
             listen_address=edge.listen_address,
@@ -229,8 +206,7 @@ def run_up(config: Config, config_path: Path, data_dir: Path, workers: int) -> i
         if admin_key:
             print(f"  admin key (shown once, also in {data_dir / 'admin-key'}): {admin_key}", flush=True)
         stack.start_workers(urls)
-        stack.wait_workers_ready()
-        url = stack.start_envoy()
+        url = stack.start_envoy(stack.wait_workers_ready())
         print(f"aggregator: ready at {url} (gRPC also on port {config.edge.grpc_port})", flush=True)
         while True:
             for process in stack.processes:

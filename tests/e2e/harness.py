@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,52 +33,100 @@ SPLIT = {
 }
 
 
-def _route(provider: str, model: str, input_per_1k: str = "0.0015", output_per_1k: str = "0.002",
-           **extra: str) -> dict[str, str]:
-    return {"provider": provider, "model": model, "input_per_1k": input_per_1k,
-            "output_per_1k": output_per_1k, **extra}
+def _route(
+    provider: str, model: str, input_per_1k: str = "0.0015", output_per_1k: str = "0.002", **extra: str
+) -> dict[str, str]:
+    return {
+        "provider": provider,
+        "model": model,
+        "input_per_1k": input_per_1k,
+        "output_per_1k": output_per_1k,
+        **extra,
+    }
 
 
-def gateway_config(primary_url: str, backup_url: str, dead_url: str,
-                   providers: list[dict[str, str]] = (), models: list[dict[str, Any]] = ()) -> Config:
+def gateway_config(
+    primary_url: str,
+    backup_url: str,
+    dead_url: str,
+    providers: list[dict[str, str]] = (),
+    models: list[dict[str, Any]] = (),
+) -> Config:
     """Models served by the fake upstreams; `fallback-chat` starts on a dead provider.
     `providers` and `models` add more (other provider kinds' fakes)."""
-    return parse_config({
-        "providers": [
-            {"name": "fakeai", "kind": "openai", "base_url": primary_url, "api_key_env": "FAKEAI_API_KEY"},
-            {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
-            {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
-            *providers,
-        ],
-        "models": [
-            {"id": "gpt-4o-mini", "type": "chat", "context_window": 128000,
-             "routes": [_route("fakeai", "gpt-4o-mini")]},
-            {"id": "fallback-chat", "type": "chat",
-             "routes": [_route("dead", "gpt-4o-mini"), _route("backup", "gpt-4o-mini")]},
-            {"id": "only-dead", "type": "chat", "routes": [_route("dead", "gpt-4o-mini")]},
-            {"id": "text-embedding-3-small", "type": "embedding",
-             "routes": [_route("fakeai", "text-embedding-3-small", "0.00002", "0")]},
-            {"id": "gpt-image-1", "type": "image",
-             "routes": [_route("fakeai", "gpt-image-1", "0.005", "0.04")]},
-            {"id": "dall-e-3", "type": "image",
-             "routes": [_route("fakeai", "dall-e-3", "0", "0", per_image="0.04")]},
-            *models,
-        ],
-    })
+    return parse_config(
+        {
+            "providers": [
+                {
+                    "name": "fakeai",
+                    "kind": "openai",
+                    "base_url": primary_url,
+                    "api_key_env": "FAKEAI_API_KEY",
+                },
+                {"name": "backup", "kind": "openai_compatible", "base_url": backup_url},
+                {"name": "dead", "kind": "openai", "base_url": dead_url, "api_key_env": "FAKEAI_API_KEY"},
+                *providers,
+            ],
+            "models": [
+                {
+                    "id": "gpt-4o-mini",
+                    "type": "chat",
+                    "context_window": 128000,
+                    "routes": [_route("fakeai", "gpt-4o-mini")],
+                },
+                {
+                    "id": "fallback-chat",
+                    "type": "chat",
+                    "routes": [_route("dead", "gpt-4o-mini"), _route("backup", "gpt-4o-mini")],
+                },
+                {"id": "only-dead", "type": "chat", "routes": [_route("dead", "gpt-4o-mini")]},
+                {
+                    "id": "text-embedding-3-small",
+                    "type": "embedding",
+                    "routes": [_route("fakeai", "text-embedding-3-small", "0.00002", "0")],
+                },
+                {
+                    "id": "gpt-image-1",
+                    "type": "image",
+                    "routes": [_route("fakeai", "gpt-image-1", "0.005", "0.04")],
+                },
+                {
+                    "id": "dall-e-3",
+                    "type": "image",
+                    "routes": [_route("fakeai", "dall-e-3", "0", "0", per_image="0.04")],
+                },
+                *models,
+            ],
+        }
+    )
 
 
 def config_document(config: Config) -> dict[str, Any]:
     """The config file that parses to `config` (service processes read it: provider key names)."""
     return {
-        "providers": [{"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env}
-                      for p in config.providers],
-        "models": [{"id": m.id, "type": m.type, "context_window": m.context_window,
-                    "max_output_tokens": m.max_output_tokens,
-                    "routes": [{"provider": r.provider, "model": r.model, "input_per_1k": str(r.input_per_1k),
-                                "output_per_1k": str(r.output_per_1k),
-                                **({"per_image": str(r.per_image)} if r.per_image is not None else {})}
-                               for r in m.routes]}
-                   for m in config.models],
+        "providers": [
+            {"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env}
+            for p in config.providers
+        ],
+        "models": [
+            {
+                "id": m.id,
+                "type": m.type,
+                "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
+                "routes": [
+                    {
+                        "provider": r.provider,
+                        "model": r.model,
+                        "input_per_1k": str(r.input_per_1k),
+                        "output_per_1k": str(r.output_per_1k),
+                        **({"per_image": str(r.per_image)} if r.per_image is not None else {}),
+                    }
+                    for r in m.routes
+                ],
+            }
+            for m in config.models
+        ],
     }
 
 
@@ -104,20 +150,6 @@ class Gateway:
         if self.envoy is not None:
             self.envoy.stop()
         children.stop_all(list(self.processes.values()), timeout_s=10.0)
-
-
-def _wait_ready(gateway: Gateway, ready_files: dict[str, Path], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for name, process in gateway.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"service process {name} exited {process.returncode}:\n{gateway.log(name)[-3000:]}"
-                )
-        if all(path.exists() for path in ready_files.values()):
-            return
-        time.sleep(0.05)
-    raise RuntimeError("service processes not ready in time")
 
 
 async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config: Config) -> Gateway:
@@ -147,30 +179,26 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
     ready_files = {name: data_dir / f"{name}.ready" for name in groups}
     for name, services in groups.items():
         ready_files[name].unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "services.runtime.cli",
-            "serve",
-            "--services",
-            ",".join(services),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports[name]),
-            "--ready-file",
-            str(ready_files[name]),
-            "--data-dir",
-            str(data_dir),
-            "--config",
-            str(config_path),
+        remotes = [
+            f"{s}=127.0.0.1:{ports[other]}"
+            for other, others in groups.items()
+            if other != name
+            for s in others
         ]
-        for other, other_services in groups.items():
-            if other != name:
-                argv += [f"--remote={s}=127.0.0.1:{ports[other]}" for s in other_services]
+        argv = children.serve_command(
+            services=",".join(services),
+            host="127.0.0.1",
+            port=ports[name],
+            ready_file=ready_files[name],
+            config=config_path,
+            data_dir=data_dir,
+            remotes=remotes,
+        )
         gateway.processes[name] = children.spawn(argv, env=env, log_path=data_dir / "logs" / f"{name}.log")
     try:
-        _wait_ready(gateway, ready_files)
+        children.wait_ready(
+            gateway.processes, list(ready_files.values()), timeout_s=60, logs=data_dir / "logs"
+        )
         front = "all" if topology == "all" else "edge"
         routes = (
             None
