@@ -1,5 +1,5 @@
 """Translation of our typed OpenAI-shaped chat request into Anthropic's Messages API request:
-pure functions, no I/O (answers are read back in `anthropic.py`).
+pure functions, no I/O (answers are read back in `anthropic_answers`).
 
 Requests (`messages_request`): `system`/`developer` messages become the top-level `system`;
 `tool` messages become `tool_result` blocks of a `user` turn; consecutive turns of one role merge
@@ -22,12 +22,13 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.adapters.anthropic_wire import MessageParam, MessagesRequest, Role, ToolParam
+from services.adapters.capabilities import unsupported_parameter
+from services.adapters.data_urls import split_data_url
+from services.adapters.json_values import plain
 from services.core.errors import GatewayError, Reason
 
 DEFAULT_MAX_TOKENS = 4096
@@ -35,7 +36,6 @@ MAX_TEMPERATURE = 1.0  # Anthropic's range is 0..1 (OpenAI's 0..2)
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 JSON_OBJECT_TOOL = "json_object"
 JSON_TOOL_DESCRIPTION = "Respond with this tool: its input is your whole answer, as a JSON object."
-_MAX_EXACT_INT = 2**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,38 +47,20 @@ class MessagesCall:
 
 
 def _unsupported(param: str, what: str, provider: str) -> GatewayError:
-    return GatewayError(Reason.UNSUPPORTED_PARAMETER, f"{what} is not supported by provider '{provider}'.",
-                        param=param, code="unsupported_parameter")
+    return unsupported_parameter(param, f"{what} is not supported by provider '{provider}'.")
 
 
 def _invalid(param: str, message: str) -> GatewayError:
     return GatewayError(Reason.INVALID_REQUEST, message, param=param)
 
 
-def _whole_numbers(value: Any) -> Any:
-    """Protobuf's Struct/Value hold every number as a double; JSON integers (a schema's `minimum`)
-    must go out as integers."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and -_MAX_EXACT_INT < value < _MAX_EXACT_INT else value
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
-
-
-def _plain(message: Message) -> Any:
-    """A Value or Struct as plain JSON data."""
-    return _whole_numbers(json_format.MessageToDict(message))
-
-
 # -- content -----------------------------------------------------------------------------------
 def _data_url(url: str, param: str) -> tuple[str, str]:
     """The media type and base64 data of a `data:<type>;base64,<data>` URL."""
-    header, comma, data = url.partition(",")
-    media_type, *options = header.removeprefix("data:").split(";")
-    if not comma or "base64" not in options or not media_type:
+    parsed = split_data_url(url)
+    if parsed is None:
         raise _invalid(param, "A data URL must look like data:<media type>;base64,<data>.")
+    media_type, data = parsed
     return media_type.lower(), data
 
 
@@ -149,7 +131,7 @@ def _blocks(content: Any, parts: Mapping[str, PartTranslator], param: str, provi
 
 # -- messages ----------------------------------------------------------------------------------
 def _content(message: chat_pb2.ChatMessage) -> Any:
-    return _plain(message.content) if message.HasField("content") else None
+    return plain(message.content) if message.HasField("content") else None
 
 
 def _tool_use(call: chat_pb2.ToolCall, param: str, provider: str) -> dict[str, Any]:
@@ -238,7 +220,7 @@ def conversation(messages: Any, provider: str) -> tuple[list[dict[str, Any]], li
 
 # -- parameters --------------------------------------------------------------------------------
 def _stop_sequences(request: chat_pb2.ChatCompletionRequest) -> list[str] | None:
-    stop = _plain(request.stop) if request.HasField("stop") else None
+    stop = plain(request.stop) if request.HasField("stop") else None
     if stop is None:
         return None
     sequences = [stop] if isinstance(stop, str) else stop
@@ -269,7 +251,7 @@ def _tools(request: chat_pb2.ChatCompletionRequest, provider: str) -> list[ToolP
             raise _unsupported(f"tools[{i}].type", f"The tool type '{tool.type}'", provider)
         function = tool.function
         # Never dropped: a function without parameters takes an empty object.
-        schema = (_plain(function.parameters) if function.HasField("parameters")
+        schema = (plain(function.parameters) if function.HasField("parameters")
                   else {"type": "object", "properties": {}})
         param: ToolParam = {"name": function.name, "input_schema": schema}
         if function.HasField("description"):
@@ -285,7 +267,7 @@ _CHOICE_MODES: Mapping[str, str] = MappingProxyType({"auto": "auto", "none": "no
 
 def _tool_choice(request: chat_pb2.ChatCompletionRequest, has_tools: bool,
                  provider: str) -> dict[str, Any] | None:
-    value = _plain(request.tool_choice) if request.HasField("tool_choice") else None
+    value = plain(request.tool_choice) if request.HasField("tool_choice") else None
     choice: dict[str, Any] | None = None
     if isinstance(value, str):
         if value not in _CHOICE_MODES:
@@ -311,7 +293,7 @@ def _json_tool(request: chat_pb2.ChatCompletionRequest, provider: str) -> ToolPa
     """The forced tool that carries a `response_format` JSON answer; None for text."""
     if not request.HasField("response_format"):
         return None
-    fmt = _plain(request.response_format)
+    fmt = plain(request.response_format)
     kind = fmt.get("type")
     if kind == "text":
         return None
@@ -337,9 +319,8 @@ def _json_tool(request: chat_pb2.ChatCompletionRequest, provider: str) -> ToolPa
 
 def _check_sampling(request: chat_pb2.ChatCompletionRequest, provider: str) -> None:
     if request.HasField("temperature") and request.temperature > MAX_TEMPERATURE:
-        raise GatewayError(Reason.UNSUPPORTED_PARAMETER,
-                           f"Provider '{provider}' accepts a temperature between 0 and {MAX_TEMPERATURE:g}; "
-                           f"got {request.temperature:g}.", param="temperature", code="unsupported_parameter")
+        raise unsupported_parameter("temperature", f"Provider '{provider}' accepts a temperature between 0 "
+                                                   f"and {MAX_TEMPERATURE:g}; got {request.temperature:g}.")
 
 
 def messages_request(request: chat_pb2.ChatCompletionRequest,

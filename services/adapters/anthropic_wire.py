@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NotRequired, TypedDict
 
-import orjson
-
 from services.adapters import openai_shapes as shapes
 from services.adapters.credentials import AuthScheme
+from services.adapters.json_values import as_text, loads_or_none
 from services.adapters.upstream_errors import UpstreamFailure
 
 API_VERSION = "2023-06-01"
@@ -175,12 +174,6 @@ def finish_reason(stop_reason: Any) -> str:
 
 
 # -- errors ------------------------------------------------------------------------------------
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
 @dataclass(frozen=True, slots=True)
 class AnthropicErrorBody:
     """`{"type": "error", "error": {"type", "message"}}`, decoded; empty when the body is not that
@@ -195,15 +188,12 @@ class AnthropicErrorBody:
         error = obj.get("error") if isinstance(obj, dict) else None
         if not isinstance(error, dict):
             return cls()
-        return cls(type=_text(error.get("type")), message=_text(error.get("message")))
+        return cls(type=as_text(error.get("type")), message=as_text(error.get("message")))
 
     @classmethod
     def decode(cls, raw: bytes) -> AnthropicErrorBody:
         """Decodes an error response body; an undecodable body yields an empty error."""
-        try:
-            return cls.from_object(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            return cls()
+        return cls.from_object(loads_or_none(raw))
 
     def status_hint(self) -> int:
         """The HTTP status this error stands for when it arrived inside a stream."""

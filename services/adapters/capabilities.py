@@ -29,6 +29,12 @@ def supported_chat_parameters(kind: str) -> tuple[str, ...]:
     return tuple(sorted(set(module.SUPPORTED_CHAT_PARAMETERS) - ALWAYS_ACCEPTED))
 
 
+def unsupported_parameter(param: str, message: str) -> GatewayError:
+    """The 400 naming a parameter (or a value of it) a provider cannot honour; every adapter refuses
+    with this one, so routing can tell it apart and try a later candidate."""
+    return GatewayError(Reason.UNSUPPORTED_PARAMETER, message, param=param, code="unsupported_parameter")
+
+
 def set_parameters(request: Message) -> list[str]:
     """Names of the fields the client set (presence for optional scalars, non-empty otherwise)."""
     return [field.name for field, _ in request.ListFields()]
@@ -39,6 +45,5 @@ def reject_unsupported(request: Message, supported: Iterable[str], provider: str
     allowed = ALWAYS_ACCEPTED.union(supported)
     for name in set_parameters(request):
         if name not in allowed:
-            raise GatewayError(Reason.UNSUPPORTED_PARAMETER,
-                               f"The parameter '{name}' is not supported by provider '{provider}'.",
-                               param=name, code="unsupported_parameter")
+            raise unsupported_parameter(name, f"The parameter '{name}' is not supported by provider "
+                                              f"'{provider}'.")

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
-import orjson
-
+from services.adapters.json_values import loads_or_none
 from services.adapters.upstream_errors import UpstreamFailure
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +213,7 @@ class CohereErrorBody:
     @classmethod
     def decode(cls, raw: bytes) -> CohereErrorBody:
         """Decodes an error response body; an undecodable body (a proxy's HTML) yields an empty error."""
-        try:
-            return cls.from_object(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            return cls()
+        return cls.from_object(loads_or_none(raw))
 
     def failure(self, status: int, retry_after: float | None = None) -> UpstreamFailure:
         """The provider-neutral failure for the error table. Cohere's bodies carry no parameter

@@ -1,7 +1,7 @@
-"""Translation between our typed OpenAI-shaped messages and the Gemini API's JSON: pure functions,
-no I/O.
+"""Translation of our typed OpenAI-shaped requests into the Gemini API's JSON: pure functions, no I/O
+(answers are read back in `google_answers`).
 
-Requests: system/developer messages become `systemInstruction`; user, assistant ("model") and
+Chat: system/developer messages become `systemInstruction`; user, assistant ("model") and
 tool turns become `contents`, consecutive turns of one role merged into one (so the results of
 parallel calls share one turn, as Gemini expects); tool results are `functionResponse` parts
 named after the assistant call they answer. Tool and output schemas go as JSON Schema
@@ -14,40 +14,33 @@ attaches a `thoughtSignature` to a function call and requires it back in the nex
 tool call has no field for it, so it travels inside the id, after `THOUGHT_SEPARATOR`, and is
 split off again when the client sends the call back.
 
-Answers: `completion()` turns a GenerateContentResponse into a `chat.completion`, and
-`StreamTranslator` each stream event into `chat.completion.chunk`s, both through the shared
-`openai_shapes` builders; finish reasons and usage map as `FINISH_REASONS` and `usage_of` say.
+Embeddings: one text goes to embedContent, a list to batchEmbedContents (`embedding_body`).
 """
 
 from __future__ import annotations
 
 import posixpath
 import urllib.parse
-import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
-from aggregator.openai.v1 import chat_pb2
-from services.adapters import openai_shapes as shapes
+from aggregator.openai.v1 import chat_pb2, embedding_pb2
+from services.adapters.capabilities import unsupported_parameter
+from services.adapters.data_urls import split_data_url
 from services.adapters.google_wire import (
-    Candidate,
     Content,
     FunctionCallingConfig,
     FunctionDeclaration,
     GenerateContentRequest,
-    GenerateContentResponse,
     GenerationConfig,
     Part,
 )
+from services.adapters.json_values import plain
 from services.core.errors import GatewayError, Reason
 
 THOUGHT_SEPARATOR = "__thought__"
-_MAX_EXACT_INT = 2**53
 # What Gemini reads from a URL's extension: it needs a MIME type for every fileData part.
 IMAGE_TYPES: Mapping[str, str] = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -62,26 +55,11 @@ THINKING_LEVELS: Mapping[str, str] = {
 
 def unsupported(param: str, what: str) -> GatewayError:
     """The 400 that lets routing try a provider that can honour `param`."""
-    return GatewayError(Reason.UNSUPPORTED_PARAMETER, f"{what} is not supported by provider kind 'google'.",
-                        param=param, code="unsupported_parameter")
+    return unsupported_parameter(param, f"{what} is not supported by provider kind 'google'.")
 
 
 def invalid(param: str, message: str) -> GatewayError:
     return GatewayError(Reason.INVALID_REQUEST, message, param=param)
-
-
-def plain(value: Any) -> Any:
-    """JSON from a protobuf Struct/Value (whose numbers are all doubles) with integers restored:
-    a schema's `minimum` or `maxLength` must reach Gemini as an integer."""
-    if isinstance(value, Message):
-        value = json_format.MessageToDict(value)
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and -_MAX_EXACT_INT < value < _MAX_EXACT_INT else value
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def split_call_id(call_id: str) -> tuple[str, str | None]:
@@ -94,11 +72,10 @@ def split_call_id(call_id: str) -> tuple[str, str | None]:
 def _data_url(url: str, param: str) -> tuple[str, str]:
     """(MIME type, base64 data) of a `data:<mime>[;...];base64,<data>` URL. The data is passed on
     undecoded (Gemini wants base64 too, and refuses bad base64 itself with a 400)."""
-    head, comma, data = url.partition(",")
-    mime, *options = head.removeprefix("data:").split(";")
-    if not comma or "base64" not in options or not mime:
+    parsed = split_data_url(url)
+    if parsed is None:
         raise invalid(param, f"{param} must be a base64 data URL (data:<mime type>;base64,...).")
-    return mime, data
+    return parsed
 
 
 def _image_part(url: str, param: str) -> Part:
@@ -353,221 +330,25 @@ def chat_request_body(request: chat_pb2.ChatCompletionRequest) -> GenerateConten
     return body
 
 
-# -- answers ----------------------------------------------------------------------------------
-# Gemini's finish reasons as OpenAI's; STOP becomes "tool_calls" when the choice called a tool.
-# Unlisted reasons (OTHER, FINISH_REASON_UNSPECIFIED, TOO_MANY_TOOL_CALLS, new ones) are "stop".
-FINISH_REASONS: Mapping[str, str] = {
-    "STOP": "stop", "MAX_TOKENS": "length", "CONTINUATION": "length"} | dict.fromkeys((
-    "SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
-    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR"),
-    "content_filter")
-# Reasons that leave no usable answer: an error, so routing may still try another candidate.
-FAILED_FINISHES = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MALFORMED_RESPONSE"})
+# -- embeddings -------------------------------------------------------------------------------
+def embedding_texts(request: embedding_pb2.EmbeddingRequest) -> str | list[str]:
+    """The text (one) or texts (a batch) to embed; Gemini embeds text, not token ids."""
+    value = plain(request.input)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(item, int | list) for item in value):
+        raise unsupported("input", "Token-id input")
+    raise invalid("input", "input must be a string or a non-empty list of strings.")
 
 
-def finish_reason(reason: str, called_tools: bool) -> str:
-    """OpenAI's finish_reason for a Gemini one; raises for the reasons that leave no answer."""
-    if reason in FAILED_FINISHES:
-        raise GatewayError(Reason.UPSTREAM_ERROR, f"The upstream model failed to answer ({reason}).")
-    if reason == "MISSING_THOUGHT_SIGNATURE":
-        raise GatewayError(Reason.UPSTREAM_BAD_REQUEST, "Gemini needs earlier tool calls sent back with the "
-                                                        "ids the gateway gave them (they carry a signature).")
-    mapped = FINISH_REASONS.get(reason, "stop")
-    return "tool_calls" if mapped == "stop" and called_tools else mapped
+def embedding_body(texts: str | list[str], resource: str, dimensions: int | None) -> dict[str, Any]:
+    """The embedContent body of one text, or the batchEmbedContents body of several."""
+    def one(text: str) -> dict[str, Any]:
+        item: dict[str, Any] = {"model": resource, "content": {"parts": [{"text": text}]}}
+        if dimensions is not None:
+            item["outputDimensionality"] = dimensions
+        return item
 
-
-def new_call_id() -> str:
-    """A tool-call id for a Gemini call that came without one."""
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def _count(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    return value if isinstance(value, int) else 0
-
-
-def usage_of(meta: Any) -> dict[str, Any]:
-    """OpenAI's usage from `usageMetadata`: thoughts are completion tokens (and reasoning tokens);
-    `promptTokenCount` already counts cached tokens, so they are only a breakdown of it."""
-    thoughts = _count(meta, "thoughtsTokenCount")
-    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
-    return shapes.usage(prompt, _count(meta, "candidatesTokenCount") + thoughts,
-                        cached_tokens=_count(meta, "cachedContentTokenCount"), reasoning_tokens=thoughts)
-
-
-def _token(candidate: Any) -> dict[str, Any]:
-    token = str(candidate.get("token", "")) if isinstance(candidate, dict) else ""
-    logprob = candidate.get("logProbability", 0.0) if isinstance(candidate, dict) else 0.0
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
-
-
-def logprobs_of(result: Any) -> dict[str, Any] | None:
-    """OpenAI's `logprobs` from a candidate's `logprobsResult` (chosen tokens and their top rivals)."""
-    if not isinstance(result, dict):
-        return None
-    tops = result.get("topCandidates") or []
-    content = []
-    for i, chosen in enumerate(result.get("chosenCandidates") or []):
-        rivals = (tops[i].get("candidates") or []) if i < len(tops) and isinstance(tops[i], dict) else []
-        content.append({**_token(chosen), "top_logprobs": [_token(r) for r in rivals]})
-    return {"content": content, "refusal": None}
-
-
-@dataclass(slots=True)
-class Output:
-    """What one candidate (or one stream event of it) carries, in OpenAI terms."""
-
-    text: str | None = None
-    reasoning: str | None = None
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-def output_of(candidate: Candidate) -> Output:
-    """Text parts joined, `thought` parts as reasoning, function calls as OpenAI tool calls with
-    their arguments re-encoded whole; other parts (code execution, media) are not asked for."""
-    texts: list[str] = []
-    thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    content: Any = candidate.get("content") or {}
-    for part in content.get("parts") or []:
-        call = part.get("functionCall")
-        if isinstance(call, dict):
-            call_id = call.get("id") or new_call_id()
-            signature = part.get("thoughtSignature")
-            if signature:
-                call_id = f"{call_id}{THOUGHT_SEPARATOR}{signature}"
-            arguments = orjson.dumps(call.get("args") or {}).decode()
-            calls.append(shapes.tool_call(call_id, str(call.get("name", "")), arguments))
-        elif isinstance(part.get("text"), str):
-            (thoughts if part.get("thought") else texts).append(part["text"])
-    return Output("".join(texts) if texts else None, "".join(thoughts) if thoughts else None, calls)
-
-
-def _message(output: Output) -> dict[str, Any]:
-    message = shapes.message(output.text, tool_calls=output.tool_calls)
-    if output.reasoning is not None:
-        message["reasoning_content"] = output.reasoning
-    return message
-
-
-def prompt_blocked(obj: GenerateContentResponse) -> bool:
-    """Whether Gemini refused the prompt itself (no candidates, a `promptFeedback.blockReason`)."""
-    return not obj.get("candidates") and bool((obj.get("promptFeedback") or {}).get("blockReason"))
-
-
-def completion(obj: GenerateContentResponse, upstream_model: str, n: int) -> dict[str, Any]:
-    """A `chat.completion` from a whole GenerateContentResponse. A blocked prompt is answered as
-    OpenAI answers filtered content: `n` empty choices with finish_reason "content_filter"."""
-    candidates = obj.get("candidates") or []
-    # A zero index is left out of proto3 JSON; were indices missing altogether, positions stand in.
-    indices = [candidate.get("index", 0) for candidate in candidates]
-    if len(set(indices)) != len(indices):
-        indices = list(range(len(candidates)))
-    choices = []
-    for index, candidate in zip(indices, candidates, strict=True):
-        output = output_of(candidate)
-        reason = finish_reason(candidate.get("finishReason", "STOP"), bool(output.tool_calls))
-        choice = shapes.choice(index, _message(output), reason)
-        choice["logprobs"] = logprobs_of(candidate.get("logprobsResult"))
-        choices.append(choice)
-    if prompt_blocked(obj):
-        choices = [shapes.choice(i, shapes.message(None), "content_filter") for i in range(n)]
-    elif not choices:
-        raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered without candidates.")
-    meta = obj.get("usageMetadata")
-    choices.sort(key=lambda c: c["index"])
-    return shapes.completion(obj.get("responseId") or shapes.new_id(), shapes.now(),
-                             obj.get("modelVersion") or upstream_model, choices,
-                             usage_of(meta) if isinstance(meta, dict) else None)
-
-
-@dataclass(slots=True)
-class _ChoiceState:
-    started: bool = False  # the role went out
-    tool_calls: int = 0  # calls streamed so far (the next call's `index`)
-    finished: bool = False
-
-
-class StreamTranslator:
-    """Turns each streamGenerateContent event into OpenAI chunks as it arrives.
-
-    A choice opens with `{"role": "assistant", "content": ""}` before its first text, or carries
-    the role on its first tool-call delta (as OpenAI streams). Gemini sends a function call whole
-    in one event: it goes out as one delta holding id, name and the complete arguments. Gemini
-    ends a stream by closing it (no [DONE]); `end()` then checks every choice finished and gives
-    the usage chunk, from the last `usageMetadata` seen (each event carries the running counts)."""
-
-    def __init__(self, upstream_model: str, n: int) -> None:
-        self._model = upstream_model
-        self._n = max(1, n)
-        self._id: str | None = None
-        self._created = shapes.now()
-        self._choices: dict[int, _ChoiceState] = {}
-        self._usage: dict[str, Any] | None = None
-
-    def feed(self, obj: GenerateContentResponse) -> list[dict[str, Any]]:
-        """The chunks of one event (possibly none)."""
-        self._id = self._id or obj.get("responseId") or shapes.new_id()
-        self._model = obj.get("modelVersion") or self._model
-        if isinstance(obj.get("usageMetadata"), dict):
-            self._usage = usage_of(obj.get("usageMetadata"))
-        out: list[dict[str, Any]] = []
-        if prompt_blocked(obj):
-            for index in range(self._n):
-                out += self._finish(index, "content_filter")
-        for candidate in obj.get("candidates") or []:
-            out += self._candidate(candidate)
-        return out
-
-    def end(self) -> list[dict[str, Any]]:
-        """The usage chunk still owed at the end of the HTTP stream; raises UPSTREAM_ERROR when a
-        choice never finished (the stream was cut)."""
-        if not self._choices or not all(state.finished for state in self._choices.values()):
-            raise GatewayError(Reason.UPSTREAM_ERROR,
-                               "The upstream stream ended before the answer was complete.")
-        if self._usage is None:
-            return []
-        return [shapes.usage_chunk(self._id or "", self._created, self._model, self._usage)]
-
-    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return shapes.chunk(self._id or "", self._created, self._model, delta, finish_reason=finish,
-                            index=index)
-
-    def _start(self, index: int) -> list[dict[str, Any]]:
-        state = self._choices.setdefault(index, _ChoiceState())
-        if state.started:
-            return []
-        state.started = True
-        return [self._chunk(index, {"role": "assistant", "content": ""})]
-
-    def _candidate(self, candidate: Candidate) -> list[dict[str, Any]]:
-        index = candidate.get("index", 0)
-        state = self._choices.setdefault(index, _ChoiceState())
-        if state.finished:
-            return []
-        output = output_of(candidate)
-        out = self._start(index) if output.text or output.reasoning else []
-        if output.reasoning:
-            out.append(self._chunk(index, {"reasoning_content": output.reasoning}))
-        if output.text:
-            out.append(self._chunk(index, {"content": output.text}))
-            out[-1]["choices"][0]["logprobs"] = logprobs_of(candidate.get("logprobsResult"))
-        for call in output.tool_calls:
-            function = call["function"]
-            delta: dict[str, Any] = {"tool_calls": [shapes.tool_call_delta(
-                state.tool_calls, call_id=call["id"], name=function["name"],
-                arguments=function["arguments"])]}
-            if not state.started:
-                state.started = True
-                delta = {"role": "assistant", "content": None} | delta
-            state.tool_calls += 1
-            out.append(self._chunk(index, delta))
-        if candidate.get("finishReason"):
-            out += self._finish(index, finish_reason(str(candidate["finishReason"]), state.tool_calls > 0))
-        return out
-
-    def _finish(self, index: int, reason: str) -> list[dict[str, Any]]:
-        out = self._start(index)
-        self._choices[index].finished = True
-        out.append(self._chunk(index, {}, reason))
-        return out
+    return one(texts) if isinstance(texts, str) else {"requests": [one(text) for text in texts]}

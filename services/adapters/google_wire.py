@@ -19,13 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, cast
 
-import orjson
 from google.api import error_reason_pb2
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2
 
+from services.adapters.json_values import loads_or_none
 from services.adapters.upstream_errors import UpstreamFailure
-from services.core.errors import GatewayError, Reason
 
 API_VERSION = "v1beta"
 API_KEY_HEADER = "x-goog-api-key"
@@ -155,17 +154,6 @@ class GenerateContentResponse(TypedDict, total=False):
     responseId: str
 
 
-def parse_object(raw: bytes) -> dict[str, Any]:
-    """Parses an upstream JSON object; anything else is the upstream's failure."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider sent invalid JSON.") from exc
-    if not isinstance(obj, dict):
-        raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider sent an unexpected JSON value.")
-    return obj
-
-
 def as_response(obj: dict[str, Any]) -> GenerateContentResponse:
     """A parsed object read as a GenerateContentResponse (every field is optional; readers check types)."""
     return cast(GenerateContentResponse, obj)
@@ -240,10 +228,7 @@ class GoogleError:
     @classmethod
     def decode(cls, raw: bytes) -> GoogleError:
         """Decodes an error response body; an undecodable one (a proxy's HTML) yields an empty error."""
-        try:
-            return cls.from_object(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            return cls()
+        return cls.from_object(loads_or_none(raw))
 
     @property
     def credentials_rejected(self) -> bool:

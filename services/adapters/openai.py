@@ -17,33 +17,17 @@ import orjson
 
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import chat_pb2
-from aggregator.routing.v1 import route_pb2
 from services.adapters import openai_images as images
 from services.adapters import openai_translate as translate
 from services.adapters.base import AdapterDeps
 from services.adapters.credentials import BEARER, CredentialResolver
-from services.adapters.http import (
-    MAX_ERROR_BODY_BYTES,
-    HttpClient,
-    HttpRequest,
-    HttpResponse,
-    Timeouts,
-    iter_sse,
-)
-from services.adapters.openai_wire import OpenAIErrorBody, parse_object
-from services.adapters.upstream_errors import retry_after_seconds, to_gateway_error
-from services.core.errors import GatewayError, Reason
+from services.adapters.http import HttpClient, iter_sse
+from services.adapters.json_values import parse_object
+from services.adapters.openai_wire import OpenAIErrorBody
+from services.adapters.upstream import UpstreamClient, elapsed_ms, stream_failure
+from services.adapters.upstream_errors import incomplete_stream
 
 _DONE = b"[DONE]"
-
-
-def _elapsed_ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
-
-
-def _target(candidate: route_pb2.RouteCandidate) -> translate.Target:
-    return translate.Target(provider=candidate.endpoint.provider, public_model=candidate.public_model,
-                            upstream_model=candidate.upstream_model)
 
 
 class OpenAIAdapter:
@@ -52,59 +36,24 @@ class OpenAIAdapter:
 
     def __init__(self, http: HttpClient, credentials: CredentialResolver, *, key_required: bool = True,
                  default_timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
-        self._http = http
-        self._credentials = credentials
-        self._key_required = key_required  # OpenAI itself needs a key; a local vLLM may not
-        self._default_timeout_s = default_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-
-    def _request(self, candidate: route_pb2.RouteCandidate, path: str, body: bytes, *, request_id: str,
-                 timeout_ms: int, stream: bool, content_type: str = "application/json") -> HttpRequest:
-        headers = {"Content-Type": content_type,
-                   "Accept": "text/event-stream" if stream else "application/json"}
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        headers.update(self._credentials.auth_headers(candidate.endpoint, BEARER,
-                                                      key_required=self._key_required))
-        timeout_s = timeout_ms / 1000.0 if timeout_ms else self._default_timeout_s
-        # A stream may run long; only silence is bounded. A whole answer is bounded end to end.
-        timeouts = Timeouts(connect=min(self._connect_timeout_s, timeout_s), read_idle=timeout_s,
-                            total=None if stream else timeout_s)
-        url = candidate.endpoint.base_url.rstrip("/") + path
-        return HttpRequest("POST", url, headers, body, timeouts)
-
-    async def _failure(self, response: HttpResponse, candidate: route_pb2.RouteCandidate) -> GatewayError:
-        raw = await response.read(MAX_ERROR_BODY_BYTES)
-        failure = OpenAIErrorBody.decode(raw).failure(response.status, retry_after_seconds(response.headers))
-        return to_gateway_error(failure, provider=candidate.endpoint.provider,
-                                upstream_model=candidate.upstream_model)
-
-    async def _exchange(self, request: HttpRequest, candidate: route_pb2.RouteCandidate) -> tuple[bytes, int]:
-        """One whole answer and its latency in milliseconds (embeddings, images)."""
-        started = time.monotonic()
-        async with self._http.open(request) as response:
-            if response.status >= 300:
-                raise await self._failure(response, candidate)
-            raw = await response.read()
-        return raw, _elapsed_ms(started)
+        # OpenAI itself needs a key; a local vLLM may not.
+        self._upstream = UpstreamClient(http, credentials, BEARER, OpenAIErrorBody.decode,
+                                        key_required=key_required, default_timeout_s=default_timeout_s,
+                                        connect_timeout_s=connect_timeout_s)
 
     async def _events(self, call: adapter_service_pb2.ChatRequest | adapter_service_pb2.CompleteRequest,
                       path: str, content: translate.ChoiceContent,
                       ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
         """The events of a chat or legacy completion call: the same exchange, whose choices carry
         their output in different places (`content`)."""
-        candidate, stream = call.candidate, call.request.stream
-        body = translate.chat_request_body(call.request, candidate.upstream_model)
-        request = self._request(candidate, path, orjson.dumps(body), request_id=call.request_id,
-                                timeout_ms=call.timeout_ms, stream=stream)
-        target = _target(candidate)
+        stream = call.request.stream
+        body = orjson.dumps(translate.chat_request_body(call.request, call.candidate.upstream_model))
+        target = translate.Target.of(call.candidate)
         started = time.monotonic()
-        async with self._http.open(request) as response:
-            if response.status >= 300:
-                raise await self._failure(response, candidate)
+        async with self._upstream.open(call, path, body, stream=stream) as response:
             if not stream:
                 raw = await response.read()
-                yield translate.completion_event(raw, target, _elapsed_ms(started), content=content)
+                yield translate.completion_event(raw, target, elapsed_ms(started), content=content)
                 return
             wants_usage = call.request.stream_options.include_usage
             finished = False
@@ -114,14 +63,12 @@ class OpenAIAdapter:
                 obj = parse_object(event.data)
                 error = translate.stream_error(obj)
                 if error is not None:
-                    raise to_gateway_error(error.failure(error.status_hint()), provider=target.provider,
-                                           upstream_model=target.upstream_model)
+                    raise stream_failure(error, target)
                 finished = finished or translate.ends_generation(obj)
-                yield translate.chunk_event(obj, target, _elapsed_ms(started), client_wants_usage=wants_usage,
+                yield translate.chunk_event(obj, target, elapsed_ms(started), client_wants_usage=wants_usage,
                                             content=content)
             if not finished:  # cut off: no [DONE] and no finish_reason, so the answer is incomplete
-                raise GatewayError(Reason.UPSTREAM_ERROR,
-                                   "The upstream stream ended before the answer was complete.")
+                raise incomplete_stream()
 
     def chat(self, call: adapter_service_pb2.ChatRequest,
              ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
@@ -136,22 +83,17 @@ class OpenAIAdapter:
 
     async def embed(self, call: adapter_service_pb2.EmbedRequest) -> adapter_service_pb2.EmbedResponse:
         """Calls `/embeddings`; see ProviderAdapter.embed."""
-        candidate = call.candidate
-        body = translate.embedding_request_body(call.request, candidate.upstream_model)
-        request = self._request(candidate, "/embeddings", orjson.dumps(body),
-                                request_id=call.request_id, timeout_ms=call.timeout_ms, stream=False)
-        raw, latency_ms = await self._exchange(request, candidate)
-        return translate.embedding_event(raw, _target(candidate), latency_ms)
+        body = translate.embedding_request_body(call.request, call.candidate.upstream_model)
+        raw, latency_ms = await self._upstream.exchange(call, "/embeddings", orjson.dumps(body))
+        return translate.embedding_event(raw, translate.Target.of(call.candidate), latency_ms)
 
     async def image(self, call: adapter_service_pb2.ImageRequest) -> adapter_service_pb2.ImageResponse:
         """Calls `/images/generations` (JSON) or `/images/edits|variations` (multipart); see
         ProviderAdapter's optional methods."""
-        candidate = call.candidate
-        upstream = images.upstream_call(call, candidate.upstream_model)
-        request = self._request(candidate, upstream.path, upstream.body, request_id=call.request_id,
-                                timeout_ms=call.timeout_ms, stream=False, content_type=upstream.content_type)
-        raw, latency_ms = await self._exchange(request, candidate)
-        return images.image_response(raw, _target(candidate), latency_ms)
+        upstream = images.upstream_call(call, call.candidate.upstream_model)
+        raw, latency_ms = await self._upstream.exchange(call, upstream.path, upstream.body,
+                                                        content_type=upstream.content_type)
+        return images.image_response(raw, translate.Target.of(call.candidate), latency_ms)
 
 
 SUPPORTED_CHAT_PARAMETERS = frozenset(

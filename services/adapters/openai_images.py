@@ -28,7 +28,8 @@ import orjson
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import chat_pb2, image_pb2
 from services.adapters import openai_translate as translate
-from services.adapters.openai_wire import parse_object
+from services.adapters.capabilities import unsupported_parameter
+from services.adapters.json_values import parse_object
 from services.core.errors import GatewayError, Reason
 
 UPLOAD_PATHS: Mapping[str, str] = MappingProxyType({"edit": "/images/edits",
@@ -50,9 +51,8 @@ class UpstreamCall:
 
 
 def _refuse_stream() -> GatewayError:
-    return GatewayError(Reason.UNSUPPORTED_PARAMETER,
-                        "The parameter 'stream' is not supported for images by this gateway yet.",
-                        param="stream", code="unsupported_parameter")
+    return unsupported_parameter("stream", "The parameter 'stream' is not supported for images by this "
+                                           "gateway yet.")
 
 
 def generation_call(request: image_pb2.ImageGenerationRequest, upstream_model: str) -> UpstreamCall:

@@ -12,8 +12,11 @@ included; `prompt_tokens_details.cached_tokens` (read from cache) and `cache_cre
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "function_call")
@@ -133,3 +136,19 @@ def usage_chunk(
         "choices": [],
         "usage": usage_obj,
     }
+
+
+def float32_base64(vector: Sequence[float]) -> str:
+    """A vector as OpenAI's base64 embedding: the little-endian float32 bytes, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def embedding_list(vectors: Sequence[Sequence[float]], upstream_model: str, prompt_tokens: int, *,
+                   as_base64: bool) -> dict[str, Any]:
+    """An embeddings `list`, one `embedding` per vector in order (base64 when `as_base64`); an
+    embedding call generates nothing, so its total is its prompt."""
+    data = [{"object": "embedding", "index": index,
+             "embedding": float32_base64(vector) if as_base64 else vector}
+            for index, vector in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": upstream_model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}

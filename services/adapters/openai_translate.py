@@ -23,10 +23,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from aggregator.adapter.v1 import adapter_service_pb2
-from services.adapters.openai_wire import OpenAIErrorBody, parse_object, usage_to_proto
+from aggregator.routing.v1 import route_pb2
+from services.adapters.json_values import parse_object, whole_numbers
+from services.adapters.openai_wire import OpenAIErrorBody, usage_to_proto
 
 EXTENSION_FIELDS = ("models", "provider")
-_MAX_EXACT_INT = 2**53
 # Delta or message fields that carry generated output: the first chunk with one is the first token.
 CONTENT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning", "function_call")
 
@@ -53,17 +54,11 @@ class Target:
     public_model: str
     upstream_model: str
 
-
-def _whole_numbers(value: Any) -> Any:
-    """Protobuf's Struct/Value and map<string, double> hold every number as a double; a JSON
-    integer (a schema's `minimum`, a token id, a logit-bias value) must go out as an integer."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and -_MAX_EXACT_INT < value < _MAX_EXACT_INT else value
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
+    @classmethod
+    def of(cls, candidate: route_pb2.RouteCandidate) -> Target:
+        """The target a route candidate names."""
+        return cls(provider=candidate.endpoint.provider, public_model=candidate.public_model,
+                   upstream_model=candidate.upstream_model)
 
 
 @functools.cache
@@ -75,7 +70,7 @@ def _int64_fields(descriptor: Descriptor) -> tuple[str, ...]:
 def request_json(request: Message, upstream_model: str) -> dict[str, Any]:
     """A typed OpenAI request as OpenAI's JSON body: presence kept, numbers as JSON wants them,
     our extensions removed, `model` set to the upstream's name."""
-    body: dict[str, Any] = _whole_numbers(json_format.MessageToDict(
+    body: dict[str, Any] = whole_numbers(json_format.MessageToDict(
         request, preserving_proto_field_name=True, unquote_int64_if_possible=True))
     # Proto JSON quotes an int64 beyond 2**53 (`seed`); OpenAI's JSON wants a number.
     for name in _int64_fields(request.DESCRIPTOR):

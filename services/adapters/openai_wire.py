@@ -12,11 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from aggregator.openai.v1 import chat_pb2
+from services.adapters.json_values import as_text, loads_or_none
 from services.adapters.upstream_errors import UpstreamFailure
-from services.core.errors import GatewayError, Reason
 
 # The HTTP status an in-stream error means, by its OpenAI `type` (a stream has no status of its own).
 ERROR_TYPE_STATUS: Mapping[str, int] = {
@@ -30,12 +28,6 @@ ERROR_TYPE_STATUS: Mapping[str, int] = {
     "api_error": 500,
     "overloaded_error": 529,
 }
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +52,14 @@ class OpenAIErrorBody:
         message = error.get("message")
         if message is None and "detail" in error:
             message = error["detail"]
-        return cls(message=_text(message), type=_text(error.get("type")), param=_text(error.get("param")),
-                   code=_text(error.get("code")))
+        return cls(message=as_text(message), type=as_text(error.get("type")),
+                   param=as_text(error.get("param")), code=as_text(error.get("code")))
 
     @classmethod
     def decode(cls, raw: bytes) -> OpenAIErrorBody:
-        """Decodes an error response body; an undecodable body yields an empty error."""
-        try:
-            return cls.from_object(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            return cls()  # HTML or text from a proxy: nothing typed to keep
+        """Decodes an error response body; an undecodable body (HTML or text from a proxy: nothing
+        typed to keep) yields an empty error."""
+        return cls.from_object(loads_or_none(raw))
 
     def status_hint(self) -> int:
         """The HTTP status this error stands for when it arrived inside a stream."""
@@ -83,17 +73,6 @@ class OpenAIErrorBody:
         code = None if self.code is not None and self.code.isdigit() else self.code
         return UpstreamFailure(status=status, message=self.message, param=self.param, code=code,
                                retry_after=retry_after)
-
-
-def parse_object(raw: bytes) -> dict[str, Any]:
-    """Parses an upstream JSON object; anything else is the upstream's failure."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider sent invalid JSON.") from exc
-    if not isinstance(obj, dict):
-        raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider sent an unexpected JSON value.")
-    return obj
 
 
 def _count(obj: Any, key: str) -> int:

@@ -6,7 +6,8 @@
     SUPPORTED_CHAT_PARAMETERS: frozenset[str]   # request fields it honours (capabilities.py)
 
 OpenAI-compatible servers are the OpenAI module with another `kind` (a key may be absent), never
-new code. Adding a provider is one module and one row here.
+new code. Adding a provider is one adapter module (beside its `_translate`, `_answers` and `_wire`
+modules) and one row here.
 """
 
 from __future__ import annotations

@@ -104,3 +104,8 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def incomplete_stream() -> GatewayError:
+    """The error of a stream cut off before its proper end: what arrived is not the whole answer."""
+    return GatewayError(Reason.UPSTREAM_ERROR, "The upstream stream ended before the answer was complete.")

@@ -46,7 +46,7 @@ def _check_labels(harness: Harness, body: dict[str, Any]) -> None:
     assert body["model"] == "smart-model"
     provider = body["provider"]
     assert provider["name"] == f"prov-{harness.profile.id}"
-    assert provider["model"] == "gpt-4o-mini-2024-07-18"  # what the upstream reported
+    assert provider["model"] == harness.profile.wire.reported_model("gpt-4o-mini")  # the upstream's word
     assert isinstance(provider["latency_ms"], int) and provider["latency_ms"] >= 0
 
 
@@ -60,6 +60,3 @@ def usage_of(events: list[adapter_service_pb2.ChatResponse]) -> adapter_service_
     assert len(with_usage) == 1
     return with_usage[0]
 
-
-def last_request(harness: Harness) -> dict[str, Any]:
-    return harness.fake.requests[-1].json  # type: ignore[no-any-return]

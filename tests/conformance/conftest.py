@@ -2,12 +2,19 @@
 the AdapterServicer called in-process and through a real grpc.aio server, against a fake
 upstream over real HTTP.
 
-Mark a case with `@pytest.mark.conformance("<case>")` and take the `harness` fixture.
+Mark a test with the case it proves and take the `harness` fixture (or `profile`):
+
+- `@pytest.mark.conformance("<case>")`: runs for every profile that supports the case;
+- `@pytest.mark.conformance(each=VARIANTS)`: `VARIANTS` maps a name to something with a `.case`
+  (e.g. `ERROR_CASES`); runs for every (profile, name) whose case the profile supports, the name
+  given as the `variant` argument;
+- `declared_out=True`: instead runs for the profiles that declare the case out, to prove what they
+  do instead (refuse, or answer the nearest class); `where=lambda profile, name: ...` narrows.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,23 +28,36 @@ from aggregator.routing.v1 import route_pb2
 from services.adapters.servicer import AdapterServicer
 from services.core.errors import GatewayError, from_rpc_error
 from services.core.rpc import InProcessContext
-from tests.conformance.providers import ENVIRON, PROFILES, ProviderProfile
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.conformance.cases import CASES
+from tests.conformance.providers import ENVIRON, PROFILES, ProviderProfile, WireView
 
 TRANSPORTS = ("inproc", "grpc")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "conformance(case): a case of the adapter conformance suite")
+    config.addinivalue_line("markers", "conformance(case, *, each=, declared_out=, where=): a case of the "
+                                       "adapter conformance suite (tests/conformance/conftest.py)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "profile" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("conformance")
-    case = marker.args[0] if marker else None
-    profiles = [p for p in PROFILES if case is None or case in p.supports]
-    metafunc.parametrize("profile", profiles, ids=[p.id for p in profiles])
+    if marker is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: mark it with @pytest.mark.conformance(case)")
+    each: Mapping[str, Any] | None = marker.kwargs.get("each")
+    variants = {name: v.case for name, v in each.items()} if each is not None else {"": marker.args[0]}
+    unknown = set(variants.values()) - set(CASES)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown conformance cases {sorted(unknown)}")
+    declared_out: bool = marker.kwargs.get("declared_out", False)
+    where: Callable[[ProviderProfile, str], bool] = marker.kwargs.get("where", lambda profile, name: True)
+    pairs = [(profile, name) for profile in PROFILES for name, case in variants.items()
+             if (case in profile.supports) != declared_out and where(profile, name)]
+    if each is None:
+        metafunc.parametrize("profile", [p for p, _ in pairs], ids=[p.id for p, _ in pairs])
+    else:
+        metafunc.parametrize(("profile", "variant"), pairs, ids=[f"{p.id}-{name}" for p, name in pairs])
 
 
 class MinimalContext(InProcessContext):
@@ -87,7 +107,11 @@ class Harness:
     profile: ProviderProfile
     transport: str
     service: Service
-    fake: FakeOpenAI
+    fake: Any  # the profile's fake upstream (FakeOpenAI's scripting interface)
+
+    def sent(self, index: int = -1) -> WireView:
+        """A request the upstream received (the last by default), read through the profile's view."""
+        return self.profile.wire(self.fake.requests[index])
 
     def candidate(self, *, upstream_model: str = "gpt-4o-mini", api_key_env: str | None = None,
                   base_url: str | None = None) -> route_pb2.RouteCandidate:

@@ -1,76 +1,112 @@
-"""The Cohere profile of the conformance suite: the adapter against `FakeCohere`.
+"""The Cohere profile of the conformance suite: the adapter against `FakeCohere`, and how to read a
+recorded `/v2/chat` or `/v2/embed` request (`CohereWireView`).
 
-Cases left out, and why (docs/providers/cohere.md, "Conformance", has the table):
-- Cohere cannot do them: `errors` (its bodies carry no param, code or context-length signal,
-  and it has no 529), `error_in_stream` (no typed in-stream error: only finish_reason ERROR),
-  `embeddings` (its token-id input test: Cohere embeds text only).
-- The shared checks still read OpenAI's wire where this adapter passes the behaviour itself
-  (AWAITING_SHARED_CHECKS): the `provider.model` label expects OpenAI's dated model id, which
-  Cohere never reports; `tool_result`, `json_output` and `usage_in_stream` compare the upstream
-  body with OpenAI's field names. CohereWireView already reads those for the shared change.
+What Cohere cannot do, and where its error model differs from OpenAI's, is declared below; the
+table is docs/providers/conformance.md (generated from these declarations).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from tests.conformance.providers import CASES, ProviderProfile
+from services.core.errors import Reason
+from tests.conformance.providers import ErrorOutcome, ProviderProfile, WireView
 from tests.fakes import cohere_failures
 from tests.fakes.cohere_upstream import FakeCohere
 from tests.fakes.openai_payloads import content_text
+from tests.fakes.openai_upstream import Failure
 
-NOT_FOR_COHERE = frozenset({"errors", "error_in_stream", "embeddings"})
-AWAITING_SHARED_CHECKS = frozenset({
-    "text", "system_prompt", "multi_turn", "stop", "streaming", "stream_incremental", "tool_call",
-    "tool_call_stream", "tool_result", "image_input", "json_output", "usage_in_stream"})
-SUPPORTED = CASES - NOT_FOR_COHERE - AWAITING_SHARED_CHECKS
+_NO_TYPED_STREAM_ERROR = "no typed in-stream error: a failed generation ends with finish_reason ERROR"
+CANNOT = {
+    "error_context_length": "no typed context-length error: a too-long prompt is a plain 400",
+    "error_overloaded": "never answers 529",
+    "error_in_stream_rate_limit": _NO_TYPED_STREAM_ERROR,
+    "error_in_stream_overloaded": _NO_TYPED_STREAM_ERROR,
+    "embeddings_token_ids": "embeds text only (refused: unsupported_parameter)",
+    "completions": "no legacy completions endpoint (refused: unsupported_parameter)",
+    "images": "no image generation API (refused: unsupported_parameter)",
+}
+ERROR_OUTCOMES = {
+    "bad_request": ErrorOutcome("Cohere's errors are a bare message: no param or code", {
+        "param": None, "code": None, "message": "invalid request: temperature must be between 0 and 5"}),
+    "context_length": ErrorOutcome(
+        "a too-long prompt is an ordinary 400 message, and the gateway never matches message text",
+        {"reason": Reason.UPSTREAM_BAD_REQUEST, "param": None, "code": None,
+         "message": "too many tokens: total number of tokens in the prompt cannot exceed 128000 - received "
+                    "130000. Try using a shorter prompt"}),
+}
+
+NOTES = {"error_in_stream": "scripted as Cohere's only in-stream failure, a `message-end` with finish_reason "
+                            "ERROR (Cohere has no error event)"}
 
 
-class CohereWireView:
-    """Reads a Cohere `/v2/chat` body as the upstream received it."""
+def _in_stream(after_chunks: int = 2, type_: str = "server_error") -> Failure:
+    """The suite's in-stream server error as Cohere fails a stream: a `message-end` whose
+    finish_reason is ERROR, after the same `after_chunks` chunks (Cohere's `message-start` makes
+    none, so one event more)."""
+    assert type_ == "server_error", f"Cohere has no in-stream {type_}"
+    return cohere_failures.in_stream(after_chunks + 1, "ERROR")
 
-    reported_model = "gpt-4o-mini"  # Cohere names no model: answers carry the route's upstream model
-    embed_path = "/v2/embed"
 
-    @staticmethod
-    def roles(body: dict[str, Any]) -> list[str]:
-        return [m["role"] for m in body["messages"]]
+# cohere_failures under the suite's names: its own, except the in-stream failure.
+FAILURES = SimpleNamespace(**{name: getattr(cohere_failures, name) for name in (
+    "unauthorized", "forbidden", "rate_limited", "bad_request", "context_length_exceeded", "unprocessable",
+    "model_not_found", "server_error", "unavailable", "timeout")}, in_stream=_in_stream)
 
-    @staticmethod
-    def system_text(body: dict[str, Any]) -> str:
-        return " ".join(content_text(m["content"])[0] for m in body["messages"] if m["role"] == "system")
 
-    @staticmethod
-    def stop(body: dict[str, Any]) -> list[str]:
-        return list(body.get("stop_sequences") or [])
+class CohereWireView(WireView):
+    """Reads a Cohere `/v2/chat` or `/v2/embed` body as the upstream received it."""
 
-    @staticmethod
-    def image_urls(body: dict[str, Any]) -> list[str]:
-        return [p["image_url"]["url"] for m in body["messages"] if isinstance(m.get("content"), list)
+    @classmethod
+    def reported_model(cls, upstream_model: str) -> str:
+        return upstream_model  # Cohere names no model: answers carry the route's upstream model
+
+    def upstream_model(self) -> str:
+        return str(self.body["model"])
+
+    def temperature(self) -> float | None:
+        return self.body.get("temperature")  # type: ignore[no-any-return]
+
+    def roles(self) -> list[str]:
+        return [m["role"] for m in self.body["messages"]]
+
+    def system_text(self) -> str:
+        return " ".join(content_text(m["content"])[0] for m in self.body["messages"] if m["role"] == "system")
+
+    def stop(self) -> list[str]:
+        return list(self.body.get("stop_sequences") or [])
+
+    def image_urls(self) -> list[str]:
+        return [p["image_url"]["url"] for m in self.body["messages"] if isinstance(m.get("content"), list)
                 for p in m["content"] if p.get("type") == "image_url"]
 
-    @staticmethod
-    def tool_result_ids(body: dict[str, Any]) -> list[str]:
-        return [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    def tools(self) -> list[dict[str, Any]]:
+        return list(self.body.get("tools") or [])
 
-    @staticmethod
-    def tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
-        """The tool calls of the assistant messages sent (same shape as OpenAI's)."""
-        return [c for m in body["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    def assistant_tool_calls(self) -> list[dict[str, Any]]:
+        return [c for m in self.body["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
 
-    @staticmethod
-    def json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-        """The JSON schema asked for (Cohere: `response_format.json_schema`), None for any JSON."""
-        return (body.get("response_format") or {}).get("json_schema")
+    def tool_result_ids(self) -> list[str]:
+        return [m["tool_call_id"] for m in self.body["messages"] if m["role"] == "tool"]
 
-    @staticmethod
-    def asks_usage(body: dict[str, Any]) -> bool:
-        """Whether the stream reports usage: Cohere's `message-end` always does."""
-        return True
+    def json_output(self) -> tuple[bool, Any]:
+        """`json_object`, with the schema in `response_format.json_schema` when one is asked."""
+        wanted = self.body.get("response_format") or {}
+        return wanted.get("type") == "json_object", wanted.get("json_schema")
 
-    @staticmethod
-    def model(body: dict[str, Any]) -> str:
-        return str(body["model"])
+    def asks_stream_usage(self) -> bool:
+        return self.body.get("stream") is True  # Cohere's `message-end` always reports usage
+
+    def api_key(self) -> str | None:
+        value = self.headers.get("authorization")
+        return value.removeprefix("Bearer ") if value is not None else None
+
+    def embedding_model(self) -> str | None:
+        return str(self.body["model"]) if self.path == "/v2/embed" else None
+
+    def embedding_inputs(self) -> list[Any]:
+        return list(self.body["texts"])
 
 
 def _cohere_fake(profile: ProviderProfile) -> FakeCohere:
@@ -79,5 +115,6 @@ def _cohere_fake(profile: ProviderProfile) -> FakeCohere:
 
 PROFILES: tuple[ProviderProfile, ...] = (
     ProviderProfile("cohere", "cohere", "CONFORMANCE_COHERE_KEY", "co-conformance-cohere-0123456789",
-                    SUPPORTED, cohere_failures, CohereWireView, _cohere_fake),
+                    FAILURES, CohereWireView, _cohere_fake, cannot=CANNOT, error_outcomes=ERROR_OUTCOMES,
+                    notes=NOTES),
 )

@@ -1,15 +1,14 @@
 """Legacy completions conformance (`AdapterService.Complete`), through the servicer in-process and
 over gRPC, against a real fake upstream.
 
-Only OpenAI-style providers have `/v1/completions`; every other profile must refuse it with
-UNSUPPORTED_PARAMETER so routing moves on. Profiles are chosen here, not by the `conformance`
-marker, because the shared CASES table does not list "completions" yet (a profile that lists it
-in `supports` is served here too).
+Case `completions`: only OpenAI-style providers have `/v1/completions`, so the upstream requests
+are read as OpenAI's (`harness.sent().body`). Every profile that declares the case out must refuse
+it with UNSUPPORTED_PARAMETER before sending, so routing moves on.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -22,11 +21,11 @@ from openai.types import Completion, CompletionChoice
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import completion_pb2
 from services.core.errors import GatewayError, Reason, from_rpc_error
-from tests.conformance.conftest import Harness, MinimalContext, Service
-from tests.conformance.providers import OPENAI_PROFILES, PROFILES, ProviderProfile
-from tests.conformance.test_error_cases import ERROR_CASES, script
+from tests.conformance.cases import ERROR_CASES
+from tests.conformance.conftest import Harness, MinimalContext
+from tests.conformance.test_error_cases import check_error, script
 
-SERVING = tuple(p for p in PROFILES if "completions" in p.supports or p in OPENAI_PROFILES)
+pytestmark = pytest.mark.conformance("completions")
 UPSTREAM_MODEL = "gpt-3.5-turbo-instruct"
 
 
@@ -38,17 +37,6 @@ class CompletionChunkChoice(CompletionChoice):
 
 class CompletionChunk(Completion):
     choices: list[CompletionChunkChoice]  # type: ignore[assignment]
-
-
-@pytest.fixture(params=SERVING, ids=[p.id for p in SERVING])
-def serving(request: pytest.FixtureRequest) -> ProviderProfile:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def harness(serving: ProviderProfile, transport: str, service: Service) -> AsyncIterator[Harness]:
-    async with serving.make_fake(serving) as fake:
-        yield Harness(serving, transport, service, fake)
 
 
 def complete_call(harness: Harness, request: dict[str, Any], *, timeout_ms: int = 0,
@@ -92,7 +80,7 @@ async def complete_error(harness: Harness, request: dict[str, Any], **options: A
 def check_labels(harness: Harness, body: dict[str, Any]) -> None:
     assert body["model"] == "smart-model" and body["object"] == "text_completion"
     assert body["provider"]["name"] == f"prov-{harness.profile.id}"
-    assert body["provider"]["model"] == UPSTREAM_MODEL  # what the upstream reported
+    assert body["provider"]["model"] == harness.profile.wire.reported_model(UPSTREAM_MODEL)
     assert isinstance(body["provider"]["latency_ms"], int)
 
 
@@ -122,9 +110,9 @@ async def test_text(harness: Harness) -> None:
     assert events[0].has_content
     usage = events[0].usage
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (5, 6, 11)
-    sent = harness.fake.requests[-1]
-    assert sent.path == "/v1/completions" and sent.headers["x-request-id"] == "req-conf-complete"
-    assert sent.json == {"model": UPSTREAM_MODEL, "prompt": "Say this is a test", "temperature": 0,
+    sent = harness.sent()
+    assert sent.path == "/v1/completions" and sent.request_id() == "req-conf-complete"
+    assert sent.body == {"model": UPSTREAM_MODEL, "prompt": "Say this is a test", "temperature": 0,
                          "max_tokens": 7}
 
 
@@ -134,13 +122,13 @@ async def test_every_parameter_reaches_the_upstream(harness: Harness) -> None:
     completion = whole(harness, await complete(harness, request))
     assert [c.text for c in completion.choices] == ["one one [before end]"] * 2 + ["two STOP three two "] * 2
     assert all(c.logprobs is not None and c.logprobs.tokens for c in completion.choices)
-    assert harness.fake.requests[-1].json == {"model": UPSTREAM_MODEL, **request}
+    assert harness.sent().body == {"model": UPSTREAM_MODEL, **request}
 
 
 async def test_token_id_prompts_stay_integers(harness: Harness) -> None:
     completion = whole(harness, await complete(harness, {"prompt": [[1, 2, 3], [4]]}))
     assert [c.text for c in completion.choices] == [" 1 2 3", " 4"]
-    assert harness.fake.requests[-1].json["prompt"] == [[1, 2, 3], [4]]
+    assert harness.sent().body["prompt"] == [[1, 2, 3], [4]]
 
 
 async def test_streaming(harness: Harness) -> None:
@@ -152,7 +140,7 @@ async def test_streaming(harness: Harness) -> None:
     billed = [e for e in events if e.HasField("usage")]
     assert len(billed) == 1 and billed[0].body == b"" and billed[0].usage.completion_tokens == 4
     assert all(b'"usage"' not in e.body for e in events)
-    assert harness.fake.requests[-1].json["stream_options"] == {"include_usage": True}
+    assert harness.sent().asks_stream_usage()
 
 
 async def test_usage_in_stream_when_asked(harness: Harness) -> None:
@@ -177,13 +165,8 @@ async def test_chunks_arrive_while_the_upstream_is_still_generating(harness: Har
 @pytest.mark.parametrize("stream_", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("name", list(ERROR_CASES))
 async def test_error_class(harness: Harness, name: str, stream_: bool) -> None:
-    case = ERROR_CASES[name]
-    script(harness, case.preset, *case.args)
-    error = await complete_error(harness, {"prompt": "hi", "stream": stream_})
-    assert error.reason is case.reason and error.http_status == case.http_status
-    for attribute, value in case.expect.items():
-        assert getattr(error, attribute) == value, attribute
-    assert "sk-" not in error.message and "org-secret" not in error.message
+    script(harness, ERROR_CASES[name])
+    check_error(harness, await complete_error(harness, {"prompt": "hi", "stream": stream_}), name)
     assert len(await complete(harness, {"prompt": "ok"})) == 1
 
 
@@ -214,22 +197,12 @@ async def test_closing_the_stream_closes_the_upstream(harness: Harness) -> None:
 
 async def test_key_is_sent_only_where_configured(harness: Harness) -> None:
     await complete(harness, {"prompt": "hi"})
-    headers = harness.fake.requests[-1].headers
-    if harness.profile.api_key is None:
-        assert "authorization" not in headers
-    else:
-        assert headers["authorization"] == f"Bearer {harness.profile.api_key}"
+    assert harness.sent().api_key() == harness.profile.api_key
 
 
-@pytest.mark.parametrize("profile_", PROFILES, ids=[p.id for p in PROFILES])
-async def test_every_kind_serves_completions_or_refuses_them(profile_: ProviderProfile, transport: str,
-                                                             service: Service) -> None:
-    async with profile_.make_fake(profile_) as fake:
-        harness = Harness(profile_, transport, service, fake)
-        if profile_ in SERVING:
-            assert whole(harness, await complete(harness, {"prompt": "hi"})).choices[0].text == " hi"
-            return
-        error = await complete_error(harness, {"prompt": "hi"})
-        assert error.reason is Reason.UNSUPPORTED_PARAMETER and error.http_status == 400
-        assert error.message == f"Provider kind '{profile_.kind}' does not support completions."
-        assert not fake.requests
+@pytest.mark.conformance("completions", declared_out=True)
+async def test_a_kind_without_completions_refuses_them(harness: Harness) -> None:
+    error = await complete_error(harness, {"prompt": "hi"})
+    assert error.reason is Reason.UNSUPPORTED_PARAMETER and error.http_status == 400
+    assert error.message == f"Provider kind '{harness.profile.kind}' does not support completions."
+    assert not harness.fake.requests

@@ -1,16 +1,14 @@
 """Image conformance (`AdapterService.Image`): generation, edit and variation, through the servicer
 in-process and over gRPC, against a real fake upstream that parses the multipart bodies.
 
-Only OpenAI-style providers have the images endpoints; every other profile must refuse them with
-UNSUPPORTED_PARAMETER. Profiles are chosen here, not by the `conformance` marker, because the
-shared CASES table does not list "images" yet (a profile that lists it in `supports` is served
-here too).
+Case `images`: only OpenAI-style providers have the images endpoints, so the upstream requests are
+read as OpenAI's (`harness.sent().body`). Every profile that declares the case out must refuse
+them with UNSUPPORTED_PARAMETER before sending.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,23 +20,11 @@ from openai.types import ImagesResponse
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import image_pb2
 from services.core.errors import GatewayError, Reason, from_rpc_error
-from tests.conformance.conftest import Harness, MinimalContext, Service
-from tests.conformance.providers import OPENAI_PROFILES, PROFILES, ProviderProfile
+from tests.conformance.conftest import Harness, MinimalContext
 from tests.fakes import openai_payloads as payloads
 
-SERVING = tuple(p for p in PROFILES if "images" in p.supports or p in OPENAI_PROFILES)
+pytestmark = pytest.mark.conformance("images")
 PICTURE, MASK = payloads.png((200, 10, 10)), payloads.png((0, 0, 0))
-
-
-@pytest.fixture(params=SERVING, ids=[p.id for p in SERVING])
-def serving(request: pytest.FixtureRequest) -> ProviderProfile:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def harness(serving: ProviderProfile, transport: str, service: Service) -> AsyncIterator[Harness]:
-    async with serving.make_fake(serving) as fake:
-        yield Harness(serving, transport, service, fake)
 
 
 async def call_image(harness: Harness,
@@ -79,7 +65,7 @@ def parsed(harness: Harness, response: adapter_service_pb2.ImageResponse,
            upstream_model: str) -> ImagesResponse:
     body = orjson.loads(response.body)
     assert body["provider"]["name"] == f"prov-{harness.profile.id}"
-    assert body["provider"]["model"] == upstream_model and isinstance(body["provider"]["latency_ms"], int)
+    assert body["provider"]["model"] == harness.profile.wire.reported_model(upstream_model) and isinstance(body["provider"]["latency_ms"], int)
     assert "model" not in body  # nothing is added but `provider`
     return ImagesResponse.model_validate(body)
 
@@ -94,9 +80,9 @@ async def test_generation_gpt_image(harness: Harness) -> None:
     assert response.images == 2
     usage = response.usage
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (5, 2 * 272, 5 + 2 * 272)
-    sent = harness.fake.requests[-1]
-    assert sent.path == "/v1/images/generations" and sent.headers["x-request-id"] == "req-conf-image"
-    assert sent.json == {"model": "gpt-image-1", "prompt": "a red fox in snow", "n": 2, "quality": "low"}
+    sent = harness.sent()
+    assert sent.path == "/v1/images/generations" and sent.request_id() == "req-conf-image"
+    assert sent.body == {"model": "gpt-image-1", "prompt": "a red fox in snow", "n": 2, "quality": "low"}
 
 
 async def test_generation_dalle_url(harness: Harness) -> None:
@@ -114,20 +100,19 @@ async def test_edit_with_image_and_mask(harness: Harness) -> None:
     images = parsed(harness, response, "gpt-image-1")
     assert len(images.data or []) == 1 and response.images == 1
     assert response.usage.prompt_tokens == 3 + payloads.IMAGE_INPUT_TOKENS
-    sent = harness.fake.requests[-1]
+    sent = harness.sent()
     assert sent.path == "/v1/images/edits" and sent.headers["content-type"].startswith("multipart/form-data")
-    assert sent.json == {"model": "gpt-image-1", "prompt": "add a hat", "n": "1"}
-    assert [(f.field, f.filename, f.content_type, f.data) for f in sent.files] == [
+    assert sent.body == {"model": "gpt-image-1", "prompt": "add a hat", "n": "1"}
+    assert [(f.field, f.filename, f.content_type, f.data) for f in sent.recorded.files] == [
         ("image", "cat.png", "image/png", PICTURE), ("mask", "mask.png", "image/png", MASK)]
-    if harness.profile.api_key is not None:
-        assert sent.headers["authorization"] == f"Bearer {harness.profile.api_key}"
+    assert sent.api_key() == harness.profile.api_key
 
 
 async def test_edit_with_several_images(harness: Harness) -> None:
     response = await upload(harness, "edit", {"prompt": "merge"},
                             ("image[]", "a.png", PICTURE), ("image[]", "b.png", MASK))
     assert response.usage.prompt_tokens == 1 + 2 * payloads.IMAGE_INPUT_TOKENS
-    assert [f.filename for f in harness.fake.requests[-1].files] == ["a.png", "b.png"]
+    assert [f.filename for f in harness.sent().recorded.files] == ["a.png", "b.png"]
 
 
 async def test_variation(harness: Harness) -> None:
@@ -135,8 +120,8 @@ async def test_variation(harness: Harness) -> None:
                             ("image", "cat.png", PICTURE), upstream_model="dall-e-2")
     images = parsed(harness, response, "dall-e-2")
     assert all(d.b64_json for d in images.data or []) and response.images == 2
-    sent = harness.fake.requests[-1]
-    assert sent.path == "/v1/images/variations" and sent.json["model"] == "dall-e-2"
+    sent = harness.sent()
+    assert sent.path == "/v1/images/variations" and sent.body["model"] == "dall-e-2"
 
 
 @pytest.mark.parametrize("preset, args, reason, expect", [
@@ -185,16 +170,12 @@ async def test_unreachable_upstream(harness: Harness) -> None:
     assert info.value.reason is Reason.UPSTREAM_UNAVAILABLE
 
 
-@pytest.mark.parametrize("profile_", PROFILES, ids=[p.id for p in PROFILES])
-async def test_every_kind_serves_images_or_refuses_them(profile_: ProviderProfile, transport: str,
-                                                        service: Service) -> None:
-    async with profile_.make_fake(profile_) as fake:
-        harness = Harness(profile_, transport, service, fake)
-        if profile_ in SERVING:
-            assert (await generate(harness, {"prompt": "x"})).images == 1
-            return
-        with pytest.raises(GatewayError) as info:
-            await generate(harness, {"prompt": "x"})
-        assert info.value.reason is Reason.UNSUPPORTED_PARAMETER and info.value.http_status == 400
-        assert info.value.message == f"Provider kind '{profile_.kind}' does not support images."
-        assert not fake.requests
+@pytest.mark.conformance("images", declared_out=True)
+async def test_a_kind_without_images_refuses_them(harness: Harness) -> None:
+    with pytest.raises(GatewayError) as info:
+        await generate(harness, {"prompt": "x"})
+    assert info.value.reason is Reason.UNSUPPORTED_PARAMETER and info.value.http_status == 400
+    assert info.value.message == f"Provider kind '{harness.profile.kind}' does not support images."
+    error = await upload_error(harness, "edit", {"prompt": "x"}, ("image", "a.png", PICTURE))
+    assert error.reason is Reason.UNSUPPORTED_PARAMETER
+    assert not harness.fake.requests

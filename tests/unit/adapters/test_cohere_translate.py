@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
 from aggregator.openai.v1 import chat_pb2, embedding_pb2
+from services.adapters import cohere_answers as answers
 from services.adapters import cohere_translate as translate
 from services.adapters.openai_translate import Target, chunk_event, completion_event, embedding_event
 from services.core.errors import GatewayError, Reason
@@ -180,7 +181,7 @@ def stamped(answer: dict[str, Any]) -> tuple[ChatCompletion, Any]:
 def test_text_answer_and_billed_usage() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "Hello, gateway"}]}
     cohere = payloads.chat_response(request, response_id="r-1")
-    parsed, event = stamped(translate.completion(cohere, "command-a-03-2025", "co"))
+    parsed, event = stamped(answers.completion(cohere, "command-a-03-2025", "co"))
     choice = parsed.choices[0]
     assert (parsed.id, choice.message.content, choice.finish_reason) == ("r-1", "Hello, gateway", "stop")
     assert event.has_content and (event.usage.prompt_tokens, event.usage.completion_tokens) == (5, 2)
@@ -191,7 +192,7 @@ def test_tool_call_answer_keeps_ids_and_shows_the_plan() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "get_weather in Oslo"}],
                "tools": [WEATHER]}
     cohere = payloads.chat_response(request, response_id="r-000000000002")
-    parsed, event = stamped(translate.completion(cohere, "command-a-03-2025", "co"))
+    parsed, event = stamped(answers.completion(cohere, "command-a-03-2025", "co"))
     choice = parsed.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "I will use get_weather to answer."
@@ -203,7 +204,7 @@ def test_tool_call_answer_keeps_ids_and_shows_the_plan() -> None:
 def test_thinking_is_reasoning_content() -> None:
     cohere = {"id": "r", "finish_reason": "COMPLETE", "message": {"role": "assistant", "content": [
         {"type": "thinking", "thinking": "Hmm."}, {"type": "text", "text": "Yes."}]}}
-    answer = translate.completion(cohere, "m", "co")
+    answer = answers.completion(cohere, "m", "co")
     assert answer["choices"][0]["message"]["reasoning_content"] == "Hmm."
     assert answer["choices"][0]["message"]["content"] == "Yes." and answer["usage"] is None
 
@@ -212,34 +213,34 @@ def test_thinking_is_reasoning_content() -> None:
                                             ("MAX_TOKENS", "length"), ("TOOL_CALL", "tool_calls"),
                                             ("SOMETHING_NEW", "stop")])
 def test_finish_reasons(reason: str, finish: str) -> None:
-    assert translate.finish_reason(reason, "co") == finish
+    assert answers.finish_reason(reason, "co") == finish
 
 
 @pytest.mark.parametrize("reason, expected", [("ERROR", Reason.UPSTREAM_ERROR),
                                               ("TIMEOUT", Reason.UPSTREAM_TIMEOUT)])
 def test_failed_generations_raise(reason: str, expected: Reason) -> None:
     with pytest.raises(GatewayError) as info:
-        translate.completion({"id": "r", "finish_reason": reason, "message": {"role": "assistant"}},
+        answers.completion({"id": "r", "finish_reason": reason, "message": {"role": "assistant"}},
                              "m", "co")
     assert info.value.reason is expected and "'co'" in info.value.message
 
 
 def test_usage_prefers_billed_units_and_falls_back_to_tokens() -> None:
-    billed = translate.usage({"billed_units": {"input_tokens": 5, "output_tokens": 2},
+    billed = answers.usage({"billed_units": {"input_tokens": 5, "output_tokens": 2},
                               "tokens": {"input_tokens": 70, "output_tokens": 2}})
     assert billed is not None and billed["prompt_tokens"] == 5
-    only_tokens = translate.usage({"tokens": {"input_tokens": 70.0, "output_tokens": 3.2},
+    only_tokens = answers.usage({"tokens": {"input_tokens": 70.0, "output_tokens": 3.2},
                                    "cached_tokens": 99})
     assert only_tokens is not None
     assert (only_tokens["prompt_tokens"], only_tokens["completion_tokens"]) == (70, 4)  # never rounded down
     assert only_tokens["prompt_tokens_details"]["cached_tokens"] == 70  # a breakdown, never more
-    assert translate.usage(None) is None
+    assert answers.usage(None) is None
 
 
 # -- streams -------------------------------------------------------------------------------------
 
 
-def run(translator: translate.StreamTranslator, events: list[Any], *, usage: bool = True,
+def run(translator: answers.StreamTranslator, events: list[Any], *, usage: bool = True,
         ) -> list[ChatCompletionChunk]:
     chunks = []
     for event in events:
@@ -253,7 +254,7 @@ def run(translator: translate.StreamTranslator, events: list[Any], *, usage: boo
 def test_text_stream() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "stream these four words"}]}
     events = [data for _, data in payloads.stream_events(request, response_id="r-s")]
-    translator = translate.StreamTranslator("command-a-03-2025", "co")
+    translator = answers.StreamTranslator("command-a-03-2025", "co")
     chunks = run(translator, events)
     assert translator.finished and translator.error is None
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
@@ -281,7 +282,7 @@ def tool_events(*names: str) -> list[dict[str, Any]]:
 
 
 def test_tool_call_stream_counts_calls() -> None:
-    chunks = run(translate.StreamTranslator("m", "co"), tool_events("get_weather", "get_time"))
+    chunks = run(answers.StreamTranslator("m", "co"), tool_events("get_weather", "get_time"))
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == "Plan."
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
     assert [(d.index, d.id) for d in deltas if d.id] == [(0, "get_weather_id"), (1, "get_time_id")]
@@ -303,14 +304,14 @@ def test_thinking_citations_and_unknown_events() -> None:
                "delta": {"message": {"citations": {"start": 0, "end": 2}}}},
               {"type": "citation-end", "index": 0}, {"type": "debug", "prompt": "..."}, {"type": "brand-new"},
               {"type": "message-end", "delta": {"finish_reason": "COMPLETE"}}]
-    chunks = run(translate.StreamTranslator("m", "co"), events, usage=False)
+    chunks = run(answers.StreamTranslator("m", "co"), events, usage=False)
     deltas = [c.choices[0].delta.model_dump(exclude_none=True) for c in chunks]
     assert deltas == [{"role": "assistant", "reasoning_content": ""}, {"reasoning_content": "Hmm"},
                       {"content": "Hi"}, {}]
 
 
 def test_failed_generation_gives_usage_then_error() -> None:
-    translator = translate.StreamTranslator("m", "co")
+    translator = answers.StreamTranslator("m", "co")
     chunks = translator.feed(payloads.failed_end(finish_reason="TIMEOUT", output_tokens=3))
     assert [c["choices"] for c in chunks] == [[]] and chunks[0]["usage"]["completion_tokens"] == 3
     assert translator.error is not None and translator.error.reason is Reason.UPSTREAM_TIMEOUT
@@ -319,7 +320,7 @@ def test_failed_generation_gives_usage_then_error() -> None:
 @pytest.mark.parametrize("event", [{"no": "type"}, [1], {"type": "tool-call-delta", "delta": {}}])
 def test_malformed_stream_events(event: Any) -> None:
     with pytest.raises(GatewayError) as info:
-        translate.StreamTranslator("m", "co").feed(event)
+        answers.StreamTranslator("m", "co").feed(event)
     assert info.value.reason is Reason.UPSTREAM_ERROR
 
 
@@ -358,19 +359,19 @@ def test_embed_refusals(request_: dict[str, Any], reason: Reason, param: str) ->
 
 def test_embedding_answer_float_and_base64() -> None:
     cohere = payloads.embed_response({"texts": ["one", "two words"], "output_dimension": 4}, response_id="e")
-    floats = translate.embedding_list(cohere, "embed-v4.0", as_base64=False)
+    floats = answers.embedding_list(cohere, "embed-v4.0", as_base64=False)
     event = embedding_event(orjson.dumps(floats), TARGET, 3)
     parsed = CreateEmbeddingResponse.model_validate_json(event.body)
     assert [len(d.embedding) for d in parsed.data] == [4, 4] and event.usage.prompt_tokens == 3
-    encoded = translate.embedding_list(cohere, "embed-v4.0", as_base64=True)
+    encoded = answers.embedding_list(cohere, "embed-v4.0", as_base64=True)
     vector = struct.unpack("<4f", base64.b64decode(encoded["data"][1]["embedding"]))
     assert vector == pytest.approx(cohere["embeddings"]["float"][1])
 
 
 def test_embedding_answer_older_shape_and_missing_vectors() -> None:
     older = {"id": "e", "embeddings": [[0.5, 0.25]], "meta": {"tokens": {"input_tokens": 4}}}
-    answer = translate.embedding_list(older, "embed-english-v3.0", as_base64=False)
+    answer = answers.embedding_list(older, "embed-english-v3.0", as_base64=False)
     assert answer["data"][0]["embedding"] == [0.5, 0.25] and answer["usage"]["prompt_tokens"] == 4
     with pytest.raises(GatewayError) as info:
-        translate.embedding_list({"id": "e", "embeddings": {"int8": [[1]]}}, "m", as_base64=False)
+        answers.embedding_list({"id": "e", "embeddings": {"int8": [[1]]}}, "m", as_base64=False)
     assert info.value.reason is Reason.UPSTREAM_ERROR

@@ -54,7 +54,8 @@ def test_only_configured_key_variables_are_read() -> None:
     environ = {"OPENAI_API_KEY": "sk-configured", "DATABASE_URL": "postgresql://secret@db/x"}
     resolver = CredentialResolver(environ, allowed_names=frozenset({"OPENAI_API_KEY"}))
     allowed = route_pb2.Endpoint(provider="openai", api_key_env="OPENAI_API_KEY")
-    assert resolver.auth_headers(allowed, BEARER, key_required=True) == {"Authorization": "Bearer sk-configured"}
+    assert resolver.auth_headers(allowed, BEARER, key_required=True) == {
+        "Authorization": "Bearer sk-configured"}
     forged = route_pb2.Endpoint(provider="evil", api_key_env="DATABASE_URL")
     with pytest.raises(GatewayError) as caught:
         resolver.auth_headers(forged, BEARER, key_required=True)

@@ -9,6 +9,7 @@ import pytest
 from google.genai import types
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from services.adapters import google_answers as answers
 from services.adapters import google_translate as translate
 from services.adapters.google_wire import GenerateContentResponse, as_response
 from services.core.errors import GatewayError, Reason
@@ -34,7 +35,7 @@ def candidate(*parts: dict[str, Any], finish: str | None = "STOP",
 
 
 def complete(obj: GenerateContentResponse, n: int = 1) -> ChatCompletion:
-    return ChatCompletion.model_validate(translate.completion(obj, "gemini-2.0-flash", n))
+    return ChatCompletion.model_validate(answers.completion(obj, "gemini-2.0-flash", n))
 
 
 def test_text_thoughts_usage_and_labels() -> None:
@@ -76,8 +77,8 @@ def test_function_calls_keep_arguments_ids_and_signatures() -> None:
     ("FINISH_REASON_UNSPECIFIED", "stop"), ("TOO_MANY_TOOL_CALLS", "stop"), ("SOMETHING_NEW", "stop"),
 ])
 def test_finish_reasons(gemini: str, openai: str) -> None:
-    assert translate.finish_reason(gemini, False) == openai
-    assert translate.finish_reason(gemini, True) == ("tool_calls" if openai == "stop" else openai)
+    assert answers.finish_reason(gemini, False) == openai
+    assert answers.finish_reason(gemini, True) == ("tool_calls" if openai == "stop" else openai)
 
 
 @pytest.mark.parametrize("gemini, reason", [
@@ -142,7 +143,7 @@ def event(*candidates: dict[str, Any], usage: dict[str, Any] | None = None) -> G
 
 
 def run(events: list[GenerateContentResponse], n: int = 1) -> list[ChatCompletionChunk]:
-    stream = translate.StreamTranslator("gemini-2.0-flash", n)
+    stream = answers.StreamTranslator("gemini-2.0-flash", n)
     chunks = [chunk for e in events for chunk in stream.feed(e)] + stream.end()
     return [ChatCompletionChunk.model_validate(c) for c in chunks]
 
@@ -193,7 +194,7 @@ def test_candidates_interleave_and_usage_comes_last() -> None:
 
 
 def test_blocked_prompt_in_a_stream() -> None:
-    stream = translate.StreamTranslator("gemini-2.0-flash", 1)
+    stream = answers.StreamTranslator("gemini-2.0-flash", 1)
     chunks = stream.feed(as_response({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
                                       "usageMetadata": {"promptTokenCount": 3}}))
     parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
@@ -208,7 +209,7 @@ def test_blocked_prompt_in_a_stream() -> None:
     [event(candidate({"text": "a"}), candidate({"text": "b"}, finish=None, index=1))],
 ])
 def test_a_stream_that_never_finished_is_an_upstream_error(events: list[GenerateContentResponse]) -> None:
-    stream = translate.StreamTranslator("gemini-2.0-flash", 2)
+    stream = answers.StreamTranslator("gemini-2.0-flash", 2)
     for e in events:
         stream.feed(e)
     with pytest.raises(GatewayError) as info:
@@ -217,7 +218,7 @@ def test_a_stream_that_never_finished_is_an_upstream_error(events: list[Generate
 
 
 def test_malformed_call_in_a_stream_raises() -> None:
-    stream = translate.StreamTranslator("gemini-2.0-flash", 1)
+    stream = answers.StreamTranslator("gemini-2.0-flash", 1)
     stream.feed(event(candidate({"text": "a"}, finish=None)))
     with pytest.raises(GatewayError) as info:
         stream.feed(event(candidate(finish="MALFORMED_FUNCTION_CALL")))

@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.adapters.google_wire import CREDENTIAL_REASONS, GoogleError, as_response, parse_object
+from services.adapters.google_wire import CREDENTIAL_REASONS, GoogleError, as_response
+from services.adapters.json_values import parse_object
 from services.adapters.upstream_errors import to_gateway_error
 from services.core.errors import GatewayError, Reason
 

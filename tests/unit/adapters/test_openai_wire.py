@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.adapters.openai_wire import OpenAIErrorBody, parse_object, usage_to_proto
+from services.adapters.json_values import parse_object
+from services.adapters.openai_wire import OpenAIErrorBody, usage_to_proto
 from services.core.errors import GatewayError, Reason
 
 

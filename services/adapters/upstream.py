@@ -1,0 +1,123 @@
+"""How an adapter calls its provider: the part of every exchange that does not depend on the
+provider's format, written once.
+
+    UpstreamClient.open()      POST {base_url}{path} with the content type, Accept, our request id
+                               as `X-Request-Id`, the provider's credentials and the timeouts; a
+                               non-2xx answer becomes the GatewayError of the one error table
+                               (`upstream_errors`), decoded from the provider's error body
+    UpstreamClient.exchange()  the same for a whole (unstreamed) answer: its bytes and latency
+    stream_failure()           the GatewayError of an error event inside a stream
+    elapsed_ms()               the latency every answer reports
+
+What differs by provider is configuration, not code: the credentials scheme, whether a key is
+required, fixed headers (Anthropic's version), and the error body's decoder (`<kind>_wire`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aggregator.routing.v1 import route_pb2
+from services.adapters.credentials import AuthScheme, CredentialResolver
+from services.adapters.http import MAX_ERROR_BODY_BYTES, HttpClient, HttpRequest, HttpResponse, Timeouts
+from services.adapters.openai_translate import Target
+from services.adapters.upstream_errors import UpstreamFailure, retry_after_seconds, to_gateway_error
+from services.core.errors import GatewayError
+
+JSON = "application/json"
+
+
+class AdapterCall(Protocol):
+    """What every adapter call carries beside its request (ChatRequest, EmbedRequest, ...)."""
+
+    candidate: route_pb2.RouteCandidate
+    request_id: str
+    timeout_ms: int
+
+
+class ErrorBody(Protocol):
+    """A provider's error body, decoded (`<kind>_wire`)."""
+
+    def failure(self, status: int, retry_after: float | None = None) -> UpstreamFailure:
+        """The provider-neutral failure for the error table."""
+        ...
+
+
+class StreamError(ErrorBody, Protocol):
+    """An error body that can also arrive inside a stream, where there is no HTTP status."""
+
+    def status_hint(self) -> int:
+        """The HTTP status the error stands for."""
+        ...
+
+
+def elapsed_ms(started: float) -> int:
+    """Milliseconds since `started` (a `time.monotonic()` reading)."""
+    return int((time.monotonic() - started) * 1000)
+
+
+def stream_failure(error: StreamError, target: Target) -> GatewayError:
+    """The GatewayError a client sees for an error event inside `target`'s stream."""
+    return to_gateway_error(error.failure(error.status_hint()), provider=target.provider,
+                            upstream_model=target.upstream_model)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamClient:
+    """One provider kind's way to its endpoints over the shared HttpClient."""
+
+    http: HttpClient
+    credentials: CredentialResolver
+    scheme: AuthScheme
+    decode_error: Callable[[bytes], ErrorBody]
+    key_required: bool = True  # a local OpenAI-compatible server may need none
+    fixed_headers: Mapping[str, str] = field(default_factory=dict)
+    default_timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+
+    def request(self, call: AdapterCall, path: str, body: bytes, *, stream: bool,
+                content_type: str = JSON) -> HttpRequest:
+        """The HTTP request of `call` to `{base_url}{path}`."""
+        candidate = call.candidate
+        headers = {"Content-Type": content_type, **self.fixed_headers,
+                   "Accept": "text/event-stream" if stream else JSON}
+        if call.request_id:
+            headers["X-Request-Id"] = call.request_id
+        headers.update(self.credentials.auth_headers(candidate.endpoint, self.scheme,
+                                                     key_required=self.key_required))
+        timeout_s = call.timeout_ms / 1000.0 if call.timeout_ms else self.default_timeout_s
+        # A stream may run long; only silence is bounded. A whole answer is bounded end to end.
+        timeouts = Timeouts(connect=min(self.connect_timeout_s, timeout_s), read_idle=timeout_s,
+                            total=None if stream else timeout_s)
+        url = candidate.endpoint.base_url.rstrip("/") + path
+        return HttpRequest("POST", url, headers, body, timeouts)
+
+    async def failure(self, response: HttpResponse, candidate: route_pb2.RouteCandidate) -> GatewayError:
+        """The GatewayError of a non-2xx answer, from its (size-limited) body and `Retry-After`."""
+        raw = await response.read(MAX_ERROR_BODY_BYTES)
+        failure = self.decode_error(raw).failure(response.status, retry_after_seconds(response.headers))
+        return to_gateway_error(failure, provider=candidate.endpoint.provider,
+                                upstream_model=candidate.upstream_model)
+
+    @contextlib.asynccontextmanager
+    async def open(self, call: AdapterCall, path: str, body: bytes, *, stream: bool = False,
+                   content_type: str = JSON) -> AsyncIterator[HttpResponse]:
+        """Sends the request of `call` and yields its successful response (see HttpClient.open for
+        how the connection is released or dropped); raises the mapped error of a failed one."""
+        request = self.request(call, path, body, stream=stream, content_type=content_type)
+        async with self.http.open(request) as response:
+            if response.status >= 300:
+                raise await self.failure(response, call.candidate)
+            yield response
+
+    async def exchange(self, call: AdapterCall, path: str, body: bytes, *,
+                       content_type: str = JSON) -> tuple[bytes, int]:
+        """One whole answer and its latency in milliseconds (embeddings, images)."""
+        started = time.monotonic()
+        async with self.open(call, path, body, content_type=content_type) as response:
+            raw = await response.read()
+        return raw, elapsed_ms(started)
