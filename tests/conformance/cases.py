@@ -101,7 +101,8 @@ ERROR_CASES: Mapping[str, ErrorCase] = MappingProxyType({
 # Failures inside a stream that already carried content: `failures.in_stream(after_chunks, type_)`
 # with OpenAI's error type names. Names differ from ERROR_CASES': a profile's `error_outcomes` keys both.
 STREAM_ERROR_CASES: Mapping[str, ErrorCase] = MappingProxyType({
-    "stream_server_error": ErrorCase("error_in_stream", "in_stream", (2, "server_error"), Reason.UPSTREAM_ERROR, 502),
+    "stream_server_error": ErrorCase("error_in_stream", "in_stream", (2, "server_error"),
+                                     Reason.UPSTREAM_ERROR, 502),
     "stream_rate_limit": ErrorCase("error_in_stream_rate_limit", "in_stream", (2, "rate_limit_error"),
                                   Reason.UPSTREAM_RATE_LIMITED, 429),
     "stream_overloaded": ErrorCase("error_in_stream_overloaded", "in_stream", (2, "overloaded_error"),

@@ -44,7 +44,8 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _message_blocks(body: dict[str, Any], role: str, type_: str) -> list[dict[str, Any]]:
-    return [b for m in body["messages"] if m["role"] == role for b in _blocks(m["content"]) if b.get("type") == type_]
+    return [b for m in body["messages"] if m["role"] == role
+            for b in _blocks(m["content"]) if b.get("type") == type_]
 
 
 class AnthropicWireView(WireView):
@@ -68,7 +69,8 @@ class AnthropicWireView(WireView):
     def image_urls(self) -> list[str]:
         """Each image block as the URL the client sent (a base64 source as its data URL)."""
         sources = [b["source"] for b in _message_blocks(self.body, "user", "image")]
-        return [s["url"] if s["type"] == "url" else f"data:{s['media_type']};base64,{s['data']}" for s in sources]
+        return [s["url"] if s["type"] == "url" else f"data:{s['media_type']};base64,{s['data']}"
+                for s in sources]
 
     def tools(self) -> list[dict[str, Any]]:
         out = []
@@ -110,5 +112,6 @@ def _fake(profile: ProviderProfile) -> FakeAnthropic:
 
 PROFILES: tuple[ProviderProfile, ...] = (
     ProviderProfile("anthropic", "anthropic", "CONFORMANCE_ANTHROPIC_KEY", "sk-ant-conformance-0123456789",
-                    anthropic_failures, AnthropicWireView, _fake, cannot=CANNOT, error_outcomes=ERROR_OUTCOMES),
+                    anthropic_failures, AnthropicWireView, _fake, cannot=CANNOT,
+                    error_outcomes=ERROR_OUTCOMES),
 )

@@ -85,7 +85,8 @@ class CohereWireView(WireView):
         return list(self.body.get("tools") or [])
 
     def assistant_tool_calls(self) -> list[dict[str, Any]]:
-        return [c for m in self.body["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        return [c for m in self.body["messages"] if m["role"] == "assistant"
+                for c in m.get("tool_calls") or []]
 
     def tool_result_ids(self) -> list[str]:
         return [m["tool_call_id"] for m in self.body["messages"] if m["role"] == "tool"]

@@ -21,7 +21,8 @@ from tests.fakes.google_upstream import FakeGoogle
 _NO_OVERLOAD = "no 529: an overload is 503 UNAVAILABLE (upstream_unavailable)"
 CANNOT = {
     "error_unprocessable": "never answers 422: an unknown field is a 400 INVALID_ARGUMENT",
-    "error_context_length": "no typed context-length error: a too-long prompt is a plain 400 INVALID_ARGUMENT",
+    "error_context_length": "no typed context-length error: a too-long prompt is a plain 400 "
+                            "INVALID_ARGUMENT",
     "error_overloaded": _NO_OVERLOAD,
     "error_in_stream_overloaded": _NO_OVERLOAD,
     "embeddings_token_ids": "embeds text only (refused: unsupported_parameter)",
@@ -38,7 +39,8 @@ ERROR_OUTCOMES = {
     "context_length": ErrorOutcome(
         "Gemini marks a too-long prompt with no typed reason, and the gateway never matches message text",
         {"reason": Reason.UPSTREAM_BAD_REQUEST, "param": None, "code": None,
-         "message": "The input token count (1234567) exceeds the maximum number of tokens allowed (1048576)."}),
+         "message": "The input token count (1234567) exceeds the maximum number of tokens allowed "
+                    "(1048576)."}),
     "unavailable": ErrorOutcome("Google's 503 carries no Retry-After", {"retry_after": None}),
     "overloaded": ErrorOutcome("Gemini's overload is 503 UNAVAILABLE", {**_UNAVAILABLE, "retry_after": None}),
     "stream_overloaded": ErrorOutcome("Gemini's overload is UNAVAILABLE, in a stream too", _UNAVAILABLE),
@@ -75,7 +77,8 @@ class GoogleWireView(WireView):
         return list((self.body.get("generationConfig") or {}).get("stopSequences") or [])
 
     def image_urls(self) -> list[str]:
-        inline = [f"data:{blob['mimeType']};base64,{blob['data']}" for blob in _parts(self.body, "inlineData")]
+        inline = [f"data:{blob['mimeType']};base64,{blob['data']}"
+                  for blob in _parts(self.body, "inlineData")]
         return inline + [file["fileUri"] for file in _parts(self.body, "fileData")]
 
     def tools(self) -> list[dict[str, Any]]:
@@ -86,8 +89,8 @@ class GoogleWireView(WireView):
     def assistant_tool_calls(self) -> list[dict[str, Any]]:
         calls = [part["functionCall"] for turn in _turns(self.body) if turn["role"] == "model"
                  for part in turn.get("parts") or [] if "functionCall" in part]
-        return [{"id": call.get("id"), "type": "function",
-                 "function": {"name": call["name"], "arguments": orjson.dumps(call.get("args") or {}).decode()}}
+        return [{"id": call.get("id"), "type": "function", "function": {
+                    "name": call["name"], "arguments": orjson.dumps(call.get("args") or {}).decode()}}
                 for call in calls]
 
     def tool_result_ids(self) -> list[str]:

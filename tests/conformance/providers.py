@@ -22,8 +22,8 @@ from tests.fakes import openai_failures
 from tests.fakes.openai_payloads import content_text
 from tests.fakes.openai_upstream import FakeOpenAI
 
-__all__ = ["CASES", "ENVIRON", "ErrorOutcome", "MODEL_ALIASES", "OPENAI_PROFILES", "OpenAIWireView", "PROFILES",
-           "ProviderProfile", "WireView"]
+__all__ = ["CASES", "ENVIRON", "ErrorOutcome", "MODEL_ALIASES", "OPENAI_PROFILES", "OpenAIWireView",
+           "PROFILES", "ProviderProfile", "WireView", "same_json"]
 
 # Every fake that names a model in its answers reports these for the suite's upstream models, as
 # OpenAI reports a dated snapshot: so a test sees the upstream's answer, not the route's name.
@@ -139,7 +139,8 @@ class OpenAIWireView(WireView):
         return list(self.body.get("tools") or [])
 
     def assistant_tool_calls(self) -> list[dict[str, Any]]:
-        return [c for m in self.body["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        return [c for m in self.body["messages"] if m["role"] == "assistant"
+                for c in m.get("tool_calls") or []]
 
     def tool_result_ids(self) -> list[str]:
         return [m["tool_call_id"] for m in self.body["messages"] if m["role"] == "tool"]

@@ -56,7 +56,8 @@ def by_kind(profiles: Sequence[ProviderProfile] = PROFILES) -> dict[str, Provide
     for profile in profiles:
         first = kinds.setdefault(profile.kind, profile)
         if _declared(profile) != _declared(first):
-            raise ValueError(f"profiles {first.id} and {profile.id} of kind {profile.kind} declare differently")
+            raise ValueError(f"profiles {first.id} and {profile.id} of kind {profile.kind} "
+                             "declare differently")
     return kinds
 
 
@@ -83,8 +84,8 @@ def _expectation(key: str, value: Any) -> str:
 def _differences(profile: ProviderProfile) -> list[str]:
     lines = [f"- `{case}`: {note}" for case, note in profile.notes.items()]
     if not profile.streams_tool_arguments:
-        lines.append("- `tool_call_stream`: a streamed tool call arrives whole, in one delta with the complete "
-                     "arguments (not in fragments)")
+        lines.append("- `tool_call_stream`: a streamed tool call arrives whole, in one delta with the "
+                     "complete arguments (not in fragments)")
     for name, outcome in profile.error_outcomes.items():
         error_case = ERROR_CASES.get(name) or STREAM_ERROR_CASES[name]
         expect = ", ".join(_expectation(k, v) for k, v in error_case.expected(outcome.expect).items())
@@ -104,7 +105,8 @@ def render(profiles: Sequence[ProviderProfile] = PROFILES) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help=f"write {PAGE}")
     args = parser.parse_args(argv)
     if args.write:

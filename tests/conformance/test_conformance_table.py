@@ -20,7 +20,8 @@ from tests.conformance.providers import PROFILES, ProviderProfile
 def _conformance(marks: Any) -> list[pytest.Mark]:
     """The conformance marks of a `pytestmark` (one decorator or a list of marks)."""
     listed = marks if isinstance(marks, list) else [marks]
-    return [m for m in (getattr(m, "mark", m) for m in listed) if m.name == "conformance"]
+    found = [m.mark if isinstance(m, pytest.MarkDecorator) else m for m in listed]
+    return [m for m in found if isinstance(m, pytest.Mark) and m.name == "conformance"]
 
 
 def conformance_marks() -> Iterator[tuple[str, pytest.Mark]]:

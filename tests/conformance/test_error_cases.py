@@ -65,8 +65,9 @@ async def test_error_class_a_provider_does_not_have(harness: Harness, variant: s
 async def failed_stream(harness: Harness, name: str) -> tuple[list[Any], GatewayError]:
     script(harness, STREAM_ERROR_CASES[name])
     received = []
+    call = harness.chat_request({"messages": [user("a b c")], "stream": True})
     with pytest.raises(GatewayError) as info:
-        async for event in harness.stream(harness.chat_request({"messages": [user("a b c")], "stream": True})):
+        async for event in harness.stream(call):
             received.append(event)
     return received, info.value
 

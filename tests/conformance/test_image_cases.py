@@ -65,7 +65,8 @@ def parsed(harness: Harness, response: adapter_service_pb2.ImageResponse,
            upstream_model: str) -> ImagesResponse:
     body = orjson.loads(response.body)
     assert body["provider"]["name"] == f"prov-{harness.profile.id}"
-    assert body["provider"]["model"] == harness.profile.wire.reported_model(upstream_model) and isinstance(body["provider"]["latency_ms"], int)
+    assert body["provider"]["model"] == harness.profile.wire.reported_model(upstream_model)
+    assert isinstance(body["provider"]["latency_ms"], int)
     assert "model" not in body  # nothing is added but `provider`
     return ImagesResponse.model_validate(body)
 

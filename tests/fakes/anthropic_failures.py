@@ -4,7 +4,7 @@ The same function names as `openai_failures` where Anthropic has the error class
 `{"type": "error", "error": {"type", "message"}, "request_id"}` with Anthropic's documented
 types and statuses (400, 401, 402, 403, 404, 413, 429, 500, 504, 529).
 
-Differences from OpenAI, declared in the conformance profile (`profile_anthropic.ERROR_CASE_OUTCOMES`):
+Differences from OpenAI, declared in the conformance profile (`profile_anthropic.ERROR_OUTCOMES`):
 - no `param` or `code` in any error, so a 400 carries only the upstream message;
 - a too-long prompt is an ordinary 400 invalid_request_error ("prompt is too long: ..."), told
   apart only by its wording, which we never match: it stays UPSTREAM_BAD_REQUEST;
