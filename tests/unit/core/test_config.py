@@ -57,11 +57,14 @@ def with_route(r: dict[str, Any]) -> dict[str, Any]:
 
 def test_example_file_in_repo_root_parses() -> None:
     config = load_config(REPO_ROOT / "aggregator.yaml")
-    assert [p.name for p in config.providers] == ["openai", "local-vllm"]
+    assert [p.name for p in config.providers] == ["openai", "anthropic", "google", "cohere", "local-vllm"]
+    assert {p.kind for p in config.providers} == {"openai", "anthropic", "google", "cohere", "openai_compatible"}
     assert config.provider("openai").kind == "openai"  # type: ignore[union-attr]
     assert config.provider("local-vllm").api_key_env == ""  # type: ignore[union-attr]
     models = {m.id: m for m in config.models}
-    assert set(models) == {"gpt-4o-mini", "text-embedding-3-small"}
+    assert set(models) == {"gpt-4o-mini", "claude-sonnet", "text-embedding-3-small", "dall-e-3"}
+    assert models["claude-sonnet"].max_output_tokens == 8192
+    assert models["dall-e-3"].routes[0].per_image == Decimal("0.04")
     chat = models["gpt-4o-mini"]
     assert chat.type == "chat" and chat.context_window == 128000
     assert [(r.provider, r.model) for r in chat.routes] == [
