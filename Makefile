@@ -61,10 +61,14 @@ bench: gen
 	$(PY) -m bench.run
 
 # Re-resolve every pinned version (needs the package registry); commit the result.
+LOCK_VENV := .lock-venv
+
 lock:
-	rm -rf /tmp/aggregator-lock-venv && $(PYTHON) -m venv /tmp/aggregator-lock-venv
-	/tmp/aggregator-lock-venv/bin/pip install --quiet ".[dev]"
-	/tmp/aggregator-lock-venv/bin/pip freeze --exclude-editable | grep -v '^aggregator' > requirements.lock
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet ".[dev]"
+	( $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^aggregator'; \
+	  $(LOCK_VENV)/bin/pip list --format=freeze | grep '^setuptools==' ) | sort -f > requirements.lock
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(GEN) $(VENV)

@@ -8,7 +8,6 @@ next candidate (DESIGN.md §2.8). After the first event the stream belongs to th
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -27,6 +26,7 @@ from services.core.errors import GatewayError, Reason
 from services.core.rpc import metadata_value
 
 BEARER = "bearer "
+NOTHING_ANSWERED = "The upstream provider answered nothing."
 T = TypeVar("T")
 
 
@@ -96,70 +96,42 @@ class Pipeline:
         )
         return list(answer.candidates)
 
-    async def chat(
+    def chat(
         self, request: chat_pb2.ChatCompletionRequest, context: Any, record: RequestRecord
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Yields the adapter's events of the first candidate that answers."""
-        principal = await self.authenticate(context, record)
-        validate_chat(request)
-        check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), "chat")
-        record.prompt_bytes = request.ByteSize()
+        return self._streamed(request, context, record, validate_chat, "chat", self.clients.adapter.Chat,
+                              adapter_pb.ChatRequest)
 
-        def call(candidate: route_pb2.RouteCandidate) -> tuple[Any, adapter_pb.ChatRequest]:
-            return self.clients.adapter.Chat, adapter_pb.ChatRequest(
-                candidate=candidate,
-                request=request,
-                request_id=record.request_id,
-                timeout_ms=self._timeout_ms,
-            )
-
-        async with contextlib.aclosing(self._first_stream(candidates, record, call)) as events:
-            async for event in events:
-                yield event
-
-    async def complete(
+    def complete(
         self, request: completion_pb2.CompletionRequest, context: Any, record: RequestRecord
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Legacy completions: the adapter's events of the first candidate that answers."""
-        principal = await self.authenticate(context, record)
-        validate_completion(request)
-        check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), "completion")
-        record.prompt_bytes = request.ByteSize()
+        return self._streamed(request, context, record, validate_completion, "completion",
+                              self.clients.adapter.Complete, adapter_pb.CompleteRequest)
 
-        def call(candidate: route_pb2.RouteCandidate) -> tuple[Any, adapter_pb.CompleteRequest]:
-            return self.clients.adapter.Complete, adapter_pb.CompleteRequest(
-                candidate=candidate,
-                request=request,
-                request_id=record.request_id,
-                timeout_ms=self._timeout_ms,
-            )
-
-        async with contextlib.aclosing(self._first_stream(candidates, record, call)) as events:
-            async for event in events:
-                yield event
-
-    async def _first_stream(
-        self,
-        candidates: list[route_pb2.RouteCandidate],
-        record: RequestRecord,
-        call: Callable[[route_pb2.RouteCandidate], tuple[Any, Any]],
+    async def _streamed(
+        self, request: Any, context: Any, record: RequestRecord, validate: Callable[[Any], None],
+        model_type: str, method: Any, call_type: type[Any],
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Streams the first candidate whose first event arrives; failures before it fall through."""
+        principal = await self.authenticate(context, record)
+        validate(request)
+        check_model_allowed(principal, [request.model, *request.models])
+        candidates = await self._candidates(request.model, list(request.models), model_type)
+        record.prompt_bytes = request.ByteSize()
         last_error: GatewayError | None = None
         for candidate in candidates:
             record.candidate = candidate
             record.attempts += 1
-            method, message = call(candidate)
+            message = call_type(candidate=candidate, request=request, request_id=record.request_id,
+                                timeout_ms=self._timeout_ms)
             async with calls.stream(method, message) as events:
                 first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
                 try:
                     first = await anext(events)
                 except StopAsyncIteration:
-                    last_error = GatewayError(
-                        Reason.UPSTREAM_ERROR, "The upstream provider answered nothing."
-                    )
+                    last_error = GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
                 except GatewayError as error:
                     if not may_try_next(error):
                         raise
