@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
-from edge.pipeline import Pipeline
+from edge.pipeline import NOTHING_ANSWERED, Pipeline
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method
 
@@ -45,7 +45,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             async for event in self._pipeline.chat(request, context, record):
                 if event.body:
                     return _parse(event.body, chat_pb2.ChatCompletion())
-            raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider answered nothing.")
+            raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
         except GatewayError as error:
             record.fail(error)
             raise
