@@ -32,8 +32,7 @@ gen: $(GEN)/.stamp
 run: gen
 	$(VENV)/bin/aggregator up $(ARGS)
 
-test: gen
-	$(VENV)/bin/buf lint
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: gen
@@ -54,8 +53,8 @@ conformance: gen
 
 lint: gen
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check services edge tests tools bench
-	$(VENV)/bin/mypy services edge
+	$(VENV)/bin/ruff check --quiet services edge tests tools bench
+	$(VENV)/bin/mypy services edge bench
 
 bench: gen
 	$(PY) -m bench.run

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from services.core.config import (
+    PROVIDER_KINDS,
     Config,
     ConfigError,
     EdgeConfig,
@@ -58,7 +59,7 @@ def with_route(r: dict[str, Any]) -> dict[str, Any]:
 def test_example_file_in_repo_root_parses() -> None:
     config = load_config(REPO_ROOT / "aggregator.yaml")
     assert [p.name for p in config.providers] == ["openai", "anthropic", "google", "cohere", "local-vllm"]
-    assert {p.kind for p in config.providers} == {"openai", "anthropic", "google", "cohere", "openai_compatible"}
+    assert {p.kind for p in config.providers} == set(PROVIDER_KINDS)
     assert config.provider("openai").kind == "openai"  # type: ignore[union-attr]
     assert config.provider("local-vllm").api_key_env == ""  # type: ignore[union-attr]
     models = {m.id: m for m in config.models}
