@@ -19,7 +19,7 @@ from types import MappingProxyType
 import orjson
 
 from tests.fakes import anthropic_payloads as payloads
-from tests.fakes.openai_upstream import Failure
+from tests.fakes.base import Failure
 
 # The conformance suite's vocabulary -> Anthropic's error types.
 _TYPES: Mapping[str, str] = MappingProxyType({"server_error": "api_error"})

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from tests.fakes import cohere_payloads as payloads
-from tests.fakes.openai_upstream import Failure
+from tests.fakes.base import Failure
 
 ERROR_ID = "5b1c7f0e-aaaa-4bbb-8ccc-0123456789ab"
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from tests.fakes import google_payloads as payloads
-from tests.fakes.openai_upstream import Failure
+from tests.fakes.base import Failure
 
 QUOTA_MESSAGE = ("You exceeded your current quota, please check your plan and billing details. For more "
                  "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.")

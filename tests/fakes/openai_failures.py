@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from tests.fakes import openai_payloads as payloads
-from tests.fakes.openai_upstream import Failure
+from tests.fakes.base import Failure
 
 
 def _failure(status: int, body: Any, headers: dict[str, str] | None = None) -> Failure:

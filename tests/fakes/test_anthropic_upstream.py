@@ -41,12 +41,6 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
         yield server
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def user(content: Any) -> dict[str, Any]:
     return {"role": "user", "content": content}
 

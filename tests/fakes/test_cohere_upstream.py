@@ -26,6 +26,7 @@ from cohere.v2.types import V2ChatResponse, V2ChatStreamResponse
 from pydantic import TypeAdapter
 
 from tests.fakes import cohere_failures as failures
+from tests.fakes.client import post
 from tests.fakes.cohere_upstream import FakeCohere
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +65,6 @@ def chat_response(raw: bytes) -> V2ChatResponse:
     parsed = V2ChatResponse.model_validate_json(raw)
     exact(parsed)
     return parsed
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],
-               headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    async with http.post(url, json=body, headers=headers) as response:
-        return response.status, await response.read()
 
 
 def parse_stream(raw: str) -> tuple[list[Any], bool]:

@@ -7,35 +7,16 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import aiohttp
 import orjson
-import pytest
 from openai.types import Completion, CompletionChoice, ImagesResponse
 
 from tests.fakes import openai_failures as failures
 from tests.fakes import openai_payloads as payloads
+from tests.fakes.client import post
 from tests.fakes.openai_upstream import FakeOpenAI
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(model_aliases={"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],
-               headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    async with http.post(url, json=body, headers=headers) as response:
-        return response.status, await response.read()
 
 
 # -- legacy completions ----------------------------------------------------------------------------
