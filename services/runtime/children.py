@@ -1,4 +1,9 @@
-"""Child processes of `up`: spawned so that they die with their parent, stopped with a deadline."""
+"""Child processes of `up`: spawned so that they die with their parent, stopped with a deadline.
+
+Dying with the parent is arranged by the child itself (`die_with_parent`, called first thing by
+the CLI when `AGGREGATOR_PARENT_PID` is set), not by a `preexec_fn`: running Python between fork
+and exec is unsafe in a parent with gRPC threads.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +19,21 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "AGGREGATOR_PARENT_PID"
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM when `up` dies, even by SIGKILL (Linux)."""
+def die_with_parent() -> None:
+    """In a child spawned by `spawn`: SIGTERM when the parent dies, even by SIGKILL (Linux). If the
+    parent is already gone (it died before this ran), exit now."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
-        pass
+        return
+    if os.getppid() != int(parent):
+        sys.exit(0)
 
 
 def spawn(argv: Sequence[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -29,11 +41,10 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], log_path: Path) -> subpro
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(argv),
-            env=env,
+            env={**env, PARENT_PID_ENV: str(os.getpid())},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
 
 

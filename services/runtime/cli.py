@@ -144,6 +144,9 @@ def _cmd_admin(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from services.runtime.children import die_with_parent
+
+    die_with_parent()
     args = _parser().parse_args(argv)
     commands = {"up": _cmd_up, "serve": _cmd_serve, "migrate": _cmd_migrate, "admin": _cmd_admin}
     try:
