@@ -5,12 +5,21 @@ shutdown does."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from services.runtime.children import PARENT_PID_ENV
+
+_EXEC_DYING_WITH_PARENT = (
+    "import os, sys; from services.runtime.children import die_with_parent; "
+    "die_with_parent(); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def envoy_binary() -> Path:
@@ -79,9 +88,12 @@ class EnvoyProcess:
         if self._concurrency is not None:
             command += ["--concurrency", str(self._concurrency)]
         with open(self.log_path, "ab") as log:
+            # A Python shim arms the parent-death signal and then execs Envoy (the signal survives
+            # exec), so Envoy goes when we go, even if we are killed.
+            shim = [sys.executable, "-c", _EXEC_DYING_WITH_PARENT]
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                [*shim, *command], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
         try:
             self._wait_live(timeout)
         except BaseException:
