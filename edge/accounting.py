@@ -65,6 +65,7 @@ class RequestRecord:
     attempts: int = 0
     usage: chat_pb2.Usage | None = None
     content_events: int = 0  # upstream chunks that carried content: about one token each
+    upstream_answered: bool = False  # the upstream accepted the request: its prompt is spent
     images: int = 0
     prompt_bytes: int = 0
     first_token_at: float | None = None
@@ -84,8 +85,8 @@ class RequestRecord:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
             # No usage from upstream (the stream was cut): bill what was generated, estimated.
-            generated = self.first_token_at is not None
-            prompt = estimate_tokens(self.prompt_bytes) if generated else 0
+            # Once the upstream answered, it has consumed (and will bill) the prompt.
+            prompt = estimate_tokens(self.prompt_bytes) if self.upstream_answered else 0
             completion = self.content_events
         cost = (
             price(self.candidate, prompt, completion, self.images)

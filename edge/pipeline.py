@@ -149,6 +149,7 @@ class Pipeline:
 
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
+        record.upstream_answered = True
         if event.HasField("usage"):
             record.usage = event.usage
         if event.has_content:

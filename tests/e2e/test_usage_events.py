@@ -77,3 +77,26 @@ async def test_failed_request_is_recorded_with_its_reason(
     assert len(events) == 1
     assert events[0].status == ev.REQUEST_STATUS_FAILED and events[0].error_reason == "UPSTREAM_UNAVAILABLE"
     assert events[0].cost_usd == "0"
+
+
+async def test_a_stream_cut_by_the_client_is_billed_for_what_was_generated(
+        gateway, upstream, store_urls: StoreUrls) -> None:
+    upstream.chunk_delay_s = 0.2  # a slow answer: the client leaves after the first words
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a long answer please"}],
+            "stream": True}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
+                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+        async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
+            request_id = response.headers["x-request-id"]
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and '"content":"' in line.replace(" ", "") and \
+                        '"content":""' not in line.replace(" ", ""):
+                    break  # the first words reached the client
+    await upstream.wait_for_disconnect(within_s=5)
+    events = await _events_for(store_urls, request_id)
+    assert len(events) == 1
+    event = events[0]
+    assert event.status == ev.REQUEST_STATUS_CANCELLED and event.http_status == 499
+    # No usage came from upstream: what reached the client is estimated and billed, never free.
+    assert event.completion_tokens >= 1 and event.prompt_tokens >= 1
+    assert Decimal(event.cost_usd) > 0 and event.time_to_first_token_ms >= 0

@@ -78,12 +78,19 @@ def test_event_with_usage() -> None:
 
 
 def test_event_without_usage_estimates_what_was_generated() -> None:
-    rec = record(candidate=candidate(), content_events=7, prompt_bytes=4001, first_token_at=100.5)
+    rec = record(candidate=candidate(), content_events=7, prompt_bytes=4001, first_token_at=100.5,
+                 upstream_answered=True)
     event = rec.to_event()
     assert (event.prompt_tokens, event.completion_tokens) == (1001, 7)
     assert event.cost_usd == str(price(candidate(), 1001, 7)) == "0.00015435"
     assert (event.cached_tokens, event.reasoning_tokens, event.cache_creation_tokens) == (0, 0, 0)
     assert event.time_to_first_token_ms == 500
+
+
+def test_a_prompt_the_upstream_accepted_is_billed_even_with_nothing_generated() -> None:
+    event = record(candidate=candidate(), prompt_bytes=4000, upstream_answered=True).to_event()
+    assert (event.prompt_tokens, event.completion_tokens) == (1000, 0)
+    assert event.cost_usd == str(price(candidate(), 1000, 0))
 
 
 def test_event_without_usage_and_nothing_generated_costs_nothing() -> None:
