@@ -52,7 +52,8 @@ class CatalogModel:
             context_window=self.context_window,
             max_output_tokens=first.max_output_tokens,
             pricing=model_pb2.ModelPricing(
-                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k, per_image=first.per_image
+                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k,
+                per_image=first.per_image or None,
             ),
             supported_parameters=supported_parameters(first.endpoint.kind, self.type),
         )

@@ -31,6 +31,7 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI, http: httpx.
     mini = next(m for m in raw["data"] if m["id"] == "gpt-4o-mini")
     assert isinstance(mini["created"], int) and mini["created"] > 1_600_000_000  # a JSON number
     assert mini["pricing"]["input_per_1k"] == "0.0015" and mini["context_window"] == 128000
+    assert "per_image" not in mini["pricing"]  # only image models priced by the image carry it
     assert "tools" in mini["supported_parameters"] and "temperature" in mini["supported_parameters"]
     dalle = next(m for m in raw["data"] if m["id"] == "dall-e-3")
     assert dalle["type"] == "image" and dalle["pricing"]["per_image"] == "0.04"
