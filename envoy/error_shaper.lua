@@ -15,7 +15,7 @@
 --   * success: the gRPC headers and trailers are removed; the body streams through unbuffered.
 -- For native gRPC clients nothing is changed.
 
-local GRPC_KEY = "aggregator.grpc" -- services/runtime/envoy.py matches on it
+local GRPC_KEY = "aggregator.grpc" -- services/runtime/envoy_replies.py matches on it
 
 -- Response headers (and trailers) no HTTP client should see.
 local PLUMBING = {

@@ -26,6 +26,8 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.runtime.envoy_replies import local_reply_config
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DESCRIPTOR_PATH = REPO / "gen" / "descriptor.pb"
 DEFAULT_LUA_PATH = REPO / "envoy" / "error_shaper.lua"
@@ -79,91 +81,6 @@ def _add_with_dependencies(
     file.CopyToProto(proto)
     descriptor_set.file.append(proto)
     present.add(file.name)
-
-
-# --- local replies ---------------------------------------------------------------------------------
-
-
-def _status(op: str, code: int) -> dict[str, Any]:
-    comparison = {"op": op, "value": {"default_value": code, "runtime_key": "_"}}
-    return {"status_code_filter": {"comparison": comparison}}
-
-
-# Set by the Lua shaper on native gRPC requests. The request headers cannot tell: the transcoder
-# rewrites a JSON request into a gRPC one before any of its own replies.
-GRPC_METADATA_NAMESPACE = "aggregator.grpc"
-_IS_GRPC = {
-    "metadata_filter": {
-        "matcher": {
-            "filter": GRPC_METADATA_NAMESPACE,
-            "path": [{"key": "grpc"}],
-            "value": {"bool_match": True},
-        },
-        "match_if_key_not_found": False,
-    }
-}
-# Envoy names the cause of each of its replies in the response code details; only CEL reads them.
-_TRANSCODE_FAILURE = {
-    "extension_filter": {
-        "name": "envoy.access_loggers.extension_filters.cel",
-        "typed_config": {
-            _T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
-            "expression": "response.code_details.startsWith('grpc_json_transcode_failure')",
-        },
-    }
-}
-_INVALID, _SERVER = "invalid_request_error", "server_error"
-
-
-def _local_reply_config(max_request_bytes: int) -> dict[str, Any]:
-    """OpenAI error JSON for every reply Envoy makes itself, in our words; the first match wins."""
-    rows: list[tuple[dict[str, Any], int | None, str, str, str | None]] = [
-        # (which replies, status sent instead, message, type, code)
-        (
-            _status("EQ", 413),
-            None,
-            f"Request body too large: the limit is {max_request_bytes} bytes.",
-            _INVALID,
-            "request_too_large",
-        ),
-        (_status("EQ", 404), None, "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)", _INVALID, "unknown_url"),
-        (
-            {"and_filter": {"filters": [_status("EQ", 400), _TRANSCODE_FAILURE]}},
-            None,
-            "We could not parse the JSON body of your request: it must be a JSON object whose fields "
-            "have the types of the API reference.",
-            _INVALID,
-            "invalid_request_body",
-        ),
-        (_status("EQ", 400), None, "The request is malformed.", _INVALID, None),
-        (_status("EQ", 408), None, "The request timed out.", _INVALID, "timeout"),
-        (_status("EQ", 431), None, "The request headers are too large.", _INVALID, "headers_too_large"),
-        (_status("EQ", 504), None, "The service did not answer in time. Please retry.", _SERVER, "timeout"),
-        (
-            _status("GE", 500),
-            503,
-            "The service is temporarily unavailable. Please retry.",
-            _SERVER,
-            "service_unavailable",
-        ),
-        (_status("GE", 400), None, "The request could not be processed.", _INVALID, None),
-    ]
-    mappers: list[dict[str, Any]] = [
-        # Native gRPC clients read the status; Envoy's text stays out of grpc-message too.
-        {
-            "filter": {"and_filter": {"filters": [_IS_GRPC, _status("GE", 500)]}},
-            "body": {"inline_string": "The service is temporarily unavailable."},
-        },
-        {"filter": _IS_GRPC, "body": {"inline_string": "The request could not be processed."}},
-    ]
-    for when, status, message, error_type, code in rows:
-        body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-        mapper = {
-            "filter": when,
-            "body_format_override": {"json_format": body, "content_type": "application/json"},
-        }
-        mappers.append(mapper if status is None else {**mapper, "status_code": status})
-    return {"mappers": mappers}
 
 
 # --- the bootstrap ---------------------------------------------------------------------------------
@@ -370,7 +287,7 @@ def _connection_manager(
         },
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": _access_log(access_log_path),
-        "local_reply_config": _local_reply_config(max_request_bytes),
+        "local_reply_config": local_reply_config(max_request_bytes),
         "route_config": _route_config(service_prefixes),
         "http_filters": _http_filters(
             descriptor_path=descriptor_path, lua_path=lua_path, max_request_bytes=max_request_bytes
