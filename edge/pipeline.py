@@ -2,8 +2,9 @@
 
     authenticate -> validate -> (limits & reservation: the quotas issue) -> route -> adapt -> account
 
-Routing answers ordered candidates; a retriable failure before the first event moves on to the
-next candidate (DESIGN.md §2.8). After the first event the stream belongs to that candidate.
+Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
+last; a retriable failure before the first event moves on to the next candidate (DESIGN.md §2.8).
+After the first event the stream belongs to that candidate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
+from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason
@@ -68,10 +70,12 @@ def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None
 class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
-    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int) -> None:
+    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
+                 breakers: CircuitBreakers | None = None) -> None:
         self.clients = clients
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
+        self._breakers = breakers or CircuitBreakers()
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
@@ -121,7 +125,7 @@ class Pipeline:
         candidates = await self._candidates(request.model, list(request.models), model_type)
         record.prompt_bytes = request.ByteSize()
         last_error: GatewayError | None = None
-        for candidate in candidates:
+        for candidate in self._breakers.order(candidates):
             record.candidate = candidate
             record.attempts += 1
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
@@ -132,13 +136,15 @@ class Pipeline:
                     first = await anext(events)
                 except StopAsyncIteration:
                     last_error = GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
+                    self._breakers.failed(candidate)
                 except GatewayError as error:
                     if not may_try_next(error):
                         raise
                     last_error = error
-                    telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
+                    self._failed(candidate, error)
                 if first is None:
                     continue
+                self._breakers.succeeded(candidate)
                 self._observe(record, first)
                 yield first
                 async for event in events:
@@ -146,6 +152,11 @@ class Pipeline:
                     yield event
                 return
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+
+    def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
+        telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
+        if error.retriable:  # the endpoint's health; a refused parameter says nothing about it
+            self._breakers.failed(candidate)
 
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
@@ -165,7 +176,7 @@ class Pipeline:
     ) -> T:
         """The answer of the first candidate that answers a unary call."""
         last_error: GatewayError | None = None
-        for candidate in candidates:
+        for candidate in self._breakers.order(candidates):
             record.candidate = candidate
             record.attempts += 1
             try:
@@ -174,8 +185,9 @@ class Pipeline:
                 if not may_try_next(error):
                     raise
                 last_error = error
-                telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
+                self._failed(candidate, error)
                 continue
+            self._breakers.succeeded(candidate)
             record.first_token_at = time.monotonic()
             return answer
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")

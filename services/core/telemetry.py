@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -47,6 +47,8 @@ COST = Counter(
     "aggregator_cost_usd_total", "Cost in USD by model (monitoring only; bills use exact decimals)", ["model"]
 )
 ERRORS = Counter("aggregator_errors_total", "Errors by reason", ["reason"])
+PROVIDER_OPEN = Gauge("aggregator_provider_circuit_open", "1 while a provider's circuit breaker is open",
+                      ["provider"], multiprocess_mode="max")
 UPSTREAM_FAILURES = Counter(
     "aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"]
 )
