@@ -11,10 +11,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from services.core.errors import Reason
-from tests.conformance.providers import ErrorOutcome, ProviderProfile, WireView
+from tests.conformance.providers import ErrorOutcome, OpenAIWireView, ProviderProfile
 from tests.fakes import cohere_failures
 from tests.fakes.cohere_upstream import FakeCohere
-from tests.fakes.openai_payloads import content_text
 from tests.fakes.openai_upstream import Failure
 
 _NO_TYPED_STREAM_ERROR = "no typed in-stream error: a failed generation ends with finish_reason ERROR"
@@ -55,41 +54,16 @@ FAILURES = SimpleNamespace(**{name: getattr(cohere_failures, name) for name in (
     "model_not_found", "server_error", "unavailable", "timeout")}, in_stream=_in_stream)
 
 
-class CohereWireView(WireView):
-    """Reads a Cohere `/v2/chat` or `/v2/embed` body as the upstream received it."""
+class CohereWireView(OpenAIWireView):
+    """Reads a Cohere `/v2/chat` or `/v2/embed` body as the upstream received it: OpenAI's message
+    shapes, with Cohere's own names for stop sequences, JSON output, streaming usage and embeddings."""
 
     @classmethod
     def reported_model(cls, upstream_model: str) -> str:
         return upstream_model  # Cohere names no model: answers carry the route's upstream model
 
-    def upstream_model(self) -> str:
-        return str(self.body["model"])
-
-    def temperature(self) -> float | None:
-        return self.body.get("temperature")  # type: ignore[no-any-return]
-
-    def roles(self) -> list[str]:
-        return [m["role"] for m in self.body["messages"]]
-
-    def system_text(self) -> str:
-        return " ".join(content_text(m["content"])[0] for m in self.body["messages"] if m["role"] == "system")
-
     def stop(self) -> list[str]:
         return list(self.body.get("stop_sequences") or [])
-
-    def image_urls(self) -> list[str]:
-        return [p["image_url"]["url"] for m in self.body["messages"] if isinstance(m.get("content"), list)
-                for p in m["content"] if p.get("type") == "image_url"]
-
-    def tools(self) -> list[dict[str, Any]]:
-        return list(self.body.get("tools") or [])
-
-    def assistant_tool_calls(self) -> list[dict[str, Any]]:
-        return [c for m in self.body["messages"] if m["role"] == "assistant"
-                for c in m.get("tool_calls") or []]
-
-    def tool_result_ids(self) -> list[str]:
-        return [m["tool_call_id"] for m in self.body["messages"] if m["role"] == "tool"]
 
     def json_output(self) -> tuple[bool, Any]:
         """`json_object`, with the schema in `response_format.json_schema` when one is asked."""
@@ -98,10 +72,6 @@ class CohereWireView(WireView):
 
     def asks_stream_usage(self) -> bool:
         return self.body.get("stream") is True  # Cohere's `message-end` always reports usage
-
-    def api_key(self) -> str | None:
-        value = self.headers.get("authorization")
-        return value.removeprefix("Bearer ") if value is not None else None
 
     def embedding_model(self) -> str | None:
         return str(self.body["model"]) if self.path == "/v2/embed" else None
