@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from tests.fakes.openai_payloads import tokens
+from tests.fakes.openai_payloads import sample_arguments, tokens
 
 ARGUMENT_FRAGMENT = 6  # characters of tool input JSON per input_json_delta
 REQUEST_FIELDS = frozenset({
@@ -94,12 +94,9 @@ def _chosen_tools(body: dict[str, Any], text: str) -> list[dict[str, Any]]:
 
 def _input(tool: dict[str, Any], text: str) -> dict[str, Any]:
     schema = tool.get("input_schema") or {}
-    props: dict[str, Any] = schema.get("properties") or {}
-    if not props:
+    if not schema.get("properties"):
         return {"echo": text}
-    names = schema.get("required") or list(props)
-    samples = {"string": text, "integer": 42, "number": 42, "boolean": True}
-    return {n: samples.get((props.get(n) or {}).get("type", "string")) for n in names}
+    return sample_arguments(schema, text)
 
 
 def reply_for(body: dict[str, Any], id_prefix: str) -> Reply:

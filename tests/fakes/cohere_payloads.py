@@ -22,7 +22,13 @@ from typing import Any
 
 import orjson
 
-from tests.fakes.openai_payloads import ARGUMENT_FRAGMENT, content_text, prompt_tokens, tokens
+from tests.fakes.openai_payloads import (
+    ARGUMENT_FRAGMENT,
+    content_text,
+    prompt_tokens,
+    tokens,
+    tool_arguments,
+)
 
 PREAMBLE_TOKENS = 7  # what Cohere adds to each prompt: processed, not billed
 DEFAULT_DIMENSIONS = 16
@@ -56,14 +62,6 @@ def _chosen_tool(body: dict[str, Any], text: str) -> dict[str, Any] | None:
     return named or (tools[0] if choice == "REQUIRED" else None)
 
 
-def _arguments(tool: dict[str, Any], text: str) -> str:
-    schema = tool["function"].get("parameters") or {}
-    props: dict[str, Any] = schema.get("properties") or {}
-    names = schema.get("required") or list(props)
-    samples = {"string": text, "integer": 42, "number": 42, "boolean": True}
-    return orjson.dumps({n: samples.get((props.get(n) or {}).get("type", "string")) for n in names}).decode()
-
-
 def reply_for(body: dict[str, Any], call_id: str) -> Reply:
     """The deterministic answer to a `/v2/chat` request."""
     messages = body.get("messages") or []
@@ -76,7 +74,7 @@ def reply_for(body: dict[str, Any], call_id: str) -> Reply:
     if tool is not None:
         name = tool["function"]["name"]
         call = {"id": f"{name}_{call_id}", "type": "function",
-                "function": {"name": name, "arguments": _arguments(tool, text)}}
+                "function": {"name": name, "arguments": tool_arguments(tool, text)}}
         return Reply(tool_plan=f"I will use {name} to answer.", tool_calls=[call], finish_reason="TOOL_CALL")
     if images:
         text += f" [{images} image{'s' if images > 1 else ''}]"

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from tests.fakes.openai_payloads import tokens
+from tests.fakes.openai_payloads import sample_arguments, tokens
 
 THOUGHT_TOKENS = 7
 IMAGE_PREFIX = "image/"
@@ -88,10 +88,7 @@ def _chosen_function(body: dict[str, Any], text: str) -> dict[str, Any] | None:
 
 def _arguments(declaration: dict[str, Any], text: str) -> dict[str, Any]:
     schema = declaration.get("parametersJsonSchema") or declaration.get("parameters") or {}
-    props: dict[str, Any] = schema.get("properties") or {}
-    names = schema.get("required") or list(props)
-    samples = {"string": text, "integer": 42, "number": 42, "boolean": True}
-    return {n: samples.get(str((props.get(n) or {}).get("type", "string")).lower()) for n in names}
+    return sample_arguments(schema, text)
 
 
 def _tool_result(content: dict[str, Any]) -> str | None:

@@ -90,12 +90,18 @@ def _chosen_tool(body: dict[str, Any], text: str) -> dict[str, Any] | None:
     return named or (tools[0] if choice == "required" else None)
 
 
-def _arguments(tool: dict[str, Any], text: str) -> str:
-    schema = tool["function"].get("parameters") or {}
+def sample_arguments(schema: dict[str, Any], text: str) -> dict[str, Any]:
+    """Deterministic arguments for a JSON schema (every fake's tool calls): the user's text for
+    strings, 42 for numbers, true for booleans; the required properties, else all of them."""
     props: dict[str, Any] = schema.get("properties") or {}
     names = schema.get("required") or list(props)
     samples = {"string": text, "integer": 42, "number": 42, "boolean": True}
-    return orjson.dumps({n: samples.get((props.get(n) or {}).get("type", "string")) for n in names}).decode()
+    return {n: samples.get(str((props.get(n) or {}).get("type", "string")).lower()) for n in names}
+
+
+def tool_arguments(tool: dict[str, Any], text: str) -> str:
+    """The JSON arguments string of a call of an OpenAI-shaped function tool (Cohere's too)."""
+    return orjson.dumps(sample_arguments(tool["function"].get("parameters") or {}, text)).decode()
 
 
 def reply_for(body: dict[str, Any], call_id: str) -> Reply:
@@ -109,7 +115,7 @@ def reply_for(body: dict[str, Any], call_id: str) -> Reply:
     tool = _chosen_tool(body, text) if last.get("role") == "user" else None
     if tool is not None:
         call = {"id": call_id, "type": "function",
-                "function": {"name": tool["function"]["name"], "arguments": _arguments(tool, text)}}
+                "function": {"name": tool["function"]["name"], "arguments": tool_arguments(tool, text)}}
         return Reply(content=None, tool_calls=[call], finish_reason="tool_calls")
     if images:
         text += f" [{images} image{'s' if images > 1 else ''}]"
