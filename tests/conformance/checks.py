@@ -3,10 +3,12 @@ gateway (public model id, `provider` extension)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
 
 from aggregator.adapter.v1 import adapter_service_pb2
 from tests.conformance.conftest import Harness
@@ -21,25 +23,41 @@ def user(content: Any) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
-def completion(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> ChatCompletion:
-    """The one event of a non-streamed call, checked and parsed."""
+Labels = Callable[[Harness, dict[str, Any]], None]
+M = TypeVar("M", bound=BaseModel)
+
+
+def whole(harness: Harness, events: list[adapter_service_pb2.ChatResponse], model: type[M],
+          labels: Labels) -> M:
+    """The one event of a non-streamed call, its labels checked, parsed with an SDK type."""
     assert len(events) == 1
     body = orjson.loads(events[0].body)
-    _check_labels(harness, body)
-    return ChatCompletion.model_validate(body)
+    labels(harness, body)
+    return model.model_validate(body)
 
 
-def chunks(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> list[ChatCompletionChunk]:
-    """The client-visible chunks of a streamed call, checked and parsed."""
+def streamed(harness: Harness, events: list[adapter_service_pb2.ChatResponse], model: type[M],
+             labels: Labels) -> list[M]:
+    """The client-visible chunks of a streamed call, each checked and parsed; latency never decreases."""
     parsed = []
     for event in events:
         if event.body:
             body = orjson.loads(event.body)
-            _check_labels(harness, body)
-            parsed.append(ChatCompletionChunk.model_validate(body))
+            labels(harness, body)
+            parsed.append(model.model_validate(body))
     latencies = [e.latency_ms for e in events]
     assert latencies == sorted(latencies)
     return parsed
+
+
+def completion(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> ChatCompletion:
+    """The one event of a non-streamed chat call, checked and parsed."""
+    return whole(harness, events, ChatCompletion, _check_labels)
+
+
+def chunks(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> list[ChatCompletionChunk]:
+    """The client-visible chunks of a streamed chat call, checked and parsed."""
+    return streamed(harness, events, ChatCompletionChunk, _check_labels)
 
 
 def _check_labels(harness: Harness, body: dict[str, Any]) -> None:

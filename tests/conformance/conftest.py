@@ -129,15 +129,16 @@ class Harness:
         return adapter_service_pb2.ChatRequest(candidate=self.candidate(**candidate), request=typed,
                                                request_id=request_id, timeout_ms=timeout_ms)
 
-    async def stream(self, call: adapter_service_pb2.ChatRequest,
+    async def stream(self, call: Any, method: str = "Chat",
                      ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
-        """The servicer's events; a failure surfaces as GatewayError on either transport."""
+        """The events of a streaming adapter RPC (`Chat`, `Complete`); a failure surfaces as
+        GatewayError on either transport."""
         try:
             if self.transport == "inproc":
-                async for event in self.service.servicer.Chat(call, MinimalContext()):
+                async for event in getattr(self.service.servicer, method)(call, MinimalContext()):
                     yield event
             else:
-                rpc = self.service.stub.Chat(call)
+                rpc = getattr(self.service.stub, method)(call)
                 try:
                     async for event in rpc:
                         yield event

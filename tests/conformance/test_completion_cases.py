@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Literal
 
-import grpc
 import orjson
 import pytest
 from google.protobuf import json_format
@@ -20,9 +19,10 @@ from openai.types import Completion, CompletionChoice
 
 from aggregator.adapter.v1 import adapter_service_pb2
 from aggregator.openai.v1 import completion_pb2
-from services.core.errors import GatewayError, Reason, from_rpc_error
+from services.core.errors import GatewayError, Reason
+from tests.conformance import checks
 from tests.conformance.cases import ERROR_CASES
-from tests.conformance.conftest import Harness, MinimalContext
+from tests.conformance.conftest import Harness
 from tests.conformance.test_error_cases import check_error, script
 
 pytestmark = pytest.mark.conformance("completions")
@@ -48,22 +48,10 @@ def complete_call(harness: Harness, request: dict[str, Any], *, timeout_ms: int 
         request_id=request_id, timeout_ms=timeout_ms)
 
 
-async def stream(harness: Harness, call: adapter_service_pb2.CompleteRequest,
-                 ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
+def stream(harness: Harness, call: adapter_service_pb2.CompleteRequest,
+           ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:
     """The servicer's events; a failure surfaces as GatewayError on either transport."""
-    try:
-        if harness.transport == "inproc":
-            async for event in harness.service.servicer.Complete(call, MinimalContext()):
-                yield event
-        else:
-            rpc = harness.service.stub.Complete(call)
-            try:
-                async for event in rpc:
-                    yield event
-            finally:
-                rpc.cancel()
-    except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc) from None
+    return harness.stream(call, "Complete")
 
 
 async def complete(harness: Harness, request: dict[str, Any], **options: Any,
@@ -85,21 +73,11 @@ def check_labels(harness: Harness, body: dict[str, Any]) -> None:
 
 
 def whole(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> Completion:
-    assert len(events) == 1
-    body = orjson.loads(events[0].body)
-    check_labels(harness, body)
-    return Completion.model_validate(body)
+    return checks.whole(harness, events, Completion, check_labels)
 
 
 def chunks(harness: Harness, events: list[adapter_service_pb2.ChatResponse]) -> list[CompletionChunk]:
-    parsed = []
-    for event in events:
-        if event.body:
-            body = orjson.loads(event.body)
-            check_labels(harness, body)
-            parsed.append(CompletionChunk.model_validate(body))
-    assert [e.latency_ms for e in events] == sorted(e.latency_ms for e in events)
-    return parsed
+    return checks.streamed(harness, events, CompletionChunk, check_labels)
 
 
 async def test_text(harness: Harness) -> None:
