@@ -8,9 +8,11 @@ a response and a client disconnect never loses the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
+from services.core.errors import GatewayError
 from services.routing.catalog import decimal_str
 
 log = logging.getLogger(__name__)
@@ -73,11 +76,16 @@ class RequestRecord:
     http_status: int = 200
     error_reason: str = ""
 
-    def fail(self, error: Any) -> None:
+    def fail(self, error: GatewayError) -> None:
         """Marks the record failed with a GatewayError."""
         self.status = ev.REQUEST_STATUS_FAILED
         self.http_status = error.http_status
         self.error_reason = error.reason.value
+
+    def cancel(self) -> None:
+        """Marks the record as cut short by the client (499, as nginx logs it)."""
+        self.status = ev.REQUEST_STATUS_CANCELLED
+        self.http_status = 499
 
     def to_event(self) -> ev.UsageEvent:
         usage = self.usage
@@ -130,6 +138,21 @@ class UsageRecorder:
     def __init__(self, publisher: Publisher | None) -> None:
         self._publisher = publisher
         self._pending: set[asyncio.Task[Any]] = set()
+
+    @contextlib.contextmanager
+    def recording(self, record: RequestRecord) -> Iterator[RequestRecord]:
+        """Finishes `record` whatever happens inside: failed on a GatewayError, cancelled when the
+        client goes away (CancelledError, or GeneratorExit in a closed stream)."""
+        try:
+            yield record
+        except GatewayError as error:
+            record.fail(error)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            record.cancel()
+            raise
+        finally:
+            self.finish(record)
 
     def finish(self, record: RequestRecord) -> ev.UsageEvent:
         event = record.to_event()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
 
-from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
 from edge.pipeline import NOTHING_ANSWERED, Pipeline
 from services.core.errors import GatewayError, Reason
@@ -41,16 +40,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> chat_pb2.ChatCompletion:
         request = self._with_stream(request, False)
         record = self._pipeline.start(context, "chat.completions", request.model, False)
-        try:
-            async for event in self._pipeline.chat(request, context, record):
-                if event.body:
-                    return _parse(event.body, chat_pb2.ChatCompletion())
+        with self._pipeline.recorder.recording(record):
+            async with contextlib.aclosing(self._pipeline.chat(request, context, record)) as events:
+                async for event in events:
+                    if event.body:
+                        return _parse(event.body, chat_pb2.ChatCompletion())
             raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
-        except GatewayError as error:
-            record.fail(error)
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
 
     @rpc_method
     async def StreamChatCompletion(
@@ -58,22 +53,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         request = self._with_stream(request, True)
         record = self._pipeline.start(context, "chat.completions", request.model, True)
-        try:
-            async for event in self._pipeline.chat(request, context, record):
-                chunk = _parse(event.body, chat_pb2.ChatCompletionChunk()) if event.body else None
-                if chunk is None and event.HasField("usage"):
-                    chunk = chat_pb2.ChatCompletionChunk(usage=event.usage)
-                if chunk is not None:
-                    yield chunk
-        except GatewayError as error:
-            record.fail(error)
-            raise  # gRPC has trailers: the status ends the stream cleanly even after chunks
-        except (asyncio.CancelledError, GeneratorExit):
-            record.status = ev.REQUEST_STATUS_CANCELLED
-            record.http_status = 499
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
+        # A failure after chunks just raises: gRPC has trailers, the status ends the stream cleanly.
+        with self._pipeline.recorder.recording(record):
+            async with contextlib.aclosing(self._pipeline.chat(request, context, record)) as events:
+                async for event in events:
+                    chunk = _parse(event.body, chat_pb2.ChatCompletionChunk()) if event.body else None
+                    if chunk is None and event.HasField("usage"):
+                        chunk = chat_pb2.ChatCompletionChunk(usage=event.usage)
+                    if chunk is not None:
+                        yield chunk
 
     @rpc_method
     async def CreateEmbedding(
@@ -87,11 +75,6 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 param="encoding_format",
             )
         record = self._pipeline.start(context, "embeddings", request.model, False)
-        try:
+        with self._pipeline.recorder.recording(record):
             answer = await self._pipeline.embed(request, context, record)
-        except GatewayError as error:
-            record.fail(error)
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
         return _parse(answer.body, embedding_pb2.EmbeddingResponse())

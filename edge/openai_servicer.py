@@ -8,14 +8,12 @@ their trailers too (rpc.abort).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from google.api import httpbody_pb2
 
-from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import (
     chat_pb2,
     completion_pb2,
@@ -38,6 +36,10 @@ from services.core.rpc import rpc_method
 SSE = "text/event-stream"
 JSON = "application/json"
 DONE = httpbody_pb2.HttpBody(content_type=SSE, data=b"data: [DONE]\n\n")
+
+
+def json_body(data: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=JSON, data=data)
 
 
 def sse(data: bytes) -> httpbody_pb2.HttpBody:
@@ -76,39 +78,29 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         """The bytes of a (possibly streamed) answer, and its usage record whatever happens."""
         stream = record.stream
         started = False
-        try:
-            async for event in events:
-                started = True
-                if not event.body:
-                    continue  # a usage-only event the client did not ask for
-                yield sse(event.body) if stream else httpbody_pb2.HttpBody(content_type=JSON, data=event.body)
-            if stream:
-                yield DONE
-        except GatewayError as error:
-            record.fail(error)
-            if not (started and stream):
-                raise
-            # After the first byte the status is sent: end the stream with one in-band error event.
-            yield sse(error.to_json())
-        except (asyncio.CancelledError, GeneratorExit):
-            record.status = ev.REQUEST_STATUS_CANCELLED
-            record.http_status = 499
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
+        with self._pipeline.recorder.recording(record):
+            try:
+                async for event in events:
+                    started = True
+                    if not event.body:
+                        continue  # a usage-only event the client did not ask for
+                    yield sse(event.body) if stream else json_body(event.body)
+                if stream:
+                    yield DONE
+            except GatewayError as error:
+                if not (started and stream):
+                    raise
+                # After the first byte the status is sent: end the stream with one in-band error event.
+                record.fail(error)
+                yield sse(error.to_json())
 
     async def _unary(
         self, record: RequestRecord, context: Any, answer: Awaitable[Any]
     ) -> httpbody_pb2.HttpBody:
         """One JSON answer of a unary endpoint, and its usage record whatever happens."""
-        try:
+        with self._pipeline.recorder.recording(record):
             result = await answer
-        except GatewayError as error:
-            record.fail(error)
-            raise
-        finally:
-            self._pipeline.recorder.finish(record)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=result.body)
+        return json_body(result.body)
 
     @rpc_method
     async def CreateEmbedding(

@@ -44,14 +44,22 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
                            default_timeout_s=default_timeout_s)
         return cls(AdapterRegistry.build(deps), http)
 
+    def _call(self, candidate: route_pb2.RouteCandidate, capability: str, endpoint: str) -> Any:
+        """The adapter method serving `capability` for the candidate's kind. `complete` and `image`
+        are optional: a kind without them fails with UNSUPPORTED_PARAMETER."""
+        _check(candidate)
+        kind = candidate.endpoint.kind
+        method = getattr(self._registry.adapter_for(kind), capability, None)
+        if method is None:
+            raise _unsupported(kind, endpoint)
+        return method
+
     @rpc_method
     async def Chat(self, request: adapter_service_pb2.ChatRequest,
                    context: Any) -> AsyncIterator[adapter_service_pb2.ChatResponse]:
         """Streams one event per upstream chunk, or one event with the whole completion."""
-        _check(request.candidate)
-        adapter = self._registry.adapter_for(request.candidate.endpoint.kind)
         # aclosing: whoever stops reading us (client gone, caller done) closes the upstream now.
-        async with aclosing(adapter.chat(request)) as events:
+        async with aclosing(self._call(request.candidate, "chat", "chat")(request)) as events:
             async for event in events:
                 yield event
 
@@ -59,33 +67,24 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     async def Embed(self, request: adapter_service_pb2.EmbedRequest,
                     context: Any) -> adapter_service_pb2.EmbedResponse:
         """Calls an embedding model."""
-        _check(request.candidate)
-        return await self._registry.adapter_for(request.candidate.endpoint.kind).embed(request)
+        response: adapter_service_pb2.EmbedResponse = await self._call(
+            request.candidate, "embed", "embeddings")(request)
+        return response
 
     @rpc_method
     async def Complete(self, request: adapter_service_pb2.CompleteRequest,
                        context: Any) -> AsyncIterator[adapter_service_pb2.ChatResponse]:
-        """Streams a legacy text completion like Chat (bodies are `text_completion` JSON); a kind
-        without completions fails with UNSUPPORTED_PARAMETER."""
-        _check(request.candidate)
-        kind = request.candidate.endpoint.kind
-        complete = getattr(self._registry.adapter_for(kind), "complete", None)
-        if complete is None:
-            raise _unsupported(kind, "completions")
-        async with aclosing(complete(request)) as events:
+        """Streams a legacy text completion like Chat (bodies are `text_completion` JSON)."""
+        async with aclosing(self._call(request.candidate, "complete", "completions")(request)) as events:
             async for event in events:
                 yield event
 
     @rpc_method
     async def Image(self, request: adapter_service_pb2.ImageRequest,
                     context: Any) -> adapter_service_pb2.ImageResponse:
-        """Generates, edits or varies images; a kind without images fails with UNSUPPORTED_PARAMETER."""
-        _check(request.candidate)
-        kind = request.candidate.endpoint.kind
-        image = getattr(self._registry.adapter_for(kind), "image", None)
-        if image is None:
-            raise _unsupported(kind, "images")
-        response: adapter_service_pb2.ImageResponse = await image(request)
+        """Generates, edits or varies images."""
+        response: adapter_service_pb2.ImageResponse = await self._call(
+            request.candidate, "image", "images")(request)
         return response
 
     async def close(self) -> None:
