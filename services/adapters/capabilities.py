@@ -9,6 +9,7 @@ candidate that does honour it, and reports it only when none does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from google.protobuf.message import Message
@@ -19,6 +20,7 @@ from services.core.errors import GatewayError, Reason
 ALWAYS_ACCEPTED = frozenset({"model", "messages", "stream", "models", "provider", "prompt", "input"})
 
 
+@functools.cache  # static tables: read once per kind, not on every /v1/models call
 def supported_chat_parameters(kind: str) -> tuple[str, ...]:
     """The chat request fields a provider kind honours, sorted; empty for an unknown kind."""
     from services.adapters.registry import adapter_module
