@@ -8,7 +8,7 @@ import email.parser
 import email.policy
 
 from aggregator.openai.v1 import image_pb2
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 MAX_PARTS = 64
 
@@ -39,7 +39,7 @@ def parse_image_upload(content_type: str, body: bytes, operation: str) -> image_
             try:
                 upload.fields[name] = data.decode("utf-8")
             except UnicodeDecodeError:
-                raise _invalid(f"Field '{name}' is not UTF-8 text.") from None
+                raise _invalid(f"Field {quote(name)} is not UTF-8 text.") from None
         else:
             upload.files.add(field=name, filename=filename, content_type=part.get_content_type(), data=data)
     return upload

@@ -30,7 +30,7 @@ from edge.accounting import RequestRecord
 from edge.multipart import parse_image_upload
 from edge.pipeline import Pipeline, check_model_allowed
 from services.core import calls
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import rpc_method
 
 SSE = "text/event-stream"
@@ -170,7 +170,9 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
 
     @staticmethod
     def _model_not_found(model_id: str) -> GatewayError:
-        return GatewayError(Reason.MODEL_NOT_FOUND, f"The model '{model_id}' does not exist", param="model")
+        return GatewayError(
+            Reason.MODEL_NOT_FOUND, f"The model {quote(model_id, '`')} does not exist", param="model"
+        )
 
     @rpc_method
     async def ListProviders(self, request: pb.ListProvidersRequest, context: Any) -> pb.ListProvidersResponse:

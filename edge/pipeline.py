@@ -24,7 +24,7 @@ from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.core import calls, telemetry
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
 
 BEARER = "bearer "
@@ -62,7 +62,7 @@ def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None
         if model not in allowed:
             raise GatewayError(
                 Reason.MODEL_NOT_ALLOWED,
-                f"This API key is not allowed to use the model `{model}`.",
+                f"This API key is not allowed to use the model {quote(model, '`')}.",
                 param="model",
             )
 

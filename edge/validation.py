@@ -8,7 +8,7 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 
 from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
@@ -39,7 +39,7 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise _invalid(
-                f"Invalid value for 'messages[{i}].role': {message.role!r}.", f"messages[{i}].role"
+                f"Invalid value for 'messages[{i}].role': {quote(message.role)}.", f"messages[{i}].role"
             )
         kind = _kind(message.content)
         if kind not in ("", "string_value", "list_value", "null_value"):
@@ -73,7 +73,7 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
         if tool.type == "function" and not tool.function.name:
             raise _invalid(f"Missing 'tools[{i}].function.name'.", f"tools[{i}].function.name")
         if tool.type not in ("function", "custom"):
-            raise _invalid(f"Invalid value for 'tools[{i}].type': {tool.type!r}.", f"tools[{i}].type")
+            raise _invalid(f"Invalid value for 'tools[{i}].type': {quote(tool.type)}.", f"tools[{i}].type")
     if request.HasField("tool_choice"):
         kind = _kind(request.tool_choice)
         if kind == "string_value" and request.tool_choice.string_value not in TOOL_CHOICES:

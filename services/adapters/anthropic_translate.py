@@ -29,7 +29,7 @@ from services.adapters.anthropic_wire import MessageParam, MessagesRequest, Role
 from services.adapters.capabilities import unsupported_parameter
 from services.adapters.data_urls import split_data_url
 from services.adapters.json_values import plain
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 DEFAULT_MAX_TOKENS = 4096
 MAX_TEMPERATURE = 1.0  # Anthropic's range is 0..1 (OpenAI's 0..2)
@@ -81,7 +81,7 @@ def _image_part(part: dict[str, Any], param: str, provider: str) -> dict[str, An
         raise _invalid(param, "An image URL must be http(s) or a base64 data URL.")
     media_type, data = _data_url(url, param)
     if media_type not in IMAGE_MEDIA_TYPES:
-        raise _unsupported(param, f"The image type '{media_type}'", provider)
+        raise _unsupported(param, f"The image type {quote(media_type)}", provider)
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
@@ -91,7 +91,7 @@ def _file_part(part: dict[str, Any], param: str, provider: str) -> dict[str, Any
         raise _unsupported(param, "A file part without inline PDF data (file_data)", provider)
     media_type, data = _data_url(data_url, param)
     if media_type != "application/pdf":
-        raise _unsupported(param, f"The file type '{media_type}'", provider)
+        raise _unsupported(param, f"The file type {quote(media_type)}", provider)
     return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
@@ -122,7 +122,7 @@ def _blocks(content: Any, parts: Mapping[str, PartTranslator], param: str, provi
         kind = part.get("type") if isinstance(part, dict) else None
         translate = parts.get(kind) if isinstance(kind, str) else None
         if translate is None:
-            raise _unsupported(f"{param}[{j}]", f"The content part type '{kind}' here", provider)
+            raise _unsupported(f"{param}[{j}]", f"The content part type {quote(kind)} here", provider)
         block = translate(part, f"{param}[{j}]", provider)
         if block.get("type") != "text" or block["text"]:
             blocks.append(block)
@@ -136,7 +136,7 @@ def _content(message: chat_pb2.ChatMessage) -> Any:
 
 def _tool_use(call: chat_pb2.ToolCall, param: str, provider: str) -> dict[str, Any]:
     if call.type not in ("", "function"):
-        raise _unsupported(f"{param}.type", f"The tool call type '{call.type}'", provider)
+        raise _unsupported(f"{param}.type", f"The tool call type {quote(call.type)}", provider)
     if not call.id:
         raise _invalid(f"{param}.id", "An assistant tool call needs an id.")
     arguments = call.function.arguments
@@ -146,7 +146,7 @@ def _tool_use(call: chat_pb2.ToolCall, param: str, provider: str) -> dict[str, A
         parsed = None
     if not isinstance(parsed, dict):
         raise _invalid(f"{param}.function.arguments",
-                       f"The arguments of tool call '{call.id}' must be a JSON object.")
+                       f"The arguments of tool call {quote(call.id)} must be a JSON object.")
     return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": parsed}
 
 
@@ -208,7 +208,7 @@ def conversation(messages: Any, provider: str) -> tuple[list[dict[str, Any]], li
             continue
         entry = TURNS.get(message.role)
         if entry is None:
-            raise _unsupported(f"{param}.role", f"The message role '{message.role}'", provider)
+            raise _unsupported(f"{param}.role", f"The message role {quote(message.role)}", provider)
         role, translate = entry
         blocks = translate(message, param, provider)
         if turns and turns[-1][0] == role:
@@ -248,7 +248,7 @@ def _tools(request: chat_pb2.ChatCompletionRequest, provider: str) -> list[ToolP
     tools: list[ToolParam] = []
     for i, tool in enumerate(request.tools):
         if tool.type not in ("", "function"):
-            raise _unsupported(f"tools[{i}].type", f"The tool type '{tool.type}'", provider)
+            raise _unsupported(f"tools[{i}].type", f"The tool type {quote(tool.type)}", provider)
         function = tool.function
         # Never dropped: a function without parameters takes an empty object.
         schema = (plain(function.parameters) if function.HasField("parameters")
@@ -276,7 +276,8 @@ def _tool_choice(request: chat_pb2.ChatCompletionRequest, has_tools: bool,
     elif isinstance(value, dict):
         name = (value.get("function") or {}).get("name") if value.get("type") == "function" else None
         if not isinstance(name, str):
-            raise _unsupported("tool_choice", f"The tool_choice type '{value.get('type')}'", provider)
+            kind = quote(str(value.get("type")))
+            raise _unsupported("tool_choice", f"The tool_choice type {kind}", provider)
         choice = {"type": "tool", "name": name}
     if not has_tools:
         if choice is None or choice["type"] in ("auto", "none"):

@@ -24,7 +24,7 @@ from services.adapters.cohere_wire import (
     path,
 )
 from services.adapters.json_values import plain
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 TOOL_CHOICES: Mapping[str, str | None] = {"auto": None, "required": "REQUIRED", "none": "NONE"}
 # Cohere's `p` must lie in [0.01, 0.99]: OpenAI's top_p 1 (no filtering) becomes 0.99, 0 (greedy) 0.01.
@@ -62,7 +62,7 @@ def _parts(content: Any, provider: str, *, images: bool) -> str | list[dict[str,
         elif kind == "image_url" and images:
             blocks.append({"type": "image_url", "image_url": part.get("image_url") or {}})
         else:
-            raise unsupported("messages", provider, f"content parts of type '{kind}' cannot be sent")
+            raise unsupported("messages", provider, f"content parts of type {quote(kind)} cannot be sent")
     return blocks
 
 
@@ -114,7 +114,7 @@ def _messages(messages: list[dict[str, Any]], provider: str) -> list[CohereMessa
     for message in messages:
         build = MESSAGE_BUILDERS.get(message.get("role", ""))
         if build is None:
-            raise unsupported("messages", provider, f"role '{message.get('role')}' cannot be sent")
+            raise unsupported("messages", provider, f"role {quote(str(message.get('role')))} cannot be sent")
         result.append(build(message, provider))
     return result
 
@@ -161,7 +161,7 @@ def _response_format(body: dict[str, Any], provider: str) -> dict[str, Any] | No
     schema = path(fmt, "json_schema", "schema")
     if kind == "json_schema" and isinstance(schema, dict):
         return {"type": "json_object", "json_schema": schema}
-    raise unsupported("response_format", provider, f"response format '{kind}' without a schema")
+    raise unsupported("response_format", provider, f"response format {quote(kind)} without a schema")
 
 
 def _check_choices(body: dict[str, Any], provider: str) -> None:

@@ -38,7 +38,7 @@ from services.adapters.google_wire import (
     Part,
 )
 from services.adapters.json_values import plain
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 THOUGHT_SEPARATOR = "__thought__"
 # What Gemini reads from a URL's extension: it needs a MIME type for every fileData part.
@@ -112,11 +112,11 @@ def _user_part(part: dict[str, Any], param: str) -> Part:
         audio = part.get("input_audio") or {}
         mime = AUDIO_TYPES.get(str(audio.get("format", "")))
         if mime is None:
-            raise unsupported(param, f"Audio format '{audio.get('format')}'")
+            raise unsupported(param, f"Audio format {quote(str(audio.get('format')))}")
         return {"inlineData": {"mimeType": mime, "data": str(audio.get("data", ""))}}
     if kind == "file":
         return _file_part(part.get("file") or {}, param)
-    raise unsupported(param, f"The content part type '{kind}'")
+    raise unsupported(param, f"The content part type {quote(kind)}")
 
 
 def _parts(content: Any, param: str, *, text_only: bool) -> list[Part]:
@@ -159,7 +159,7 @@ def _assistant_parts(message: chat_pb2.ChatMessage, param: str, names: dict[str,
     for j, call in enumerate(message.tool_calls):
         where = f"{param}.tool_calls[{j}]"
         if call.type not in ("", "function"):
-            raise unsupported(where, f"A tool call of type '{call.type}'")
+            raise unsupported(where, f"A tool call of type {quote(call.type)}")
         try:
             args = orjson.loads(call.function.arguments or "{}")
         except orjson.JSONDecodeError as exc:
@@ -178,8 +178,8 @@ def _assistant_parts(message: chat_pb2.ChatMessage, param: str, names: dict[str,
 def _tool_part(message: chat_pb2.ChatMessage, param: str, names: dict[str, str]) -> Part:
     name = names.get(message.tool_call_id)
     if name is None:
-        raise invalid(param, f"{param}.tool_call_id '{message.tool_call_id}' answers no earlier assistant "
-                             "tool call.")
+        raise invalid(param, f"{param}.tool_call_id {quote(message.tool_call_id)} answers no earlier "
+                             "assistant tool call.")
     content = plain(message.content) if message.HasField("content") else ""
     text = "".join(p.get("text", "") for p in _parts(content, f"{param}.content", text_only=True))
     return {"functionResponse": {"name": name, "response": _response_object(text),
@@ -215,7 +215,7 @@ def contents_of(messages: Iterable[chat_pb2.ChatMessage]) -> tuple[list[Content]
         elif message.role == "tool":
             _append(contents, "user", [_tool_part(message, param, names)])
         else:
-            raise unsupported(f"{param}.role", f"The message role '{message.role}'")
+            raise unsupported(f"{param}.role", f"The message role {quote(message.role)}")
     if not contents:
         raise invalid("messages", "messages must hold at least one user, assistant or tool message.")
     return contents, system
@@ -228,7 +228,7 @@ def _response_format(request: chat_pb2.ChatCompletionRequest, config: Generation
     if kind in (None, "text"):
         return
     if kind not in ("json_object", "json_schema"):
-        raise unsupported("response_format", f"response_format type '{kind}'")
+        raise unsupported("response_format", f"response_format type {quote(kind)}")
     config["responseMimeType"] = "application/json"
     if kind == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")

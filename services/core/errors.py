@@ -25,10 +25,18 @@ import orjson
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.core import limits
+
 DOMAIN = "aggregator"
 ERROR_JSON_KEY = "x-openai-error"
 HTTP_STATUS_KEY = "x-http-status"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# An error crosses gRPC as trailing metadata three times over (the OpenAI JSON, grpc-message and the
+# status details), and a proxy or client refuses metadata past a few KiB: a message echoing a huge
+# client value must never grow with it (docs/edge.md, "Bounded errors").
+MAX_MESSAGE_BYTES = 1024  # UTF-8 bytes of a message; longer ones are cut and end with "…"
+MAX_PARAM_CHARS = 200
+QUOTE_CHARS = 64  # at most this much of a client's value is quoted back
 
 
 class Reason(enum.StrEnum):
@@ -53,6 +61,7 @@ class Reason(enum.StrEnum):
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_OVERLOADED = "UPSTREAM_OVERLOADED"
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
@@ -109,10 +118,32 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.UPSTREAM_TIMEOUT: ErrorKind(
         _C.DEADLINE_EXCEEDED, 504, "upstream_error", "upstream_timeout", retriable=True
     ),
+    # An answer larger than a size limit of ours (docs/edge.md): no other candidate would do better.
+    Reason.RESPONSE_TOO_LARGE: ErrorKind(
+        _C.RESOURCE_EXHAUSTED, 502, "server_error", "response_too_large"
+    ),
     Reason.UNIMPLEMENTED: ErrorKind(_C.UNIMPLEMENTED, 501, "invalid_request_error", "not_implemented"),
     Reason.UNAVAILABLE: ErrorKind(_C.UNAVAILABLE, 503, "server_error", "service_unavailable"),
     Reason.INTERNAL: ErrorKind(_C.INTERNAL, 500, "server_error", "internal_error"),
 }
+
+
+def quote(value: str, mark: str = "'", limit: int = QUOTE_CHARS) -> str:
+    """A value the client sent, as an error message shows it: between `mark`s (OpenAI writes model
+    ids in backticks), and only its first `limit` characters, with its length, when it is longer."""
+    if len(value) <= limit:
+        return f"{mark}{value}{mark}"
+    return f"{mark}{value[:limit]}…{mark} ({len(value)} characters)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`message` cut to at most `limit` UTF-8 bytes (at a character boundary, ending with "…")."""
+    if len(message) * 4 <= limit:  # cheap: no character is wider than 4 bytes
+        return message
+    raw = message.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return message
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 class GatewayError(Exception):
@@ -127,10 +158,11 @@ class GatewayError(Exception):
         code: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.param = param
+        self.param = param if param is None or len(param) <= MAX_PARAM_CHARS else param[:MAX_PARAM_CHARS]
         self.code = code  # overrides the table's OpenAI code (e.g. an upstream's own code)
         self.retry_after = retry_after
 
@@ -198,12 +230,22 @@ def internal_error() -> GatewayError:
     return GatewayError(Reason.INTERNAL, "The server had an error while processing your request.")
 
 
+def response_too_large(limit: int) -> GatewayError:
+    """The error of an answer over one of our size limits, naming the limit."""
+    return GatewayError(
+        Reason.RESPONSE_TOO_LARGE,
+        f"The answer is larger than the gateway's limit of {limits.describe(limit)} for one answer.",
+    )
+
+
+# Every rate limit or quota of ours carries its ErrorInfo, so a bare RESOURCE_EXHAUSTED is gRPC's
+# own: a message over the size limit of a channel.
 _CODE_FALLBACK: dict[grpc.StatusCode, Reason] = {
     _C.INVALID_ARGUMENT: Reason.INVALID_REQUEST,
     _C.UNAUTHENTICATED: Reason.INVALID_API_KEY,
     _C.PERMISSION_DENIED: Reason.PERMISSION_DENIED,
     _C.NOT_FOUND: Reason.NOT_FOUND,
-    _C.RESOURCE_EXHAUSTED: Reason.RATE_LIMITED,
+    _C.RESOURCE_EXHAUSTED: Reason.RESPONSE_TOO_LARGE,
     _C.UNIMPLEMENTED: Reason.UNIMPLEMENTED,
     _C.UNAVAILABLE: Reason.UNAVAILABLE,
     _C.DEADLINE_EXCEEDED: Reason.UPSTREAM_TIMEOUT,
@@ -231,6 +273,15 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> GatewayError:
                         code=info.metadata.get("code"),
                         retry_after=float(retry) if retry else None,
                     )
-    reason = reason_for_code(error.code())
-    message = error.details() or "" if reason is not Reason.INTERNAL else internal_error().message
-    return GatewayError(reason, message or reason.value)
+    return error_for_code(error.code(), error.details() or "")
+
+
+def error_for_code(code: grpc.StatusCode, details: str) -> GatewayError:
+    """The error a bare gRPC status stands for (no ErrorInfo of ours): gRPC's own text shows only
+    where it is the service's message for a known code."""
+    reason = reason_for_code(code)
+    if reason is Reason.INTERNAL:
+        return internal_error()
+    if reason is Reason.RESPONSE_TOO_LARGE:
+        return response_too_large(limits.MAX_GRPC_MESSAGE_BYTES)
+    return GatewayError(reason, details or reason.value)

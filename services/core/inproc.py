@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from services.core.errors import GatewayError, Reason, internal_error, reason_for_code
+from services.core.errors import GatewayError, Reason, error_for_code
 from services.core.rpc import InProcessContext
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -38,8 +38,7 @@ class InProcessServicerContext(InProcessContext):
         self.trailing_metadata_sent = tuple(metadata)
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> None:
-        reason = reason_for_code(code)
-        raise GatewayError(reason, details if reason is not Reason.INTERNAL else internal_error().message)
+        raise error_for_code(code, details)
 
     def peer(self) -> str:
         return "inproc"

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 
 def decimal_str(value: Decimal) -> str:
@@ -86,7 +86,7 @@ class Catalog:
         if model is None:
             raise GatewayError(
                 Reason.MODEL_NOT_FOUND,
-                f"The model `{model_id}` does not exist or you do not have access to it.",
+                f"The model {quote(model_id, '`')} does not exist or you do not have access to it.",
                 param="model",
             )
         return model
@@ -102,7 +102,7 @@ class Catalog:
             if model_type and model.type not in SERVES.get(model_type, (model_type,)):
                 raise GatewayError(
                     Reason.INVALID_REQUEST,
-                    f"The model `{wanted}` is a {model.type} model and cannot serve this endpoint.",
+                    f"The model {quote(wanted, '`')} is a {model.type} model and cannot serve this endpoint.",
                     param="model" if index == 0 else "models",
                 )
             for candidate in model.candidates:

@@ -13,11 +13,14 @@ from services.core.errors import (
     ERROR_JSON_KEY,
     ERROR_TABLE,
     HTTP_STATUS_KEY,
+    MAX_MESSAGE_BYTES,
+    QUOTE_CHARS,
     STATUS_DETAILS_KEY,
     GatewayError,
     Reason,
     from_rpc_error,
     internal_error,
+    quote,
 )
 
 _C = grpc.StatusCode
@@ -211,7 +214,6 @@ def test_foreign_or_unknown_error_info_falls_back_to_the_code(domain: str, reaso
     (grpc.StatusCode.UNAUTHENTICATED, Reason.INVALID_API_KEY),
     (grpc.StatusCode.PERMISSION_DENIED, Reason.PERMISSION_DENIED),
     (grpc.StatusCode.NOT_FOUND, Reason.NOT_FOUND),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.RATE_LIMITED),
     (grpc.StatusCode.UNIMPLEMENTED, Reason.UNIMPLEMENTED),
     (grpc.StatusCode.UNAVAILABLE, Reason.UNAVAILABLE),
     (grpc.StatusCode.DEADLINE_EXCEEDED, Reason.UPSTREAM_TIMEOUT),
@@ -236,3 +238,34 @@ def test_text_valued_details_key_is_ignored() -> None:
     # Only a binary value can be a serialized Status; anything else must not crash the reader.
     received = from_rpc_error(rpc_error(grpc.StatusCode.PERMISSION_DENIED, (("x-openai-error", "{}"),), "no"))
     assert received.reason is Reason.PERMISSION_DENIED
+
+
+def test_bare_resource_exhausted_is_a_size_limit_not_a_rate_limit() -> None:
+    # gRPC's own message-size failure: every rate limit of ours carries an ErrorInfo.
+    received = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, (),
+                                        "SERVER: Sent message larger than max (29627512 vs. 16777216)"))
+    assert received.reason is Reason.RESPONSE_TOO_LARGE and received.http_status == 502
+    assert "MiB" in received.message and "SERVER" not in received.message
+    assert received.retry_after is None
+
+
+def test_quote_keeps_a_short_prefix_of_long_values() -> None:
+    assert quote("gpt-4o") == "'gpt-4o'"
+    quoted = quote("m" * 19_000)
+    assert quoted.startswith("'" + "m" * QUOTE_CHARS + "…'") and "19000 characters" in quoted
+    assert len(quoted) < QUOTE_CHARS + 40
+
+
+@pytest.mark.parametrize("text", ["x" * 50_000, "é" * 6_000, "😀" * 3_000, "a" + "😀" * 700])
+def test_messages_are_bounded_in_bytes_whatever_the_characters(text: str) -> None:
+    error = GatewayError(Reason.INVALID_REQUEST, text, param="p" * 10_000)
+    assert len(error.message.encode()) <= MAX_MESSAGE_BYTES and error.message.endswith("…")
+    assert len(error.param or "") <= 200
+    assert text.startswith(error.message[:-1])
+    # What crosses gRPC stays far below the 8 KiB that clients and proxies accept.
+    total = sum(len(k) + len(v) for k, v in error.trailing_metadata())
+    assert total + 3 * len(error.message.encode()) < 8 * 1024
+
+
+def test_short_messages_are_untouched() -> None:
+    assert GatewayError(Reason.INVALID_REQUEST, "é" * 200).message == "é" * 200
