@@ -9,7 +9,7 @@ their trailers too (rpc.abort).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -31,6 +31,7 @@ from edge.multipart import parse_image_upload
 from edge.pipeline import Pipeline, check_model_allowed
 from services.core import calls
 from services.core.errors import GatewayError, Reason, quote
+from services.core.limits import HTTP_CHUNK_BYTES
 from services.core.rpc import rpc_method
 
 SSE = "text/event-stream"
@@ -40,6 +41,14 @@ DONE = httpbody_pb2.HttpBody(content_type=SSE, data=b"data: [DONE]\n\n")
 
 def json_body(data: bytes) -> httpbody_pb2.HttpBody:
     return httpbody_pb2.HttpBody(content_type=JSON, data=data)
+
+
+def json_chunks(data: bytes, size: int = HTTP_CHUNK_BYTES) -> Iterator[httpbody_pb2.HttpBody]:
+    """A JSON answer as HttpBody messages of at most `size` bytes: Envoy sends them on as one
+    body (the first one's content type is the response's), so no message nears a size limit."""
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), size):
+        yield json_body(bytes(view[start : start + size]))
 
 
 def sse(data: bytes) -> httpbody_pb2.HttpBody:
@@ -94,52 +103,60 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
                 record.fail(error)
                 yield sse(error.to_json())
 
-    async def _unary(
-        self, record: RequestRecord, context: Any, answer: Awaitable[Any]
-    ) -> httpbody_pb2.HttpBody:
-        """One JSON answer of a unary endpoint, and its usage record whatever happens."""
+    async def _whole(
+        self, record: RequestRecord, answer: Awaitable[Any]
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """One JSON answer of a unary endpoint, in pieces of at most HTTP_CHUNK_BYTES, and its usage
+        record whatever happens."""
         with self._pipeline.recorder.recording(record):
             result = await answer
-        return json_body(result.body)
+        for body in json_chunks(result.body):
+            yield body
 
     @rpc_method
     async def CreateEmbedding(
         self, request: embedding_pb2.EmbeddingRequest, context: Any
-    ) -> httpbody_pb2.HttpBody:
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """OpenAI's `list` of embeddings."""
         record = self._pipeline.start(context, "embeddings", request.model, False)
-        return await self._unary(record, context, self._pipeline.embed(request, context, record))
+        async for body in self._whole(record, self._pipeline.embed(request, context, record)):
+            yield body
 
     @rpc_method
     async def CreateImage(
         self, request: image_pb2.ImageGenerationRequest, context: Any
-    ) -> httpbody_pb2.HttpBody:
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """OpenAI's images answer for a prompt."""
         record = self._pipeline.start(context, "images.generations", request.model, False)
         answer = self._pipeline.image(request, request.model, list(request.models), context, record)
-        return await self._unary(record, context, answer)
+        async for body in self._whole(record, answer):
+            yield body
 
     @rpc_method
-    async def CreateImageEdit(self, request: httpbody_pb2.HttpBody, context: Any) -> httpbody_pb2.HttpBody:
+    async def CreateImageEdit(
+        self, request: httpbody_pb2.HttpBody, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """OpenAI's images answer for an uploaded image (multipart/form-data)."""
-        return await self._upload(request, context, "edit", "images.edits")
+        async for body in self._upload(request, context, "edit", "images.edits"):
+            yield body
 
     @rpc_method
     async def CreateImageVariation(
         self, request: httpbody_pb2.HttpBody, context: Any
-    ) -> httpbody_pb2.HttpBody:
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """OpenAI's images answer of variations of an uploaded image (multipart/form-data)."""
-        return await self._upload(request, context, "variation", "images.variations")
+        async for body in self._upload(request, context, "variation", "images.variations"):
+            yield body
 
     async def _upload(
         self, body: httpbody_pb2.HttpBody, context: Any, operation: str, endpoint: str
-    ) -> httpbody_pb2.HttpBody:
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         await self._pipeline.authenticate(context)  # before reading anything of the body
         upload = parse_image_upload(body.content_type, body.data, operation)
         model = upload.fields.get("model", "")
         record = self._pipeline.start(context, endpoint, model, False)
-        answer = self._pipeline.image(upload, model, [], context, record)
-        return await self._unary(record, context, answer)
+        async for piece in self._whole(record, self._pipeline.image(upload, model, [], context, record)):
+            yield piece
 
     @rpc_method
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:

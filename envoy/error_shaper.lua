@@ -43,7 +43,6 @@ local GENERIC = {
     "insufficient_permissions"),
   [404] = error_json("The requested resource was not found.", INVALID, "not_found"),
   [409] = error_json("The request conflicts with the current state.", INVALID, "conflict"),
-  [429] = error_json("Too many requests. Please retry later.", "rate_limit_error", "rate_limit_exceeded"),
   [501] = error_json("This endpoint is not implemented.", INVALID, "not_implemented"),
   [503] = error_json("The service is temporarily unavailable. Please retry.", SERVER, "service_unavailable"),
   [504] = error_json("The service did not answer in time. Please retry.", SERVER, "timeout"),
@@ -52,8 +51,18 @@ local CLIENT_ERROR = error_json("The request could not be processed.", INVALID, 
 local SERVER_ERROR = error_json("The server had an error while processing your request.", SERVER,
   "internal_error")
 
+-- Every rate limit or quota of ours carries its metadata, so a bare RESOURCE_EXHAUSTED (429) is
+-- gRPC's own message size limit: the answer was too large, which is not the client's doing.
+local TOO_LARGE = error_json("The answer is larger than the gateway's size limit for one message.",
+  SERVER, "response_too_large")
+local REMAPPED = { [429] = 502 }
+
+-- The status and body of an error without our metadata.
 local function generic_error(status)
-  return GENERIC[status] or (status < 500 and CLIENT_ERROR) or SERVER_ERROR
+  if REMAPPED[status] ~= nil then
+    return REMAPPED[status], TOO_LARGE
+  end
+  return status, GENERIC[status] or (status < 500 and CLIENT_ERROR) or SERVER_ERROR
 end
 
 local function strip(map)
@@ -126,7 +135,7 @@ local function shape_error(handle)
     text = body:getBytes(0, body:length())
     if text:sub(1, 9) ~= '{"error":' then
       -- No metadata from us (a crash, a status from gRPC itself): its text stays inside.
-      text = generic_error(status)
+      status, text = generic_error(status)
     end
   end
   strip(headers)

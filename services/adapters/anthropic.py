@@ -36,7 +36,7 @@ from services.adapters.capabilities import reject_unsupported
 from services.adapters.credentials import CredentialResolver
 from services.adapters.http import HttpClient, iter_sse
 from services.adapters.json_values import parse_object
-from services.adapters.upstream import UpstreamClient, elapsed_ms, stream_failure
+from services.adapters.upstream import UpstreamClient, elapsed_ms, read_answer, stream_failure
 from services.adapters.upstream_errors import incomplete_stream
 from services.core.errors import GatewayError, Reason
 
@@ -79,7 +79,7 @@ class AnthropicAdapter:
         target, started = stamp.Target.of(candidate), time.monotonic()
         async with self._upstream.open(call, MESSAGES_PATH, body, stream=request.stream) as response:
             if not request.stream:
-                answer = completion(parse_object(await response.read()), translated.json_tool)
+                answer = completion(parse_object(await read_answer(response)), translated.json_tool)
                 yield stamp.completion_event(orjson.dumps(answer), target, elapsed_ms(started))
                 return
             stream = StreamTranslator(candidate.upstream_model, translated.json_tool)

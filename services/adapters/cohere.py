@@ -25,7 +25,7 @@ from services.adapters.cohere_wire import CohereErrorBody
 from services.adapters.credentials import BEARER, CredentialResolver
 from services.adapters.http import HttpClient, HttpResponse, iter_sse
 from services.adapters.json_values import parse_object
-from services.adapters.upstream import UpstreamClient, elapsed_ms
+from services.adapters.upstream import UpstreamClient, elapsed_ms, read_answer
 from services.adapters.upstream_errors import incomplete_stream
 
 CHAT_PATH = "/v2/chat"
@@ -63,7 +63,7 @@ class CohereAdapter:
         started = time.monotonic()
         async with self._upstream.open(call, CHAT_PATH, body, stream=stream) as response:
             if not stream:
-                answer = answers.completion(parse_object(await response.read()), target.upstream_model,
+                answer = answers.completion(parse_object(await read_answer(response)), target.upstream_model,
                                             provider)
                 yield openai_translate.completion_event(orjson.dumps(answer), target, elapsed_ms(started))
                 return

@@ -26,7 +26,7 @@ from services.adapters.credentials import AuthScheme, CredentialResolver
 from services.adapters.google_wire import API_KEY_HEADER, API_VERSION, GoogleError, as_response
 from services.adapters.http import HttpClient, iter_sse
 from services.adapters.json_values import parse_object
-from services.adapters.upstream import UpstreamClient, elapsed_ms, stream_failure
+from services.adapters.upstream import UpstreamClient, elapsed_ms, read_answer, stream_failure
 
 API_KEY = AuthScheme(API_KEY_HEADER)
 
@@ -74,7 +74,7 @@ class GoogleAdapter:
         async with self._upstream.open(call, method_path(candidate, method), body,
                                        stream=request.stream) as response:
             if not request.stream:
-                answer = answers.completion(as_response(parse_object(await response.read())),
+                answer = answers.completion(as_response(parse_object(await read_answer(response))),
                                             target.upstream_model, n)
                 yield openai_translate.completion_event(orjson.dumps(answer), target, elapsed_ms(started))
                 return

@@ -24,7 +24,7 @@ from services.adapters.credentials import BEARER, CredentialResolver
 from services.adapters.http import HttpClient, iter_sse
 from services.adapters.json_values import parse_object
 from services.adapters.openai_wire import OpenAIErrorBody
-from services.adapters.upstream import UpstreamClient, elapsed_ms, stream_failure
+from services.adapters.upstream import UpstreamClient, elapsed_ms, read_answer, stream_failure
 from services.adapters.upstream_errors import incomplete_stream
 
 _DONE = b"[DONE]"
@@ -52,7 +52,7 @@ class OpenAIAdapter:
         started = time.monotonic()
         async with self._upstream.open(call, path, body, stream=stream) as response:
             if not stream:
-                raw = await response.read()
+                raw = await read_answer(response)
                 yield translate.completion_event(raw, target, elapsed_ms(started), content=content)
                 return
             wants_usage = call.request.stream_options.include_usage

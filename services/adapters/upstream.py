@@ -6,6 +6,7 @@ provider's format, written once.
                                non-2xx answer becomes the GatewayError of the one error table
                                (`upstream_errors`), decoded from the provider's error body
     UpstreamClient.exchange()  the same for a whole (unstreamed) answer: its bytes and latency
+    read_answer()              the bytes of a whole answer, refused past MAX_ANSWER_BYTES
     stream_failure()           the GatewayError of an error event inside a stream
     elapsed_ms()               the latency every answer reports
 
@@ -26,7 +27,8 @@ from services.adapters.credentials import AuthScheme, CredentialResolver
 from services.adapters.http import MAX_ERROR_BODY_BYTES, HttpClient, HttpRequest, HttpResponse, Timeouts
 from services.adapters.openai_translate import Target
 from services.adapters.upstream_errors import UpstreamFailure, retry_after_seconds, to_gateway_error
-from services.core.errors import GatewayError
+from services.core.errors import GatewayError, response_too_large
+from services.core.limits import MAX_ANSWER_BYTES
 
 JSON = "application/json"
 
@@ -58,6 +60,18 @@ class StreamError(ErrorBody, Protocol):
 def elapsed_ms(started: float) -> int:
     """Milliseconds since `started` (a `time.monotonic()` reading)."""
     return int((time.monotonic() - started) * 1000)
+
+
+async def read_answer(response: HttpResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The whole body of a successful answer; an answer over `limit` bytes is a 502 naming the limit
+    (docs/edge.md, "Size limits"), refused before reading it when its Content-Length says so."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise response_too_large(limit)
+    raw = await response.read(limit + 1)
+    if len(raw) > limit:
+        raise response_too_large(limit)
+    return raw
 
 
 def stream_failure(error: StreamError, target: Target) -> GatewayError:
@@ -119,5 +133,5 @@ class UpstreamClient:
         """One whole answer and its latency in milliseconds (embeddings, images)."""
         started = time.monotonic()
         async with self.open(call, path, body, content_type=content_type) as response:
-            raw = await response.read()
+            raw = await read_answer(response)
         return raw, elapsed_ms(started)

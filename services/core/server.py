@@ -13,9 +13,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from services.core.limits import MAX_GRPC_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # above Envoy's 10 MiB body limit, so Envoy decides
+# What a service accepts: above Envoy's 10 MiB body limit, so Envoy decides. What it sends may be a
+# whole upstream answer (an adapter's EmbedResponse, a typed embedding for native gRPC clients).
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +46,8 @@ class GrpcServer:
             interceptors=[aio_server_interceptor()],
             options=[
                 ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ],

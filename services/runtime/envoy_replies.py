@@ -28,15 +28,21 @@ _IS_GRPC = {
     }
 }
 # Envoy names the cause of each of its replies in the response code details; only CEL reads them.
-_TRANSCODE_FAILURE = {
-    "extension_filter": {
-        "name": "envoy.access_loggers.extension_filters.cel",
-        "typed_config": {
-            _T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
-            "expression": "response.code_details.startsWith('grpc_json_transcode_failure')",
-        },
+def _details(expression: str) -> dict[str, Any]:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                _T: f"{_EXTENSIONS}.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }
     }
-}
+
+
+_TRANSCODE_FAILURE = _details("response.code_details.startsWith('grpc_json_transcode_failure')")
+# A message from a service over the transcoder's buffer: the answer, not the service, is at fault.
+_ANSWER_TOO_LARGE = _details("response.code_details == 'response_payload_too_large'")
 _INVALID, _SERVER = "invalid_request_error", "server_error"
 
 
@@ -63,6 +69,13 @@ def local_reply_config(max_request_bytes: int) -> dict[str, Any]:
         (_status("EQ", 400), None, "The request is malformed.", _INVALID, None),
         (_status("EQ", 408), None, "The request timed out.", _INVALID, "timeout"),
         (_status("EQ", 431), None, "The request headers are too large.", _INVALID, "headers_too_large"),
+        (
+            _ANSWER_TOO_LARGE,
+            502,
+            "The answer is larger than the gateway's size limit for one message.",
+            _SERVER,
+            "response_too_large",
+        ),
         (_status("EQ", 504), None, "The service did not answer in time. Please retry.", _SERVER, "timeout"),
         (
             _status("GE", 500),

@@ -10,9 +10,11 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from services.core.config import SERVICE_NAMES, ConfigError
 from services.core.inproc import InProcessChannel
+from services.core.limits import MAX_GRPC_MESSAGE_BYTES
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # A service's answer may hold a whole upstream answer (docs/edge.md, "Size limits").
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
 ]

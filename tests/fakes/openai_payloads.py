@@ -28,6 +28,7 @@ echo `background`, `output_format`, `quality`, `size` as OpenAI does.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import struct
@@ -200,7 +201,13 @@ def chunks(body: dict[str, Any], *, completion_id: str, created: int, model: str
 
 
 def _vector(item: Any, dimensions: int) -> list[float]:
-    seed = hashlib.blake2b(orjson.dumps(item), digest_size=8).digest()
+    return _cached_vector(orjson.dumps(item), dimensions)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_vector(item: bytes, dimensions: int) -> list[float]:
+    # Cached: a test of large answers sends one input thousands of times at 3,072 dimensions.
+    seed = hashlib.blake2b(item, digest_size=8).digest()
     state = int.from_bytes(seed, "little")
     values = []
     for _ in range(dimensions):

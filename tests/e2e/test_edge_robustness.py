@@ -1,0 +1,47 @@
+"""Regressions of what fuzzing the edge from outside found (docs/edge.md): long values echoed in
+errors, answers larger than a message limit, lenient JSON and content types, and spec-valid
+requests refused before the upstream saw them."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.test_errors import assert_openai_error
+from tests.fakes.openai_upstream import FakeOpenAI
+
+pytestmark = pytest.mark.e2e
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+# --- 1. an error message quotes at most a short prefix of what the client sent ---------------------
+
+@pytest.mark.parametrize("model", ["m" * 19_000, "é" * 6_000, "😀" * 3_000, "x" * 200_000])
+async def test_unknown_long_model_is_404_with_a_short_quote(http: httpx.AsyncClient, model: str) -> None:
+    response = await http.post("/v1/chat/completions", json={**CHAT, "model": model})
+    error = assert_openai_error(response, 404, code="model_not_found")
+    assert model[:64] in error["message"] and len(error["message"]) < 300
+
+
+async def test_long_role_is_400_naming_the_param(http: httpx.AsyncClient) -> None:
+    messages = [{"role": "r" * 65_536, "content": "hi"}]
+    response = await http.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "messages[0].role" and len(error["message"]) < 300
+
+
+# --- 2/3. answers as large as providers legitimately send -------------------------------------------
+
+@pytest.mark.parametrize("count", [900, 2048])
+async def test_embeddings_as_large_as_openai_allows(http: httpx.AsyncClient, upstream: FakeOpenAI,
+                                                    count: int) -> None:
+    # 2,048 inputs of 3,072 dimensions: about 60 MB of JSON here, far over any gRPC default.
+    body = {"model": "text-embedding-3-small", "input": ["hello world"] * count, "dimensions": 3072}
+    response = await http.post("/v1/embeddings", json=body, timeout=120)
+    assert response.status_code == 200, response.text[:500]
+    answer = orjson.loads(response.content)
+    assert [item["index"] for item in answer["data"]] == list(range(count))
+    assert all(len(item["embedding"]) == 3072 for item in answer["data"])
+    assert answer["data"][0]["embedding"] == answer["data"][-1]["embedding"]
+    assert len(upstream.requests) == 1
