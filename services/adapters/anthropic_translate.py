@@ -122,7 +122,7 @@ def _blocks(content: Any, parts: Mapping[str, PartTranslator], param: str, provi
         kind = part.get("type") if isinstance(part, dict) else None
         translate = parts.get(kind) if isinstance(kind, str) else None
         if translate is None:
-            raise _unsupported(f"{param}[{j}]", f"The content part type {quote(kind)} here", provider)
+            raise _unsupported(f"{param}[{j}]", f"The content part type {quote(str(kind))} here", provider)
         block = translate(part, f"{param}[{j}]", provider)
         if block.get("type") != "text" or block["text"]:
             blocks.append(block)

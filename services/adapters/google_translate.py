@@ -116,7 +116,7 @@ def _user_part(part: dict[str, Any], param: str) -> Part:
         return {"inlineData": {"mimeType": mime, "data": str(audio.get("data", ""))}}
     if kind == "file":
         return _file_part(part.get("file") or {}, param)
-    raise unsupported(param, f"The content part type {quote(kind)}")
+    raise unsupported(param, f"The content part type {quote(str(kind))}")
 
 
 def _parts(content: Any, param: str, *, text_only: bool) -> list[Part]:
