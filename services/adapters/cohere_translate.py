@@ -62,7 +62,8 @@ def _parts(content: Any, provider: str, *, images: bool) -> str | list[dict[str,
         elif kind == "image_url" and images:
             blocks.append({"type": "image_url", "image_url": part.get("image_url") or {}})
         else:
-            raise unsupported("messages", provider, f"content parts of type {quote(str(kind))} cannot be sent")
+            shown = quote(str(kind))
+            raise unsupported("messages", provider, f"content parts of type {shown} cannot be sent")
     return blocks
 
 
