@@ -6,9 +6,11 @@ One listener speaks HTTP/1.1 and HTTP/2 cleartext. Its filters, in order:
 1. the Lua error shaper (`envoy/error_shaper.lua`): for HTTP clients it turns a failed RPC's
    trailing metadata (`x-openai-error`, `x-http-status`) into the OpenAI error response and strips
    gRPC plumbing from every response; native gRPC passes untouched;
-2. the gRPC-JSON transcoder: HTTP/JSON to the typed RPCs of every `aggregator.*` service that has
+2. the buffer filter (the 10 MiB body limit) and the JSON guard (`envoy_json_guard.py`): strict
+   JSON and a JSON Content-Type, as OpenAI requires, before the lenient transcoder;
+3. the gRPC-JSON transcoder: HTTP/JSON to the typed RPCs of every `aggregator.*` service that has
    `google.api.http` bindings; `application/grpc` requests pass through;
-3. the router, to HTTP/2 clusters of the services' gRPC ports; on native gRPC only the public
+4. the router, to HTTP/2 clusters of the services' gRPC ports; on native gRPC only the public
    services are routed (PUBLIC_GRPC_SERVICES).
 
 Envoy's own replies (malformed JSON, wrong field type, unknown path, body too large, no upstream)
@@ -26,6 +28,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.runtime.envoy_json_guard import json_to_metadata_filter, raw_body_paths, rbac_filter
 from services.runtime.envoy_replies import local_reply_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,6 +149,8 @@ def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: i
             "name": "envoy.filters.http.buffer",
             "typed_config": {_T: f"{_FILTERS}.buffer.v3.Buffer", "max_request_bytes": max_request_bytes},
         },
+        json_to_metadata_filter(),
+        rbac_filter(raw_body_paths(descriptor_set)),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.runtime.envoy_json_guard import DENIED_DETAILS_PREFIX
+
 _T = "@type"
 _EXTENSIONS = "type.googleapis.com/envoy.extensions"
 
@@ -40,6 +42,13 @@ def _details(expression: str) -> dict[str, Any]:
     }
 
 
+# OpenAI's own words for a body it cannot read as JSON, minus the pointer to its help center.
+NOT_JSON_MESSAGE = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
+    "JSON.)"
+)
+_NOT_JSON = _details(f"response.code_details.startsWith('{DENIED_DETAILS_PREFIX}')")
 _TRANSCODE_FAILURE = _details("response.code_details.startsWith('grpc_json_transcode_failure')")
 # A message from a service over the transcoder's buffer: the answer, not the service, is at fault.
 _ANSWER_TOO_LARGE = _details("response.code_details == 'response_payload_too_large'")
@@ -57,6 +66,7 @@ def local_reply_config(max_request_bytes: int) -> dict[str, Any]:
             _INVALID,
             "request_too_large",
         ),
+        (_NOT_JSON, 400, NOT_JSON_MESSAGE, _INVALID, None),
         (_status("EQ", 404), None, "Invalid URL (%REQ(:METHOD)% %PATH(NQ)%)", _INVALID, "unknown_url"),
         (
             {"and_filter": {"filters": [_status("EQ", 400), _TRANSCODE_FAILURE]}},

@@ -45,3 +45,50 @@ async def test_embeddings_as_large_as_openai_allows(http: httpx.AsyncClient, ups
     assert all(len(item["embedding"]) == 3072 for item in answer["data"])
     assert answer["data"][0]["embedding"] == answer["data"][-1]["embedding"]
     assert len(upstream.requests) == 1
+
+
+# --- 4. strict JSON, and only JSON, as OpenAI reads a body ------------------------------------------
+
+VALID = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+NOT_JSON = "We could not parse the JSON body of your request."
+
+
+@pytest.mark.parametrize("body", [
+    b"{'model':'gpt-4o-mini','messages':[{'role':'user','content':'hi'}]}",  # single quotes
+    b'{model:"gpt-4o-mini",messages:[{role:"user",content:"hi"}]}',  # bare keys
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"},],}',  # trailing commas
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"h\ti\x01"}]}',  # raw control chars
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]} trailing',
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]',  # cut short
+], ids=["single-quotes", "bare-keys", "trailing-commas", "control-chars", "trailing-text", "truncated"])
+async def test_lenient_json_is_400_with_openais_message(http: httpx.AsyncClient, upstream: FakeOpenAI,
+                                                       body: bytes) -> None:
+    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/completions"):
+        response = await http.post(path, content=body, headers={"content-type": "application/json"})
+        error = assert_openai_error(response, 400, error_type="invalid_request_error")
+        assert error["message"].startswith(NOT_JSON) and error["code"] is None and error["param"] is None
+    assert not upstream.requests
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml",
+                                          "application/x-www-form-urlencoded", "multipart/form-data"])
+async def test_a_json_body_under_another_content_type_is_400(http: httpx.AsyncClient, upstream: FakeOpenAI,
+                                                             content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    request = http.build_request("POST", "/v1/chat/completions", content=VALID, headers=headers)
+    assert request.headers.get("content-type") == content_type
+    error = assert_openai_error(await http.send(request), 400)
+    assert error["message"].startswith(NOT_JSON)
+    assert not upstream.requests
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON"])
+async def test_json_content_types_are_served(http: httpx.AsyncClient, content_type: str) -> None:
+    response = await http.post("/v1/chat/completions", content=VALID, headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+
+
+async def test_bodyless_requests_need_no_content_type(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/v1/models")).status_code == 200
+    assert (await http.delete("/v1/api-keys/no-such-key")).status_code == 404

@@ -35,6 +35,7 @@ from services.core.errors import GatewayError, Reason, from_rpc_error
 from services.core.rpc import rpc_method
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, render_bootstrap
 from services.runtime.envoy_process import envoy_binary
+from services.runtime.envoy_replies import NOT_JSON_MESSAGE
 from tests.support.envoy import EnvoyEdge, envoy_in_front_of, free_port, h2c_post
 
 PLUMBING = {"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding",
@@ -91,6 +92,9 @@ class FakeOpenAIService(openai_service_pb2_grpc.OpenAIServiceServicer):
         elif behaviour == "fail-after-headers":
             await context.send_initial_metadata((("x-ratelimit-limit-requests", "60"),))
             raise GatewayError(Reason.UPSTREAM_ERROR, "The upstream provider failed.")
+        elif behaviour == "fail-bare-resource-exhausted":
+            # What gRPC itself sends for a message over a size limit: no metadata of ours.
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Sent message larger than max (9 vs. 4)")
         elif behaviour == "fail-extra-headers":
             error = GatewayError(Reason.QUOTA_EXCEEDED, "You exceeded your quota.", retry_after=30)
             await context.abort(error.kind.grpc_code, error.message, trailing_metadata=(
@@ -295,6 +299,12 @@ async def test_extra_trailing_metadata_becomes_headers(http: httpx.AsyncClient) 
     assert response.headers["retry-after"] == "30"
 
 
+async def test_bare_resource_exhausted_is_a_502_not_a_rate_limit(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/chat/completions", json=chat("fail-bare-resource-exhausted"))
+    error = assert_openai_error(response, 502, "server_error", "response_too_large")
+    assert "size limit" in error["message"] and "retry-after" not in response.headers
+
+
 async def test_crash_is_generic_internal_error(http: httpx.AsyncClient) -> None:
     response = await http.post("/v1/chat/completions", json=chat("crash"))
     assert_openai_error(response, 500, "server_error", "internal_error",
@@ -316,9 +326,15 @@ async def test_not_found_with_slashes_in_the_id(http: httpx.AsyncClient, path: s
 # --- HTTP: Envoy's own replies ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [b'{"model": "json", "messages": [', b'{"model": "json", "messages": 5}',
-                                  b'{"model": "json", "temperature": "hot"}', b"not json"])
-async def test_unparsable_or_mistyped_body_is_400(http: httpx.AsyncClient, body: bytes) -> None:
+@pytest.mark.parametrize("body", [b'{"model": "json", "messages": [', b"not json", b"{'model': 'json'}"])
+async def test_unparsable_body_is_400_in_openais_words(http: httpx.AsyncClient, body: bytes) -> None:
+    response = await http.post("/v1/chat/completions", content=body, headers=JSON_CONTENT)
+    assert_openai_error(response, 400, "invalid_request_error", None, NOT_JSON_MESSAGE)
+
+
+@pytest.mark.parametrize("body", [b'{"model": "json", "messages": 5}',
+                                  b'{"model": "json", "temperature": "hot"}'])
+async def test_mistyped_body_is_400(http: httpx.AsyncClient, body: bytes) -> None:
     response = await http.post("/v1/chat/completions", content=body, headers=JSON_CONTENT)
     assert_openai_error(response, 400, "invalid_request_error", "invalid_request_body")
 
