@@ -47,7 +47,8 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
                 f"Invalid type for 'messages[{i}].content': expected a string or an array.",
                 f"messages[{i}].content",
             )
-        if message.role == "tool" and not message.tool_call_id:
+        # Only a missing id is refused: "" is a string as the spec asks, and the provider judges it.
+        if message.role == "tool" and not message.HasField("tool_call_id"):
             raise _invalid(
                 f"Missing 'messages[{i}].tool_call_id' for a tool message.", f"messages[{i}].tool_call_id"
             )
@@ -88,14 +89,16 @@ def validate_embedding(request: embedding_pb2.EmbeddingRequest) -> None:
     if not request.model:
         raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
     kind = _kind(request.input)
-    if (
-        kind == "string_value"
-        and request.input.string_value == ""
-        or kind == "list_value"
-        and not request.input.list_value.values
-        or kind not in ("string_value", "list_value")
-    ):
+    empty_list = kind == "list_value" and not request.input.list_value.values
+    if kind not in ("string_value", "list_value") or empty_list:
         raise _invalid("Invalid 'input': expected a non-empty string or array.", "input")
+    # OpenAI's reference: the input "cannot be an empty string" (OpenAI answers 400 to it, alone or
+    # in a list); token arrays and numbers are left to the provider.
+    texts = [request.input] if kind == "string_value" else request.input.list_value.values
+    for i, text in enumerate(texts):
+        if _kind(text) == "string_value" and not text.string_value:
+            where = "input" if kind == "string_value" else f"input[{i}]"
+            raise _invalid(f"Invalid '{where}': the input cannot be an empty string.", "input")
     if request.HasField("encoding_format") and request.encoding_format not in ("float", "base64"):
         raise _invalid("Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format")
     if request.HasField("dimensions") and request.dimensions < 1:
@@ -105,8 +108,9 @@ def validate_embedding(request: embedding_pb2.EmbeddingRequest) -> None:
 def validate_completion(request: completion_pb2.CompletionRequest) -> None:
     if not request.model:
         raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
-    if _kind(request.prompt) not in ("string_value", "list_value"):
-        raise _invalid("Invalid 'prompt': expected a string or an array.", "prompt")
+    # `prompt` is nullable in OpenAI's spec (null means its default, "<|endoftext|>"): passed on as is.
+    if _kind(request.prompt) not in ("string_value", "list_value", "null_value"):
+        raise _invalid("Invalid 'prompt': expected a string, an array or null.", "prompt")
     _range(request, "temperature", 0, 2)
     _range(request, "top_p", 0, 1)
     _range(request, "presence_penalty", -2, 2)

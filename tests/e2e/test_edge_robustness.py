@@ -92,3 +92,32 @@ async def test_json_content_types_are_served(http: httpx.AsyncClient, content_ty
 async def test_bodyless_requests_need_no_content_type(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v1/models")).status_code == 200
     assert (await http.delete("/v1/api-keys/no-such-key")).status_code == 404
+
+
+# --- 5. what OpenAI's spec allows reaches the provider; what OpenAI refuses, we refuse ------------
+
+async def test_a_null_prompt_reaches_the_provider(http: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
+    response = await http.post("/v1/completions", json={"model": "gpt-4o-mini", "prompt": None})
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "text_completion"
+    assert upstream.requests[-1].json["prompt"] is None
+
+
+async def test_an_empty_tool_call_id_reaches_the_provider(http: httpx.AsyncClient,
+                                                          upstream: FakeOpenAI) -> None:
+    call = {"id": "", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "", "content": "sunny"}]
+    response = await http.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    assert response.status_code == 200, response.text
+    assert upstream.requests[-1].json["messages"][2]["tool_call_id"] == ""
+
+
+@pytest.mark.parametrize("value", ["", ["one", ""]])
+async def test_an_empty_input_is_refused_as_openai_does(http: httpx.AsyncClient, upstream: FakeOpenAI,
+                                                        value: object) -> None:
+    response = await http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": value})
+    error = assert_openai_error(response, 400, code="invalid_value")
+    assert error["param"] == "input" and "empty string" in error["message"]
+    assert not upstream.requests

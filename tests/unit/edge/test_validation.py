@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from aggregator.openai.v1 import chat_pb2, embedding_pb2
-from edge.validation import validate_chat, validate_embedding
+from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2
+from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.core.errors import GatewayError, Reason
 
 CHAT: dict[str, Any] = {
@@ -145,3 +145,26 @@ def test_valid_embedding_requests_pass(changes: dict[str, Any]) -> None:
 ])
 def test_embedding_rules(changes: dict[str, Any], param: str) -> None:
     assert rejected(validate_embedding, embedding(**changes)).param == param
+
+
+# Checked against OpenAI's spec and answers (docs/edge.md, "What the gateway refuses itself").
+
+def test_an_empty_tool_call_id_is_the_providers_to_judge() -> None:
+    messages = [{"role": "user", "content": "a"}, {"role": "tool", "tool_call_id": "", "content": "r"}]
+    validate_chat(chat(messages=messages))
+
+
+@pytest.mark.parametrize("value", [["a", ""], ""])
+def test_an_empty_string_input_is_refused_as_openai_does(value: Any) -> None:
+    error = rejected(validate_embedding, embedding(input=value))
+    assert error.param == "input" and "empty string" in error.message
+
+
+def test_a_null_prompt_is_valid_as_in_openais_spec() -> None:
+    request = json_format.ParseDict({"model": "davinci", "prompt": None}, completion_pb2.CompletionRequest())
+    validate_completion(request)
+
+
+def test_a_missing_prompt_is_refused() -> None:
+    error = rejected(validate_completion, completion_pb2.CompletionRequest(model="davinci"))
+    assert error.param == "prompt"
