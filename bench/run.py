@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import Any, NoReturn
 from bench import measure, report
 from bench.loadgen import REQUEST_TIMEOUT_S, chat_body
 from bench.stack import MODEL, REPO, BenchStack, die_with_parent, read_line, stop_process
+from services.runtime.stores import remove_data
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 # The baseline first (the upstream alone), then the same load through the gateway.
@@ -178,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         results = benchmark(args, root)
     except KeyboardInterrupt:
         print("bench: interrupted; everything stopped", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_data(root)  # and the PostgreSQL cluster it links to, as root
         return 130
     except Exception:
         print(f"bench: failed; everything stopped; logs kept in {root / 'logs'}", file=sys.stderr)
         raise
     if not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_data(root)
     print()
     print(report.table(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

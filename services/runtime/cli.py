@@ -145,13 +145,14 @@ def _cmd_admin(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from services.runtime.children import die_with_parent
+    from services.runtime.stores import DataDirError
 
     die_with_parent()
     args = _parser().parse_args(argv)
     commands = {"up": _cmd_up, "serve": _cmd_serve, "migrate": _cmd_migrate, "admin": _cmd_admin}
     try:
         return commands[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, DataDirError) as exc:  # one line each: what is wrong and the ways out
         print(f"aggregator: {exc}", file=sys.stderr)
         return 2
 

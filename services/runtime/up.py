@@ -1,6 +1,7 @@
 """`aggregator up`: the whole gateway on one machine, started and stopped by one command.
 
-Order: data stores (embedded unless DATABASE_URL/REDIS_URL/NATS_URL name external ones) ->
+Order: a preflight of every directory it writes (nothing starts when one cannot be written) ->
+data stores (embedded unless DATABASE_URL/REDIS_URL/NATS_URL name external ones) ->
 migrations -> catalog sync -> JetStream streams -> bootstrap admin key -> service workers (one
 per core, sharing the gRPC port with SO_REUSEPORT) -> Envoy. Stop (SIGINT/SIGTERM): Envoy stops
 taking connections, workers finish in-flight calls and flush usage, then stores stop; within 20 s.
@@ -39,28 +40,50 @@ class Stack:
     stores: list[Any] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     envoy: Any = None
+    embedded: dict[str, Any] | None = None  # the embedded stores to start, by their URL variable
 
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 
-    def start_stores(self) -> StoreUrls:
-        """External stores where their URL is set, embedded real servers otherwise."""
-        from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, free_port
+    def preflight(self) -> None:
+        """Proves, before anything starts, that every directory `up` writes can be written: the
+        data dir, run/ (Envoy's bootstrap and logs, the workers' logs) and each embedded store's.
+        Raises DataDirError, one line naming the path, the user and the ways out."""
+        from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, writable_dir
 
-        urls = {}
+        elsewhere = "use another --data-dir"
+        writable_dir(self.data_dir, elsewhere)
+        for path in (self.run_dir, self.run_dir / "logs", self.run_dir / "envoy"):
+            writable_dir(path, f"{elsewhere} (Envoy and the service workers write their files there)")
+        self.embedded = {}
         for env, server_class, name in (
             ("DATABASE_URL", EmbeddedPostgres, "postgres"),
             ("REDIS_URL", EmbeddedValkey, "valkey"),
             ("NATS_URL", EmbeddedNats, "nats"),
         ):
-            if os.environ.get(env):
+            if not os.environ.get(env):
+                server = server_class(self.data_dir / name, 0)  # its port is chosen as it starts
+                server.preflight()
+                self.embedded[env] = server
+
+    def start_stores(self) -> StoreUrls:
+        """External stores where their URL is set, embedded real servers otherwise."""
+        from services.runtime.stores import free_port
+
+        if self.embedded is None:
+            self.preflight()
+        assert self.embedded is not None
+        urls = {}
+        for env in ("DATABASE_URL", "REDIS_URL", "NATS_URL"):
+            server = self.embedded.get(env)
+            if server is None:
                 urls[env] = os.environ[env]
                 continue
-            server = server_class(self.data_dir / name, free_port())
+            server.port = free_port()
             urls[env] = server.start()
             self.stores.append(server)
-            print(f"  {name}: embedded, {_redact(urls[env])}", flush=True)
+            print(f"  {server.name}: embedded, {_redact(urls[env])}", flush=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run_file = self.run_dir / "stores.env"
         run_file.write_text("".join(f"{k}={v}\n" for k, v in urls.items()))
@@ -186,9 +209,13 @@ def _redact(url: str) -> str:
 
 
 def run_up(config: Config, config_path: Path, data_dir: Path, workers: int) -> int:
-    """Starts everything, prints the URL, blocks until SIGINT/SIGTERM, then stops everything."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Starts everything, prints the URL, blocks until SIGINT/SIGTERM, then stops everything.
+
+    A directory that cannot be written stops it before anything starts: DataDirError, which the
+    command line prints as one line.
+    """
     stack = Stack(config, config_path, data_dir, workers)
+    stack.preflight()
     stopping = False
 
     def on_signal(signum: int, _frame: Any) -> None:

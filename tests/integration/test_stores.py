@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -27,6 +26,7 @@ from services.runtime.stores import (
     EmbeddedValkey,
     StoreError,
     free_port,
+    remove_data,
 )
 
 
@@ -43,10 +43,9 @@ def _assert_gone(processes: list[psutil.Process]) -> None:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    # Not under pytest's private base directory, which the PostgreSQL user could not enter.
-    path = Path(tempfile.mkdtemp(prefix="aggregator-test-"))
+    path = Path(tempfile.mkdtemp(prefix="aggregator-test-"))  # 0700, as the stores must cope with
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_data(path)
 
 
 async def test_postgres_starts_answers_and_stops(root: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +23,7 @@ import redis.asyncio as aioredis
 
 from services.core.config import StoreUrls
 from services.core.migrate import apply_migrations
-from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, free_port
+from services.runtime.stores import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, free_port, remove_data
 
 EXTERNAL_ENV = "AGGREGATOR_TEST_EXTERNAL_STORES"
 _REDIS_CLAIM = "aggregator-test:db-claim:{}"
@@ -128,7 +127,7 @@ async def session_stores() -> AsyncIterator[StoreUrls]:
         with embedded_stores(root) as urls:
             yield urls
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_data(root)  # and, as root, the PostgreSQL cluster it links to (docs/embedded-stores.md)
 
 
 @pytest.fixture(scope="session")
