@@ -1,21 +1,24 @@
 """`aggregator up` as a user runs it: embedded stores, workers, Envoy; restart keeps keys; a clean
-stop on SIGTERM within 20 s with nothing left behind."""
+stop on SIGTERM within 20 s with nothing left behind; a data dir inside a private (0700) directory
+works without widening it, and one that cannot be written is refused in one line."""
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
 import pytest
 import yaml
 
-from services.runtime.stores import free_port
+from services.runtime.stores import free_port, remove_data, user_name
 from services.runtime.up import REPO
 from tests.e2e.harness import UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.e2e
 STORE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "NATS_URL", "AGGREGATOR_ADMIN_KEY", "AGGREGATOR_SECRET")
 
 
-def _write_config(path: Path, upstream: FakeOpenAI) -> dict:
+def _write_config(path: Path, upstream: FakeOpenAI | SimpleNamespace) -> dict:
     config = {
         "edge": {
             "http_port": free_port(),
@@ -100,10 +103,12 @@ async def _wait_ready(process: subprocess.Popen[str], output: list[str], timeout
 
 
 def _descendants_of_data_dir(data_dir: Path) -> list[psutil.Process]:
+    # As root PostgreSQL's cluster is elsewhere, linked from the data dir (docs/embedded-stores.md).
+    places = {str(data_dir), str((data_dir / "postgres" / "pgdata").resolve())}
     left = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(data_dir) in part for part in proc.info["cmdline"] or ()):
+            if any(place in part for part in proc.info["cmdline"] or () for place in places):
                 left.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -120,8 +125,26 @@ async def _stop(process: subprocess.Popen[str], data_dir: Path) -> float:
     return elapsed
 
 
+def _modes(path: Path) -> dict[Path, int]:
+    """The permission bits of `path` and of every directory above it."""
+    return {directory: stat.S_IMODE(directory.stat().st_mode) for directory in (path, *path.parents)}
+
+
 async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) -> None:
-    data_dir, config_path = tmp_path / "data", tmp_path / "aggregator.yaml"
+    # In a private directory, as a clone in `mktemp -d` or /root gives: as root PostgreSQL runs as
+    # its own user, which cannot enter it, and nothing may be widened for it.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    modes = _modes(private)
+    data_dir, config_path = private / "data", tmp_path / "aggregator.yaml"
+    try:
+        await _serve_restart_and_stop(data_dir, config_path)
+    finally:
+        remove_data(data_dir)  # with the PostgreSQL cluster it links to, as root
+    assert _modes(private) == modes and modes[private] == 0o700
+
+
+async def _serve_restart_and_stop(data_dir: Path, config_path: Path) -> None:
     async with FakeOpenAI(api_key=UPSTREAM_KEY) as upstream:
         config = _write_config(config_path, upstream)
         base = f"http://127.0.0.1:{config['edge']['http_port']}"
@@ -130,6 +153,8 @@ async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) ->
         process, output = _start(config_path, data_dir)
         try:
             await _wait_ready(process, output)
+            # As root the cluster lives under /var/lib/aggregator, linked (docs/embedded-stores.md).
+            assert (data_dir / "postgres" / "pgdata").is_symlink() == (os.geteuid() == 0)
             admin_key = (data_dir / "admin-key").read_text().strip()
             assert any(admin_key in line for line in output), "the first up prints the admin key once"
             assert (data_dir / "admin-key").stat().st_mode & 0o777 == 0o600
@@ -180,3 +205,28 @@ async def test_up_serves_restarts_with_keys_and_stops_cleanly(tmp_path: Path) ->
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+@pytest.mark.parametrize("blocked", ["data dir", "run", "postgres"])
+def test_up_refuses_a_directory_it_cannot_write_in_one_line(tmp_path: Path, blocked: str) -> None:
+    """A regular file where a directory must be: no mount or privilege needed, and it stops root too."""
+    config_path = tmp_path / "aggregator.yaml"
+    _write_config(config_path, SimpleNamespace(base_url="http://127.0.0.1:9/v1"))
+    if blocked == "data dir":
+        (tmp_path / "a-file").write_text("")
+        data_dir = tmp_path / "a-file" / "data"
+        path = data_dir
+    else:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        path = data_dir / blocked
+        path.write_text("")
+    process, _ = _start(config_path, data_dir)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    lines = output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aggregator: "), output
+    assert str(path) in lines[0] and f"as user {user_name()}" in lines[0] and "--data-dir" in lines[0]
+    if blocked == "postgres":
+        assert "DATABASE_URL" in lines[0]
+    assert not _descendants_of_data_dir(data_dir), "nothing starts"
