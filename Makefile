@@ -1,4 +1,4 @@
-# One entry point for people and CI. Every target bootstraps .venv itself (INTERFACE.md §1).
+# One entry point for people and CI. Every target bootstraps .venv itself (docs/reference.md §1).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -1,4 +1,4 @@
-"""The stubs the facade calls. Each sits on an in-process or a remote channel (DESIGN.md §2.4)."""
+"""The stubs the facade calls. Each sits on an in-process or a remote channel (docs/architecture.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """OpenAIService: the HTTP face. Writes OpenAI's exact bytes as `google.api.HttpBody` chunks,
-which Envoy forwards one by one (DESIGN.md §3).
+which Envoy forwards one by one (docs/architecture.md §3).
 
 No explicit `send_initial_metadata`: it costs a batch of its own per request, and Envoy already
 puts the request id (which it generated and passed in) on every response; errors carry it in

@@ -3,7 +3,7 @@
     authenticate -> validate -> (limits & reservation: the quotas issue) -> route -> adapt -> account
 
 Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
-last; a retriable failure before the first event moves on to the next candidate (DESIGN.md §2.8).
+last; a retriable failure before the first event moves on to the next candidate (docs/architecture.md §2.8).
 After the first event the stream belongs to that candidate.
 """
 

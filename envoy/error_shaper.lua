@@ -1,4 +1,4 @@
--- The error shaper of the edge (DESIGN.md §3). It runs first among the HTTP filters, so on the way
+-- The error shaper of the edge (docs/architecture.md §3). It runs first among the HTTP filters, so on the way
 -- back it sees each response after the gRPC-JSON transcoder.
 --
 -- For HTTP (non-gRPC) clients:

@@ -1,4 +1,4 @@
-"""Provider adapters (DESIGN.md §5): translation between our OpenAI-shaped messages and each
+"""Provider adapters (docs/architecture.md §5): translation between our OpenAI-shaped messages and each
 provider's wire format, over one shared HTTP/SSE client.
 
     servicer.AdapterServicer      the gRPC service (thin): Chat, Embed, Complete, Image

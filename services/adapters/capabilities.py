@@ -1,6 +1,6 @@
 """Which request parameters each provider kind honours, and the check that refuses the rest.
 
-DESIGN.md §5 and the providers issue: a parameter a provider cannot honour gets a clear 400
+docs/architecture.md §5 and the providers issue: a parameter a provider cannot honour gets a clear 400
 naming the parameter and the provider — never silently dropped. Each adapter module declares its
 `SUPPORTED_CHAT_PARAMETERS`; `GET /v1/models/{id}` lists them (`supported_parameters`, as
 OpenRouter does). The error is UNSUPPORTED_PARAMETER so that routing may still try a later

@@ -1,4 +1,4 @@
-"""The only place that chooses an adapter by provider kind (DESIGN.md §5).
+"""The only place that chooses an adapter by provider kind (docs/architecture.md §5).
 
 `ADAPTER_MODULES` maps each kind to the module that speaks it. Every adapter module exposes
 

@@ -1,4 +1,4 @@
-"""Bootstrap administration, called by `aggregator admin ...` and `aggregator up` (INTERFACE.md §2).
+"""Bootstrap administration, called by `aggregator admin ...` and `aggregator up` (docs/reference.md §2).
 
 Organizations are named by id or name; "default" is created on first use. Failures are
 GatewayError with a message fit to print.
@@ -86,7 +86,7 @@ async def _register_admin_key(pool: asyncpg.Pool, secret: bytes, key: str, name:
 
 async def ensure_bootstrap_admin_key(pool: asyncpg.Pool, secret: bytes, data_dir: Path | str,
                                      environ: Mapping[str, str] | None = None) -> str | None:
-    """Makes sure an admin key exists in the default organization (INTERFACE.md §2); answers a newly
+    """Makes sure an admin key exists in the default organization (docs/reference.md §2); answers a newly
     created key, which the caller prints once, else None.
 
     * `AGGREGATOR_ADMIN_KEY` set: that exact value is made a live admin key of the default

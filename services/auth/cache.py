@@ -1,4 +1,4 @@
-"""The in-process authentication cache: key HMAC → AuthRecord (DESIGN.md §2.3).
+"""The in-process authentication cache: key HMAC → AuthRecord (docs/architecture.md §2.3).
 
 A request for a cached key touches no database row. Staleness is bounded three ways:
 

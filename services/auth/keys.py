@@ -1,4 +1,4 @@
-"""API key format and hashing (DESIGN.md §2.10): pure functions, no I/O.
+"""API key format and hashing (docs/architecture.md §2.10): pure functions, no I/O.
 
 A key is `sk_live_` followed by 43 url-safe characters (32 random bytes). The database stores only
 `hash_key(server_secret, key)`, a hex HMAC-SHA256: one keyed hash per request is microseconds,

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def require_admin(principal: auth_service_pb2.Principal) -> None:
-    """Only admin keys manage keys (DESIGN.md §2.10: admin and inference are separate scopes)."""
+    """Only admin keys manage keys (docs/architecture.md §2.10: admin and inference are separate scopes)."""
     if principal.role != "admin":
         raise GatewayError(Reason.PERMISSION_DENIED,
                            "You have insufficient permissions for this operation: managing API keys "

@@ -1,4 +1,4 @@
-"""The config file (`aggregator.yaml`, INTERFACE.md §3) and the process settings from the
+"""The config file (`aggregator.yaml`, docs/reference.md §3) and the process settings from the
 environment. Parsed once at start-up into frozen dataclasses; nothing reads YAML afterwards."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             if not r.get("model"):
                 raise ConfigError(f"{rwhere}: model is required")
             if "input_per_1k" not in r or "output_per_1k" not in r:
-                # An unpriced model is an error, never $0 (DESIGN.md §2.5).
+                # An unpriced model is an error, never $0 (docs/architecture.md §2.5).
                 raise ConfigError(f"{rwhere}: input_per_1k and output_per_1k are required")
             per_image = _decimal(r["per_image"], rwhere) if r.get("per_image") is not None else None
             routes.append(RouteConfig(r["provider"], str(r["model"]), _decimal(r["input_per_1k"], rwhere),
@@ -141,7 +141,7 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
 
 
 def config_path(explicit: str | None = None) -> Path:
-    """--config PATH, else AGGREGATOR_CONFIG, else ./aggregator.yaml (INTERFACE.md §2)."""
+    """--config PATH, else AGGREGATOR_CONFIG, else ./aggregator.yaml (docs/reference.md §2)."""
     return Path(explicit or os.environ.get("AGGREGATOR_CONFIG") or "aggregator.yaml")
 
 
@@ -152,7 +152,7 @@ def load_config(path: Path) -> Config:
 
 
 def data_dir(explicit: str | None = None) -> Path:
-    """--data-dir DIR, else AGGREGATOR_DATA_DIR, else ./.aggregator/ (INTERFACE.md §2)."""
+    """--data-dir DIR, else AGGREGATOR_DATA_DIR, else ./.aggregator/ (docs/reference.md §2)."""
     return Path(explicit or os.environ.get("AGGREGATOR_DATA_DIR") or ".aggregator").resolve()
 
 

@@ -1,6 +1,6 @@
 """The in-process channel: a generated stub on it calls the co-located servicer directly.
 
-DESIGN.md §2.4: topology is configuration, never code. Callers always hold generated stubs; when
+docs/architecture.md §2.4: topology is configuration, never code. Callers always hold generated stubs; when
 the callee lives in the same process the stub sits on an `InProcessChannel` (no sockets, no
 serialization: the request object is handed over as is, so callees must not mutate requests);
 otherwise on a real `grpc.aio` channel. Errors look the same either way: a servicer wrapped by

@@ -1,4 +1,4 @@
-"""Logs, traces and metrics (DESIGN.md §2.9).
+"""Logs, traces and metrics (docs/architecture.md §2.9).
 
 - Logs: one JSON object per line with the request id and trace id of the current context;
   never secrets or prompt text.

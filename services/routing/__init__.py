@@ -1,2 +1,2 @@
 """The routing service: the catalog (models, their ordered routes and prices) and candidate
-selection. DESIGN.md §5, INTERFACE.md §3."""
+selection. docs/architecture.md §5, docs/reference.md §3."""

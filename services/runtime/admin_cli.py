@@ -1,4 +1,4 @@
-"""`aggregator admin ...`: bootstrap administration straight on the database (INTERFACE.md §2)."""
+"""`aggregator admin ...`: bootstrap administration straight on the database (docs/reference.md §2)."""
 
 from __future__ import annotations
 

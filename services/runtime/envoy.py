@@ -1,4 +1,4 @@
-"""The Envoy edge (DESIGN.md §3): its bootstrap, rendered from our settings (the process that runs
+"""The Envoy edge (docs/architecture.md §3): its bootstrap, rendered from our settings (the process that runs
 it is `envoy_process.py`).
 
 One listener speaks HTTP/1.1 and HTTP/2 cleartext. Its filters, in order:

@@ -1,4 +1,4 @@
-"""Which services a process hosts and where the others live (DESIGN.md §2.4)."""
+"""Which services a process hosts and where the others live (docs/architecture.md §2.4)."""
 
 from __future__ import annotations
 

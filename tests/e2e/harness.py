@@ -1,7 +1,7 @@
 """The whole gateway for end-to-end tests: real stores, real service processes, a real Envoy, and
 fake providers (the only fakes allowed) in the test process.
 
-Two topologies (DESIGN.md §2.4): "all" runs every service in one `aggregator serve` process;
+Two topologies (docs/architecture.md §2.4): "all" runs every service in one `aggregator serve` process;
 "split" runs each service in its own process, reaching the others over gRPC.
 """
 

@@ -1,4 +1,4 @@
-"""Every error row of INTERFACE.md §4 this gateway has so far: OpenAI-shaped, right status, no
+"""Every error row of docs/reference.md §4 this gateway has so far: OpenAI-shaped, right status, no
 Envoy or gRPC text."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Envoy edge, with a real Envoy (DESIGN.md §3), in front of a grpc.aio server in this process.
+"""The Envoy edge, with a real Envoy (docs/architecture.md §3), in front of a grpc.aio server in this process.
 
 The server's `OpenAIService` behaves by `model`: it answers, streams, fails before or after its
 headers, crashes or waits; `user` carries a per-test token. HTTP clients must get OpenAI bytes and
