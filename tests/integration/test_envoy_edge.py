@@ -433,6 +433,10 @@ async def until_refused(port: int) -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except ConnectionRefusedError:
             return
+        except ConnectionResetError:
+            # A connect that raced the listener closing: the next attempt is refused.
+            await asyncio.sleep(0.02)
+            continue
         writer.close()
         await asyncio.sleep(0.02)
     raise AssertionError(f"port {port} still accepts connections")
