@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import re
 import struct
 import zlib
@@ -201,7 +202,9 @@ def chunks(body: dict[str, Any], *, completion_id: str, created: int, model: str
 
 
 def _vector(item: Any, dimensions: int) -> list[float]:
-    return _cached_vector(orjson.dumps(item), dimensions)
+    # json, not orjson: a token id past 64 bits (valid JSON, and an integer as the spec asks) is
+    # embedded like any other input instead of failing the fake. Same bytes as orjson otherwise.
+    return _cached_vector(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode(), dimensions)
 
 
 @functools.lru_cache(maxsize=64)
