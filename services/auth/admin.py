@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -84,23 +84,37 @@ async def _register_admin_key(pool: asyncpg.Pool, secret: bytes, key: str, name:
                                              prefix=key_prefix(key), name=name, actor=BOOTSTRAP_ACTOR)
 
 
+def revoked_warning(source: str) -> str:
+    """The one line `up` prints when the bootstrap admin key it was given has been revoked."""
+    return (f"the admin key {source} was revoked through the API and stays revoked; to get an admin key "
+            f"back, set a different {ADMIN_KEY_ENV} or run `aggregator admin create-key --role admin`")
+
+
 async def ensure_bootstrap_admin_key(pool: asyncpg.Pool, secret: bytes, data_dir: Path | str,
-                                     environ: Mapping[str, str] | None = None) -> str | None:
+                                     environ: Mapping[str, str] | None = None, *,
+                                     warn: Callable[[str], None] | None = None) -> str | None:
     """Makes sure an admin key exists in the default organization (docs/reference.md §2); answers a newly
     created key, which the caller prints once, else None.
 
-    * `AGGREGATOR_ADMIN_KEY` set: that exact value is made a live admin key of the default
-      organization on every call (inserted, or restored if revoked or changed). Answers None.
+    * `AGGREGATOR_ADMIN_KEY` set: that exact value is made an admin key of the default organization
+      (inserted when the database has never seen it). Answers None.
     * Otherwise the first call creates a key and writes it to `<data-dir>/admin-key` (0600).
-      Later calls find the file: if its key is stored (live or deliberately revoked) nothing
-      happens; if the database has never seen it (a fresh database), it is registered again.
+      Later calls find the file: if its key is stored and live nothing happens; if the database
+      has never seen it (a fresh database), it is registered again.
+
+    Either way a key that was revoked stays revoked: revoking a leaked admin key must survive the
+    next restart. `warn` (default: the log) then gets one line saying so and how to recover.
     """
+    warn = warn or log.warning
     env = os.environ if environ is None else environ
     env_key = env.get(ADMIN_KEY_ENV, "").strip()
     if env_key:
         if len(env_key) > MAX_KEY_LENGTH:
             raise GatewayError(Reason.INVALID_REQUEST,
                                f"{ADMIN_KEY_ENV} is longer than {MAX_KEY_LENGTH} characters.")
+        if await repository.key_state(pool, hash_key(secret, env_key)) == "revoked":
+            warn(revoked_warning(f"in {ADMIN_KEY_ENV}"))
+            return None
         await _register_admin_key(pool, secret, env_key, f"bootstrap admin ({ADMIN_KEY_ENV})")
         return None
     path = Path(data_dir) / ADMIN_KEY_FILE
@@ -114,7 +128,10 @@ async def ensure_bootstrap_admin_key(pool: asyncpg.Pool, secret: bytes, data_dir
     if not key or len(key) > MAX_KEY_LENGTH:
         raise GatewayError(Reason.INVALID_REQUEST,
                            f"{path} does not hold an API key; delete it to create one.")
-    if await repository.key_state(pool, hash_key(secret, key)) is None:
+    state = await repository.key_state(pool, hash_key(secret, key))
+    if state is None:
         await _register_admin_key(pool, secret, key, "bootstrap admin")
         log.info("registered the admin key kept in %s", path)
+    elif state == "revoked":
+        warn(revoked_warning(f"in {path}"))
     return None

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class Stack:
 
     async def prepare(self, urls: StoreUrls) -> str | None:
         """Migrations, catalog, streams and the bootstrap admin key; answers a new admin key."""
-        applied, admin_key = await prepare_stores(self.config, urls, self.data_dir)
+        applied, admin_key = await prepare_stores(self.config, urls, self.data_dir, warn=_print_warning)
         if applied:
             print(f"  migrations applied: {', '.join(applied)}", flush=True)
         return admin_key
@@ -172,10 +173,13 @@ class Stack:
                 log.exception("stopping %s", type(store).__name__)
 
 
-async def prepare_stores(config: Config, urls: StoreUrls, data_dir: Path) -> tuple[list[str], str | None]:
+async def prepare_stores(
+    config: Config, urls: StoreUrls, data_dir: Path, *, warn: Callable[[str], None] | None = None
+) -> tuple[list[str], str | None]:
     """Migrations, catalog sync, JetStream streams and the bootstrap admin key, before any worker.
 
     Answers the migrations applied and the admin key when one was just created (shown once).
+    `warn` gets the one line saying that the bootstrap admin key was revoked (it stays revoked).
     """
     from services.auth.admin import ensure_bootstrap_admin_key
     from services.auth.secret_files import load_server_secret
@@ -192,11 +196,17 @@ async def prepare_stores(config: Config, urls: StoreUrls, data_dir: Path) -> tup
         await sync_catalog(pool, config)
         await ensure_streams(nc.jetstream())
         await nc.publish(CATALOG_CHANGED_SUBJECT, b"")
-        admin_key = await ensure_bootstrap_admin_key(pool, load_server_secret(data_dir), data_dir)
+        admin_key = await ensure_bootstrap_admin_key(
+            pool, load_server_secret(data_dir), data_dir, warn=warn
+        )
     finally:
         await nc.drain()
         await pool.close()
     return applied, admin_key
+
+
+def _print_warning(line: str) -> None:
+    print(f"aggregator: warning: {line}", flush=True)
 
 
 def _redact(url: str) -> str:

@@ -366,13 +366,28 @@ async def test_bootstrap_admin_key_from_the_environment(
     assert (principal.role, principal.organization_id) == ("admin", default_org)
     listed = await list_keys(served, key)
     assert principal.api_key_id in [k.id for k in listed.data]
-    # Revoked, it comes back on the next start: that exact value is valid on every `up`.
+    # Revoked through the API, it stays revoked on every later start, which says so in one line.
     await served.keys.DeleteApiKey(api_key_service_pb2.DeleteApiKeyRequest(id=principal.api_key_id),
                                    metadata=bearer(key))
     await rejected_within(lambda: process_a.auth.authenticator.authenticate(f"Bearer {key}"), 0.5)
-    await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, env)
+    for _ in range(2):
+        warnings: list[str] = []
+        assert await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, env,
+                                                      warn=warnings.append) is None
+        assert len(warnings) == 1 and "revoked" in warnings[0] and admin.ADMIN_KEY_ENV in warnings[0]
+        assert "aggregator admin create-key" in warnings[0] and key not in warnings[0]
+    assert await repository.key_state(process_a.pool, hash_key(SECRET, key)) == "revoked"
     process_a.auth.cache.invalidate(hash_key(SECRET, key))  # what the restarted process starts with
-    assert (await process_a.auth.authenticator.authenticate(f"Bearer {key}")).role == "admin"
+    with pytest.raises(GatewayError) as refused:
+        await process_a.auth.authenticator.authenticate(f"Bearer {key}")
+    assert refused.value.reason is Reason.INVALID_API_KEY
+    # A different value is the way back.
+    other = "my-other-admin-key-" + uuid.uuid4().hex
+    warnings = []
+    await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, {admin.ADMIN_KEY_ENV: other},
+                                           warn=warnings.append)
+    assert warnings == []
+    assert (await process_a.auth.authenticator.authenticate(f"Bearer {other}")).role == "admin"
 
 
 async def test_bootstrap_admin_key_file_is_created_once(process_a: Process, tmp_path: Path) -> None:
@@ -388,10 +403,13 @@ async def test_bootstrap_admin_key_file_is_created_once(process_a: Process, tmp_
     await process_a.pool.execute("DELETE FROM api_keys WHERE key_hash = $1", hash_key(SECRET, key))
     assert await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, {}) is None
     assert await count_rows(process_a.pool, key) == 1
-    # A deliberately revoked bootstrap key stays revoked.
+    # A deliberately revoked bootstrap key stays revoked, with one warning line.
     await process_a.pool.execute("UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1",
                                  hash_key(SECRET, key))
-    assert await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, {}) is None
+    warnings: list[str] = []
+    assert await admin.ensure_bootstrap_admin_key(process_a.pool, SECRET, tmp_path, {},
+                                                  warn=warnings.append) is None
+    assert len(warnings) == 1 and str(path) in warnings[0]
     assert await repository.key_state(process_a.pool, hash_key(SECRET, key)) == "revoked"
 
 
