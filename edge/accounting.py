@@ -28,6 +28,8 @@ from services.routing.catalog import decimal_str
 
 log = logging.getLogger(__name__)
 THOUSAND = Decimal(1000)
+# The model label of a request whose model the catalog did not resolve (docs/architecture.md §2.9).
+UNKNOWN_MODEL = "unknown"
 
 
 class Publisher(Protocol):
@@ -75,6 +77,14 @@ class RequestRecord:
     status: int = ev.REQUEST_STATUS_SUCCEEDED
     http_status: int = 200
     error_reason: str = ""
+
+    @property
+    def metric_model(self) -> str:
+        """The model as a Prometheus label: the client's `model` only once routing found it in the
+        catalog (a configured id or a route id), which is when a candidate exists; `unknown`
+        otherwise. The raw string arrives before authentication, and each distinct label value is
+        a series that lives as long as the process: a client must not be able to mint them."""
+        return self.public_model if self.candidate is not None else UNKNOWN_MODEL
 
     def fail(self, error: GatewayError) -> None:
         """Marks the record failed with a GatewayError."""
@@ -157,13 +167,14 @@ class UsageRecorder:
     def finish(self, record: RequestRecord) -> ev.UsageEvent:
         event = record.to_event()
         status = ev.RequestStatus.Name(event.status).removeprefix("REQUEST_STATUS_").lower()
-        telemetry.REQUESTS.labels(record.endpoint, record.public_model, event.provider, status).inc()
+        model = record.metric_model
+        telemetry.REQUESTS.labels(record.endpoint, model, event.provider, status).inc()
         telemetry.LATENCY.labels(record.endpoint).observe(event.latency_ms / 1000)
         if event.time_to_first_token_ms:
-            telemetry.TTFT.labels(record.public_model).observe(event.time_to_first_token_ms / 1000)
-        telemetry.TOKENS.labels(record.public_model, "prompt").inc(event.prompt_tokens)
-        telemetry.TOKENS.labels(record.public_model, "completion").inc(event.completion_tokens)
-        telemetry.COST.labels(record.public_model).inc(float(Decimal(event.cost_usd)))
+            telemetry.TTFT.labels(model).observe(event.time_to_first_token_ms / 1000)
+        telemetry.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
+        telemetry.TOKENS.labels(model, "completion").inc(event.completion_tokens)
+        telemetry.COST.labels(model).inc(float(Decimal(event.cost_usd)))
         if record.organization_id and self._publisher is not None:
             task = asyncio.get_running_loop().create_task(self._publish(event))
             self._pending.add(task)

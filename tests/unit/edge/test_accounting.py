@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from decimal import Decimal
 
 import pytest
@@ -11,6 +12,7 @@ from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from edge.accounting import RequestRecord, UsageRecorder, estimate_tokens, price
+from services.core import telemetry
 from services.core.errors import GatewayError, Reason
 
 
@@ -167,3 +169,29 @@ async def test_recorder_without_publisher() -> None:
     recorder = UsageRecorder(None)
     assert recorder.finish(record()).request_id == "req-1"
     await recorder.drain()
+
+
+def _model_labels() -> set[str]:
+    """Every `model` label value the request metrics hold in this process."""
+    labels = set()
+    for metric in (telemetry.REQUESTS, telemetry.TOKENS, telemetry.COST, telemetry.TTFT):
+        for family in metric.collect():
+            labels.update(sample.labels["model"] for sample in family.samples if "model" in sample.labels)
+    return labels
+
+
+async def test_metric_labels_come_from_the_catalog_only() -> None:
+    recorder = UsageRecorder(None)
+    before = _model_labels()
+    for _ in range(20):  # a model the catalog does not know, never routed: no candidate
+        recorder.finish(record(public_model="random-" + secrets.token_hex(8), organization_id="",
+                               first_token_at=100.5))
+    assert _model_labels() - before <= {"unknown"}
+    assert "unknown" in _model_labels()
+    grown = _model_labels()
+    for _ in range(20):
+        recorder.finish(record(public_model="random-" + secrets.token_hex(8), organization_id=""))
+    assert _model_labels() == grown
+    # A model routing resolved (it handed out a candidate) is a catalog id: it is the label.
+    recorder.finish(record(candidate=candidate(), organization_id=""))
+    assert "gpt-4o-mini" in _model_labels()
