@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from typing import Any
 
 from aggregator.adapter.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 from aggregator.routing.v1 import route_pb2
 from services.adapters.credentials import CredentialResolver
+from services.adapters.endpoints import ConfiguredEndpoints
 from services.adapters.http import HttpClient, Transport
 from services.adapters.registry import AdapterDeps, AdapterRegistry
+from services.core.config import ProviderConfig
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method
 
@@ -29,25 +31,34 @@ def _check(candidate: route_pb2.RouteCandidate) -> None:
 class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     """Calls the provider a RouteCandidate names and answers OpenAI JSON bytes."""
 
-    def __init__(self, registry: AdapterRegistry, http: HttpClient) -> None:
+    def __init__(self, registry: AdapterRegistry, http: HttpClient,
+                 endpoints: ConfiguredEndpoints | None = None) -> None:
         self._registry = registry
         self._http = http
+        self._endpoints = endpoints
 
     @classmethod
     def create(cls, *, default_timeout_s: float = 120.0, environ: Mapping[str, str] | None = None,
-               transport: Transport | None = None,
-               key_envs: frozenset[str] | None = None) -> AdapterServicer:
+               transport: Transport | None = None, key_envs: frozenset[str] | None = None,
+               providers: Iterable[ProviderConfig] | None = None) -> AdapterServicer:
         """The servicer with its own HTTP client and every known adapter (`environ` defaults to
-        this process's environment; `transport` to the pooled aiohttp one)."""
+        this process's environment; `transport` to the pooled aiohttp one).
+
+        `providers`: the config file's; a candidate whose endpoint is not one of them is refused
+        (endpoints.py). Workers always pass them (none at all refuses every call); None trusts the
+        candidate, for tests that drive adapters against fakes directly."""
         http = HttpClient(transport)
         deps = AdapterDeps(http=http, credentials=CredentialResolver(environ, allowed_names=key_envs),
                            default_timeout_s=default_timeout_s)
-        return cls(AdapterRegistry.build(deps), http)
+        endpoints = ConfiguredEndpoints(providers) if providers is not None else None
+        return cls(AdapterRegistry.build(deps), http, endpoints)
 
     def _call(self, candidate: route_pb2.RouteCandidate, capability: str, endpoint: str) -> Any:
         """The adapter method serving `capability` for the candidate's kind. `complete` and `image`
         are optional: a kind without them fails with UNSUPPORTED_PARAMETER."""
         _check(candidate)
+        if self._endpoints is not None:
+            self._endpoints.check(candidate.endpoint)
         kind = candidate.endpoint.kind
         method = getattr(self._registry.adapter_for(kind), capability, None)
         if method is None:

@@ -96,6 +96,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         data_dir=data_dir(args.data_dir),
         upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
         provider_key_envs=config.provider_key_envs if config else frozenset(),
+        providers=config.providers if config else (),
     )
 
     def on_ready(server: GrpcServer) -> None:

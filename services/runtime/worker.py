@@ -21,7 +21,7 @@ from aggregator.billing.v1 import billing_service_pb2_grpc
 from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_grpc
 from aggregator.ops.v1 import ops_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2_grpc
-from services.core.config import StoreUrls
+from services.core.config import ProviderConfig, StoreUrls
 from services.core.server import GrpcServer, Registration
 from services.runtime.topology import Topology
 
@@ -43,6 +43,7 @@ class WorkerSettings:
     data_dir: Path
     upstream_timeout_ms: int = 120_000
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
+    providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
 
 
 @dataclass
@@ -120,7 +121,9 @@ async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wi
     from services.adapters.servicer import AdapterServicer
 
     adapter = AdapterServicer.create(
-        default_timeout_s=settings.upstream_timeout_ms / 1000, key_envs=settings.provider_key_envs
+        default_timeout_s=settings.upstream_timeout_ms / 1000,
+        key_envs=settings.provider_key_envs,
+        providers=settings.providers,
     )
     wiring.closers.append(adapter.close)
     wiring.serve(
