@@ -64,6 +64,7 @@ class Reason(enum.StrEnum):
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     UNAVAILABLE = "UNAVAILABLE"
+    SERVICE_UNAUTHENTICATED = "SERVICE_UNAUTHENTICATED"
     INTERNAL = "INTERNAL"
 
 
@@ -83,9 +84,9 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.INVALID_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
     Reason.MISSING_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "missing_api_key"),
     Reason.INVALID_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "invalid_api_key"),
-    Reason.PERMISSION_DENIED: ErrorKind(
-        _C.PERMISSION_DENIED, 403, "permission_error", "insufficient_permissions"
-    ),
+    # The credential lacks a permission the endpoint declares; the message names it
+    # (services/auth/permissions.py, docs/reference.md §4 "Permissions").
+    Reason.PERMISSION_DENIED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "permission_denied"),
     Reason.MODEL_NOT_ALLOWED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "model_not_allowed"),
     Reason.MODEL_NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "model_not_found"),
     Reason.NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "not_found"),
@@ -124,6 +125,10 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     ),
     Reason.UNIMPLEMENTED: ErrorKind(_C.UNIMPLEMENTED, 501, "invalid_request_error", "not_implemented"),
     Reason.UNAVAILABLE: ErrorKind(_C.UNAVAILABLE, 503, "server_error", "service_unavailable"),
+    # An internal RPC without the deployment's service token (services/core/service_token.py). Only
+    # a process of ours calls internal services: should one lack the token, its client sees a
+    # server error, not a complaint about its own API key.
+    Reason.SERVICE_UNAUTHENTICATED: ErrorKind(_C.UNAUTHENTICATED, 500, "server_error", "internal_error"),
     Reason.INTERNAL: ErrorKind(_C.INTERNAL, 500, "server_error", "internal_error"),
 }
 

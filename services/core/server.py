@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.core.limits import MAX_GRPC_MESSAGE_BYTES
+from services.core.server_guard import ServerGuard
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,22 @@ class GrpcServer:
     """A grpc.aio server with health (per service and overall) and reflection."""
 
     def __init__(
-        self, registrations: Iterable[Registration], *, host: str, port: int, private_host: str | None = None
+        self,
+        registrations: Iterable[Registration],
+        *,
+        host: str,
+        port: int,
+        service_token: str,
+        private_host: str | None = None,
     ) -> None:
         """Listens on host:port (shared by every worker through SO_REUSEPORT) and, when
         `private_host` is given, also on an ephemeral port of its own (`private_port`): the kernel
         balances connections, not requests, so Envoy lists every worker's own port and spreads
-        its few long-lived HTTP/2 connections itself."""
+        its few long-lived HTTP/2 connections itself. Internal services answer only calls that
+        carry `service_token` (services/core/service_token.py)."""
         self._registrations = tuple(registrations)
         self._server = grpc.aio.server(
-            interceptors=[aio_server_interceptor()],
+            interceptors=[ServerGuard(service_token), aio_server_interceptor()],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),

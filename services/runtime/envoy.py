@@ -28,6 +28,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.core.service_token import PUBLIC_GRPC_SERVICES
 from services.runtime.envoy_json_guard import json_to_metadata_filter, raw_body_paths, rbac_filter
 from services.runtime.envoy_replies import local_reply_config
 
@@ -202,19 +203,9 @@ def _route_action(cluster: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
     }
 
 
-# The services the public listener exposes to native gRPC clients. Internal services (auth's
-# Authenticate, routing, adapter, billing) are reachable only on the services' own port: the
-# adapter, for one, calls any URL it is given with a provider key.
-PUBLIC_GRPC_SERVICES = (
-    "aggregator.openai.v1.OpenAIService",
-    "aggregator.openai.v1.InferenceService",
-    "aggregator.auth.v1.ApiKeyService",
-    "aggregator.analytics.v1.AnalyticsService",
-    "aggregator.ops.v1.OpsService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
+# The services the public listener exposes to native gRPC clients (services/core/service_token.py).
+# Internal services (auth's Authenticate, routing, adapter, billing) are reachable only on the
+# services' own port, and there only with the service token.
 _GRPC = [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}]
 # Native gRPC streams (server reflection is bidirectional) must not wait for the end of the request,
 # so the buffer filter that enforces the JSON body limit stays out of their way; the services' own

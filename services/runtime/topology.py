@@ -11,6 +11,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from services.core.config import SERVICE_NAMES, ConfigError
 from services.core.inproc import InProcessChannel
 from services.core.limits import MAX_GRPC_MESSAGE_BYTES
+from services.core.service_token import token_interceptors
 
 CHANNEL_OPTIONS = [
     # A service's answer may hold a whole upstream answer (docs/edge.md, "Size limits").
@@ -47,10 +48,12 @@ def parse_remotes(items: list[str]) -> dict[str, str]:
 
 @dataclass
 class Topology:
-    """Channels to every service: in-process for local ones, gRPC for the rest."""
+    """Channels to every service: in-process for local ones, gRPC for the rest. Remote channels
+    send the deployment's service token, which internal services require (service_token.py)."""
 
     local: frozenset[str]
     remotes: dict[str, str]
+    service_token: str
     inproc: InProcessChannel = field(default_factory=InProcessChannel)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
@@ -62,7 +65,9 @@ class Topology:
             raise ConfigError(f"service {service!r} is neither local nor given with --remote")
         if address not in self._channels:
             self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors()
+                address,
+                options=CHANNEL_OPTIONS,
+                interceptors=[*token_interceptors(self.service_token), *aio_client_interceptors()],
             )
         return self._channels[address]
 

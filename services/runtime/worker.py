@@ -245,10 +245,19 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    topology = Topology(settings.services, settings.remotes)
+    from services.auth.secret_files import load_server_secret
+    from services.core.service_token import derive_service_token
+
+    # Every process of a deployment shares the server secret, hence the token internal RPCs need.
+    token = derive_service_token(load_server_secret(settings.data_dir))
+    topology = Topology(settings.services, settings.remotes, token)
     wiring = await build(settings, topology)
     server = GrpcServer(
-        wiring.registrations, host=settings.host, port=settings.port, private_host="127.0.0.1"
+        wiring.registrations,
+        host=settings.host,
+        port=settings.port,
+        service_token=token,
+        private_host="127.0.0.1",
     )
     try:
         await server.start()

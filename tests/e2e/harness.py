@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from services.auth.secret_files import parse_secret
 from services.core.config import Config, StoreUrls, parse_config
+from services.core.service_token import derive_service_token
 from services.runtime import children
 from services.runtime.envoy import render_bootstrap
 from services.runtime.envoy_process import EnvoyProcess
@@ -139,6 +141,7 @@ class Gateway:
     services_target: str
     admin_key: str
     data_dir: Path
+    service_token: str = ""  # what internal RPCs on the services' port require
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     envoy: Any = None
 
@@ -175,7 +178,8 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
     config_path.write_text(yaml.safe_dump(config_document(config)))  # noqa: ASYNC240
     groups = {"all": ("all",)} if topology == "all" else SPLIT
     ports = {name: free_port() for name in groups}
-    gateway = Gateway("", "", "", ADMIN_KEY, data_dir)
+    token = derive_service_token(parse_secret(os.environ["AGGREGATOR_SECRET"]))
+    gateway = Gateway("", "", "", ADMIN_KEY, data_dir, service_token=token)
     ready_files = {name: data_dir / f"{name}.ready" for name in groups}
     for name, services in groups.items():
         ready_files[name].unlink(missing_ok=True)

@@ -6,7 +6,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aggregator.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from aggregator.openai.v1 import chat_pb2, inference_service_pb2_grpc
+from services.core.service_token import SERVICE_TOKEN_KEY
 from tests.e2e.harness import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +25,21 @@ async def test_health_through_envoy_and_on_services_port(gateway: Gateway) -> No
                 health_pb2.HealthCheckRequest(service="")
             )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_internal_rpcs_on_the_services_port_need_the_service_token(gateway: Gateway) -> None:
+    # BillingService is internal and hosted by the front process in both topologies; its servicer
+    # answers UNIMPLEMENTED for now, so reaching it shows as UNIMPLEMENTED.
+    request = billing_service_pb2.ReserveCostRequest()
+    async with grpc.aio.insecure_channel(gateway.services_target) as channel:
+        stub = billing_service_pb2_grpc.BillingServiceStub(channel)
+        for metadata in ((), ((SERVICE_TOKEN_KEY, "0" * 64),), _metadata(gateway)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ReserveCost(request, metadata=metadata)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as reached:
+            await stub.ReserveCost(request, metadata=((SERVICE_TOKEN_KEY, gateway.service_token),))
+        assert reached.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_typed_streaming_chat_through_envoy(gateway: Gateway) -> None:

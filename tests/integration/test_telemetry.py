@@ -47,9 +47,10 @@ async def test_one_trace_spans_client_and_server_of_a_remote_call() -> None:
         ],
         host="127.0.0.1",
         port=0,
+        service_token="telemetry-test-token",
     )
     await server.start()
-    topology = Topology(frozenset(), {"routing": f"127.0.0.1:{server.port}"})
+    topology = Topology(frozenset(), {"routing": f"127.0.0.1:{server.port}"}, "telemetry-test-token")
     try:
         stub = routing_service_pb2_grpc.RoutingServiceStub(topology.channel_for("routing"))
         with trace.get_tracer("test").start_as_current_span("request") as parent:
