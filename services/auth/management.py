@@ -1,8 +1,9 @@
 """Key management for an organization's administrators: the logic behind ApiKeyService.
 
 Every operation is scoped to the caller's organization: another organization's key id is
-NOT_FOUND, exactly like an id that does not exist. Creation and revocation tell every process's
-authentication cache through NATS (invalidation.py), after dropping the local entry directly.
+NOT_FOUND, exactly like an id that does not exist. Creation, update, rotation and revocation tell
+every process's authentication cache through NATS (invalidation.py), after dropping the local
+entry directly, so a change is effective everywhere within 2 s (docs/architecture.md §2.3).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class ApiKeyManager:
         self._nc = nc
 
     async def _announce(self, key_id_: str, key_hash: str) -> None:
+        """Drops the entry of one HMAC everywhere; an empty `key_hash` drops every entry of the
+        key (its current and rotated-out secrets alike)."""
         if self._cache is not None:
             self._cache.invalidate(key_hash, key_id_)
         await invalidation.publish(self._nc, key_id_, key_hash)
@@ -90,13 +93,43 @@ class ApiKeyManager:
             raise not_found(ident)
         return row
 
+    async def update(self, caller: auth_service_pb2.Principal, ident: str, changes: dict[str, Any]) -> KeyRow:
+        """Applies validated changes (validation.changes_from_update) to a live key; every process
+        uses the new settings within 2 s while NATS is up."""
+        canonical = key_id(ident)
+        row = None if canonical is None else await repository.update_key(
+            self._pool, caller.organization_id, canonical, changes, actor_of(caller))
+        if row is None:
+            raise not_found(ident)
+        if changes:
+            await self._announce(row.id, "")
+        return row
+
+    async def rotate(self, caller: auth_service_pb2.Principal, ident: str,
+                     grace_s: int) -> tuple[KeyRow, str]:
+        """A new secret for a live key, answered with the updated row; the replaced one works for
+        `grace_s` more seconds (docs/reference.md §4)."""
+        canonical = key_id(ident)
+        plaintext = generate_key()
+        row = None if canonical is None else await repository.rotate_key(
+            self._pool, caller.organization_id, canonical, key_hash=hash_key(self._secret, plaintext),
+            prefix=key_prefix(plaintext), grace_s=grace_s, actor=actor_of(caller))
+        if row is None:
+            raise not_found(ident)
+        # The replaced secret's cached entry carries no grace expiry yet, and an earlier
+        # rotated-out secret must stop now: drop them all; then any negative entry of the new one.
+        await self._announce(row.id, "")
+        await self._announce(row.id, row.key_hash)
+        return row, plaintext
+
     async def revoke(self, caller: auth_service_pb2.Principal, ident: str) -> str:
-        """Revokes a key (idempotently) and answers its canonical id; every process refuses it
-        within 2 s while NATS is up (within the cache TTL otherwise)."""
+        """Revokes a key (idempotently) and answers its canonical id; every process refuses it,
+        and a rotated-out secret still in its grace period, within 2 s while NATS is up (within
+        the cache TTL otherwise)."""
         canonical = key_id(ident)
         key_hash = None if canonical is None else await repository.revoke_key(
             self._pool, caller.organization_id, canonical, actor_of(caller))
         if canonical is None or key_hash is None:
             raise not_found(ident)
-        await self._announce(canonical, key_hash)
+        await self._announce(canonical, "")
         return canonical

@@ -31,13 +31,17 @@ class KeySettings:
     rate_limit_per_day: int | None = None
     tokens_per_minute: int | None = None
     expires_at: datetime | None = None
+    # Permission names narrowing the role; empty means none (services/auth/permissions.py
+    # interprets them, docs/reference.md §4).
+    scopes: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> KeySettings:
         """From a database row holding the api_keys columns of the same names."""
         models = row["allowed_models"]
-        values = {f.name: row[f.name] for f in fields(cls) if f.name != "allowed_models"}
-        return cls(allowed_models=None if models is None else tuple(models), **values)
+        values = {f.name: row[f.name] for f in fields(cls) if f.name not in ("allowed_models", "scopes")}
+        return cls(allowed_models=None if models is None else tuple(models),
+                   scopes=tuple(row["scopes"] or ()), **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +55,26 @@ class KeyRow:
     settings: KeySettings
     created_at: datetime
     revoked_at: datetime | None = None
+    # Until when the secret replaced by the last rotation still works (docs/reference.md §4).
+    previous_key_expires_at: datetime | None = None
+    # Set only on a row found by that replaced secret (repository.find_live_key): the secret
+    # stops at the earlier of this and the key's own expires_at.
+    found_by_previous_key: bool = False
 
     @classmethod
-    def from_row(cls, row: Any) -> KeyRow:
+    def from_row(cls, row: Any, *, found_by_previous_key: bool = False) -> KeyRow:
         return cls(id=str(row["id"]), organization_id=str(row["organization_id"]), key_hash=row["key_hash"],
                    prefix=row["prefix"], settings=KeySettings.from_row(row), created_at=row["created_at"],
-                   revoked_at=row["revoked_at"])
+                   revoked_at=row["revoked_at"], previous_key_expires_at=row["previous_key_expires_at"],
+                   found_by_previous_key=found_by_previous_key)
+
+    def secret_expires_at(self) -> datetime | None:
+        """When the secret this row was found by stops working; None: never."""
+        ends = [self.settings.expires_at]
+        if self.found_by_previous_key:
+            ends.append(self.previous_key_expires_at)
+        known = [e for e in ends if e is not None]
+        return min(known) if known else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,26 +111,30 @@ def _limits(settings: KeySettings) -> dict[str, int]:
 
 
 def api_key_message(row: KeyRow, plaintext: str | None = None) -> api_key_pb2.ApiKey:
-    """The public `api_key` object; `plaintext` only in the answer that creates the key."""
+    """The public `api_key` object, with the stored prefix and never the secret; `plaintext` only
+    in the answers that create or rotate the key."""
     s = row.settings
     message = api_key_pb2.ApiKey(id=row.id, object="api_key", name=s.name, role=s.role,
                                  organization_id=row.organization_id, prefix=row.prefix,
-                                 created_at=timestamp(row.created_at), **_limits(s))
+                                 created_at=timestamp(row.created_at), scopes=s.scopes, **_limits(s))
     if s.allowed_models is not None:
         message.allowed_models.CopyFrom(list_value(s.allowed_models))
     if s.expires_at is not None:
         message.expires_at.CopyFrom(timestamp(s.expires_at))
+    if row.previous_key_expires_at is not None and row.previous_key_expires_at > datetime.now(UTC):
+        message.previous_key_expires_at.CopyFrom(timestamp(row.previous_key_expires_at))
     if plaintext is not None:
         message.key = plaintext
     return message
 
 
 def auth_record(row: KeyRow) -> AuthRecord:
-    """The cache entry for a live key."""
+    """The cache entry for a live key. A row found by a rotated-out secret expires with its grace
+    period, so a cached entry for that secret stops on time (docs/reference.md §4)."""
     s = row.settings
     principal = auth_service_pb2.Principal(organization_id=row.organization_id, api_key_id=row.id,
-                                           role=s.role, **_limits(s))
+                                           role=s.role, scopes=s.scopes, **_limits(s))
     if s.allowed_models is not None:
         principal.allowed_models.CopyFrom(list_value(s.allowed_models))
-    expires = s.expires_at.timestamp() if s.expires_at is not None else None
-    return AuthRecord(principal=principal, expires_at=expires)
+    ends = row.secret_expires_at()
+    return AuthRecord(principal=principal, expires_at=None if ends is None else ends.timestamp())

@@ -21,7 +21,11 @@ from services.core.errors import GatewayError, Reason
 DEFAULT_ORGANIZATION = "default"
 
 _KEY_COLUMN_NAMES = ("id", "organization_id", "key_hash", "prefix", "name", "role", "allowed_models",
-                     *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at")
+                     *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at", "scopes",
+                     "previous_key_expires_at")
+# The columns an update may set (validation.changes_from_update's keys), with their casts.
+_UPDATABLE = {"name": "", "role": "", "allowed_models": "::text[]", "expires_at": "::timestamptz",
+              "scopes": "::text[]", **dict.fromkeys(LIMIT_FIELDS, "::integer")}
 _KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
 _K_KEY_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLUMN_NAMES)
 _STORE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -105,11 +109,11 @@ async def insert_key(pool: asyncpg.Pool, *, organization_id: str, key_hash: str,
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
-            f"{', '.join(LIMIT_FIELDS)}, expires_at) "
-            f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12) "
+            f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes) "
+            f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[]) "
             f"RETURNING {_KEY_COLUMNS}",
             organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
-            settings.expires_at)
+            settings.expires_at, list(settings.scopes))
         key = KeyRow.from_row(row)
         await _audit(conn, organization_id, actor, "api_key.create", key.id,
                      {"name": settings.name, "role": settings.role, "prefix": prefix})
@@ -139,6 +143,52 @@ async def get_key(pool: asyncpg.Pool, organization_id: str, key_id: str) -> KeyR
     return None if row is None else KeyRow.from_row(row)
 
 
+async def update_key(pool: asyncpg.Pool, organization_id: str, key_id: str, changes: dict[str, Any],
+                     actor: str) -> KeyRow | None:
+    """Sets the changed columns of a live key of the organization (one statement, so concurrent
+    updates of different fields never undo each other) with an audit row naming the fields; None
+    when the organization has no such live key."""
+    unknown = set(changes) - set(_UPDATABLE)
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if not changes:
+        return await get_key(pool, organization_id, key_id)
+    columns = list(changes)
+    # Column names come from _UPDATABLE only; every value is a placeholder.
+    assignments = ", ".join(f"{c} = ${i}{_UPDATABLE[c]}" for i, c in enumerate(columns, start=3))
+    values = [list(v) if isinstance(v, tuple) else v for v in changes.values()]
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE api_keys SET {assignments} WHERE id = $1::uuid AND organization_id = $2::uuid "
+            f"AND revoked_at IS NULL RETURNING {_KEY_COLUMNS}", key_id, organization_id, *values)
+        if row is None:
+            return None
+        await _audit(conn, organization_id, actor, "api_key.update", key_id, {"fields": sorted(columns)})
+    return KeyRow.from_row(row)
+
+
+async def rotate_key(pool: asyncpg.Pool, organization_id: str, key_id: str, *, key_hash: str, prefix: str,
+                     grace_s: int, actor: str) -> KeyRow | None:
+    """Gives a live key of the organization a new HMAC and prefix; the replaced HMAC stays valid
+    for `grace_s` seconds (none when 0; a secret still in an earlier grace period stops now). None
+    when the organization has no such live key."""
+    async with pool.acquire() as conn, conn.transaction():
+        # SET expressions read the row as it was, so previous_key_hash takes the replaced HMAC.
+        row = await conn.fetchrow(
+            "UPDATE api_keys SET "
+            "previous_key_hash = CASE WHEN $5::integer > 0 THEN key_hash END, "
+            "previous_key_expires_at = CASE WHEN $5::integer > 0 "
+            "THEN now() + make_interval(secs => $5::integer) END, "
+            "key_hash = $3, prefix = $4 "
+            "WHERE id = $1::uuid AND organization_id = $2::uuid AND revoked_at IS NULL "
+            f"RETURNING {_KEY_COLUMNS}", key_id, organization_id, key_hash, prefix, grace_s)
+        if row is None:
+            return None
+        await _audit(conn, organization_id, actor, "api_key.rotate", key_id,
+                     {"prefix": prefix, "grace_period_seconds": grace_s})
+    return KeyRow.from_row(row)
+
+
 async def revoke_key(pool: asyncpg.Pool, organization_id: str, key_id: str, actor: str) -> str | None:
     """Revokes a key of the organization and answers its key_hash (also when it was already
     revoked, so that deletion is idempotent); None when the organization has no such key."""
@@ -156,14 +206,19 @@ async def revoke_key(pool: asyncpg.Pool, organization_id: str, key_id: str, acto
 
 
 async def find_live_key(pool: asyncpg.Pool, key_hash: str) -> KeyRow | None:
-    """The live key with this HMAC, joined to its organization; None when unknown or revoked.
-    Expiry is the caller's check, so a cached entry expires on time."""
+    """The live key whose current or rotated-out HMAC this is, joined to its organization; None
+    when unknown or revoked. One statement over two unique indexes. Expiry (the key's, and the
+    grace period's for a rotated-out secret) is the caller's check, so a cached entry expires on
+    time."""
     with _store_errors():
         row = await pool.fetchrow(
-            f"SELECT {_K_KEY_COLUMNS} FROM api_keys k "
-            "JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            key_hash)
-    return None if row is None else KeyRow.from_row(row)
+            f"SELECT {_K_KEY_COLUMNS}, k.key_hash <> $1 AS by_previous FROM api_keys k "
+            "JOIN organizations o ON o.id = k.organization_id "
+            "WHERE (k.key_hash = $1 OR k.previous_key_hash = $1) AND k.revoked_at IS NULL "
+            # A key's current secret wins over another row's rotated-out one (the bootstrap admin
+            # key may be re-inserted by `up` after being rotated).
+            "ORDER BY by_previous LIMIT 1", key_hash)
+    return None if row is None else KeyRow.from_row(row, found_by_previous_key=row["by_previous"])
 
 
 async def key_state(pool: asyncpg.Pool, key_hash: str) -> str | None:

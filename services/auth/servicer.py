@@ -19,8 +19,14 @@ from aggregator.auth.v1 import (
 from services.auth.authenticator import Authenticator, missing_key
 from services.auth.management import ApiKeyManager, require_admin
 from services.auth.records import api_key_message
-from services.auth.validation import decode_page_token, encode_page_token, page_size, settings_from_create
-from services.core.errors import GatewayError, Reason
+from services.auth.validation import (
+    changes_from_update,
+    decode_page_token,
+    encode_page_token,
+    grace_period,
+    page_size,
+    settings_from_create,
+)
 from services.core.rpc import metadata_value, rpc_method
 
 REQUEST_ID_KEY = "x-request-id"
@@ -91,10 +97,19 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
     @rpc_method
     async def UpdateApiKey(self, request: api_key_service_pb2.UpdateApiKeyRequest,
                            context: Any) -> api_key_pb2.ApiKey:
-        """Not implemented yet (the limits issue brings it)."""
-        await self._admin(context)
-        raise GatewayError(Reason.UNIMPLEMENTED, "Updating an API key is not supported yet; "
-                           "create a new key and delete the old one.")
+        """Changes the settings the request carries, keeps the others (AIP-134 partial update);
+        every process applies the change within 2 s."""
+        caller = await self._admin(context)
+        return api_key_message(await self._manager.update(caller, request.id, changes_from_update(request)))
+
+    @rpc_method
+    async def RotateApiKey(self, request: api_key_service_pb2.RotateApiKeyRequest,
+                           context: Any) -> api_key_pb2.ApiKey:
+        """A new secret for the key, answered once in `key`; the replaced one keeps working for
+        the grace period (docs/reference.md §4)."""
+        caller = await self._admin(context)
+        row, plaintext = await self._manager.rotate(caller, request.id, grace_period(request))
+        return api_key_message(row, plaintext)
 
     @rpc_method
     async def DeleteApiKey(self, request: api_key_service_pb2.DeleteApiKeyRequest,

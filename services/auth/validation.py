@@ -11,16 +11,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from aggregator.auth.v1 import api_key_service_pb2
 from services.auth.records import LIMIT_FIELDS, ROLES, KeySettings, to_datetime
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 MAX_NAME_LENGTH = 200
 MAX_MODELS = 1000
 MAX_MODEL_ID_LENGTH = 256
 MAX_LIMIT = 2**31 - 1
+# Scopes are stored and shaped here; their meaning is services/auth/permissions.py's.
+MAX_SCOPES = 64
+MAX_SCOPE_LENGTH = 128
+# The grace period of a rotated-out secret (docs/reference.md §4): long enough to roll a secret
+# out to every client, short enough that a leaked one dies soon.
+DEFAULT_GRACE_PERIOD_S = 24 * 3600
+MAX_GRACE_PERIOD_S = 7 * 24 * 3600
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 100
 
@@ -50,30 +57,57 @@ def validate_models(models: Iterable[Any] | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(items))
 
 
+def validate_scopes(scopes: Iterable[Any]) -> tuple[str, ...]:
+    """Permission names as a tuple without duplicates (order kept): non-empty strings, at most
+    MAX_SCOPES. Whether each names a permission is for services/auth/permissions.py to say."""
+    items = list(scopes)
+    if len(items) > MAX_SCOPES:
+        raise _invalid(f"scopes may list at most {MAX_SCOPES} permissions.", "scopes")
+    if not all(isinstance(s, str) and 0 < len(s) <= MAX_SCOPE_LENGTH for s in items):
+        raise _invalid(f"scopes must be a list of permission names (strings of 1 to {MAX_SCOPE_LENGTH} "
+                       "characters).", "scopes")
+    return tuple(dict.fromkeys(items))
+
+
 def models_from_list_value(value: struct_pb2.ListValue) -> list[Any]:
     """The Python items of a ListValue; non-strings are kept as non-strings so they fail validation."""
     return [v.string_value if v.WhichOneof("kind") == "string_value" else v for v in value.values]
 
 
-def validate_settings(*, name: str = "", role: str | None = None, allowed_models: Iterable[Any] | None = None,
-                      expires_at: datetime | None = None, now: datetime | None = None,
-                      **limits: int | None) -> KeySettings:
-    """Checks every field of a key's settings; raises GatewayError(INVALID_REQUEST) on the first bad one."""
+def _validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise _invalid(f"name must be at most {MAX_NAME_LENGTH} characters.", "name")
+    return name
+
+
+def _validate_limit(field: str, value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_LIMIT:
+        raise _invalid(f"{field} must be a positive integer.", field)
+    return value
+
+
+def _validate_expiry(expires_at: datetime | None, now: datetime | None) -> datetime | None:
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at <= (now or datetime.now(UTC)):
+        raise _invalid("expires_at must be in the future.", "expires_at")
+    return expires_at
+
+
+def validate_settings(*, name: str = "", role: str | None = None, allowed_models: Iterable[Any] | None = None,
+                      expires_at: datetime | None = None, now: datetime | None = None,
+                      scopes: Iterable[Any] = (), **limits: int | None) -> KeySettings:
+    """Checks every field of a key's settings; raises GatewayError(INVALID_REQUEST) on the first bad one."""
     unknown = set(limits) - set(LIMIT_FIELDS)
     if unknown:
         raise TypeError(f"unknown limit fields: {sorted(unknown)}")
-    for field, value in limits.items():
-        if value is not None and not 1 <= value <= MAX_LIMIT:
-            raise _invalid(f"{field} must be a positive integer.", field)
-    if expires_at is not None:
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
-        if expires_at <= (now or datetime.now(UTC)):
-            raise _invalid("expires_at must be in the future.", "expires_at")
-    return KeySettings(name=name, role=validate_role(role), allowed_models=validate_models(allowed_models),
-                       expires_at=expires_at, **limits)
+    checked = {field: _validate_limit(field, value) for field, value in limits.items()}
+    return KeySettings(name=_validate_name(name), role=validate_role(role),
+                       allowed_models=validate_models(allowed_models),
+                       expires_at=_validate_expiry(expires_at, now), scopes=validate_scopes(scopes),
+                       **checked)
 
 
 def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
@@ -83,7 +117,81 @@ def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
     expires = to_datetime(request.expires_at) if request.HasField("expires_at") else None
     limits = {f: getattr(request, f) if request.HasField(f) else None for f in LIMIT_FIELDS}
     return validate_settings(name=request.name, role=request.role, allowed_models=models, expires_at=expires,
-                             now=now, **limits)
+                             now=now, scopes=request.scopes, **limits)
+
+
+def _nullable(value: struct_pb2.Value) -> Any:
+    """The Python value of a JSON value: None for null, else the Value itself to be checked."""
+    return None if value.WhichOneof("kind") == "null_value" else value
+
+
+def _list_items(value: struct_pb2.Value, field: str, what: str) -> list[Any]:
+    if value.WhichOneof("kind") != "list_value":
+        raise _invalid(f"{field} must be a list of {what}, or null.", field)
+    return models_from_list_value(value.list_value)
+
+
+def _limit_of(value: struct_pb2.Value, field: str) -> int | None:
+    if _nullable(value) is None:
+        return None
+    number = value.number_value
+    if value.WhichOneof("kind") != "number_value" or not number.is_integer():
+        raise _invalid(f"{field} must be a positive integer, or null for no limit.", field)
+    return _validate_limit(field, int(number))
+
+
+def _expiry_of(value: struct_pb2.Value, now: datetime | None) -> datetime | None:
+    if _nullable(value) is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    try:
+        if value.WhichOneof("kind") != "string_value":
+            raise ValueError("not a string")
+        stamp.FromJsonString(value.string_value)
+    except ValueError:
+        raise _invalid("expires_at must be an RFC 3339 timestamp (2030-01-01T00:00:00Z), or null "
+                       "for never.", "expires_at") from None
+    return _validate_expiry(to_datetime(stamp), now)
+
+
+def changes_from_update(request: api_key_service_pb2.UpdateApiKeyRequest,
+                        now: datetime | None = None) -> dict[str, Any]:
+    """The validated changes of an UpdateApiKeyRequest, by api_keys column: only the fields the
+    request carries (AIP-134 partial update); a nullable field sent as null maps to None (or to no
+    scopes). Raises GatewayError(INVALID_REQUEST) naming the first bad field."""
+    changes: dict[str, Any] = {}
+    if request.HasField("name"):
+        changes["name"] = _validate_name(request.name)
+    if request.HasField("role"):
+        if request.role not in ROLES:
+            raise _invalid(f"Invalid role {quote(request.role)}: expected 'admin' or 'member'.", "role")
+        changes["role"] = request.role
+    if request.HasField("allowed_models"):
+        models = _nullable(request.allowed_models)
+        changes["allowed_models"] = None if models is None else validate_models(
+            _list_items(request.allowed_models, "allowed_models", "model ids"))
+    for field in LIMIT_FIELDS:
+        if request.HasField(field):
+            changes[field] = _limit_of(getattr(request, field), field)
+    if request.HasField("expires_at"):
+        changes["expires_at"] = _expiry_of(request.expires_at, now)
+    if request.HasField("scopes"):
+        scopes = _nullable(request.scopes)
+        changes["scopes"] = () if scopes is None else validate_scopes(
+            _list_items(request.scopes, "scopes", "permission names"))
+    return changes
+
+
+def grace_period(request: api_key_service_pb2.RotateApiKeyRequest) -> int:
+    """The rotation's grace period in seconds: DEFAULT_GRACE_PERIOD_S when absent, else 0 to
+    MAX_GRACE_PERIOD_S."""
+    if not request.HasField("grace_period_seconds"):
+        return DEFAULT_GRACE_PERIOD_S
+    seconds = request.grace_period_seconds
+    if not 0 <= seconds <= MAX_GRACE_PERIOD_S:
+        raise _invalid(f"grace_period_seconds must be between 0 and {MAX_GRACE_PERIOD_S} (7 days).",
+                       "grace_period_seconds")
+    return seconds
 
 
 def key_id(value: str) -> str | None:

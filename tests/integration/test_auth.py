@@ -297,12 +297,6 @@ async def test_invalid_input_is_400_naming_the_field(served: Served, org: Org) -
     assert status == 400 and body["error"]["param"] == "page_token"
 
 
-async def test_update_is_unimplemented(served: Served, org: Org) -> None:
-    error, body, status = await rpc_error(served.keys.UpdateApiKey(
-        api_key_service_pb2.UpdateApiKeyRequest(id=str(uuid.uuid4())), metadata=bearer(org.admin_key)))
-    assert error.code() is grpc.StatusCode.UNIMPLEMENTED and status == 501
-
-
 async def test_listing_pages_newest_first(served: Served, org: Org) -> None:
     created = []
     for i in range(4):
