@@ -29,6 +29,35 @@ def _kind(value: struct_pb2.Value) -> str:
     return value.WhichOneof("kind") or ""
 
 
+# Envoy's transcoder reads a JSON number below int64's range as int64's minimum (one above it is
+# refused): the minimum itself is therefore ambiguous, and refused as out of range.
+_INT64_MIN = -(2**63)
+# A token id travels as a double (google.protobuf.Value); past 2**53 a double no longer holds every
+# integer, so such an id may already differ from what the client sent and is refused, never changed.
+_MAX_TOKEN_ID = 2**53 - 1
+
+
+def _seed(request: object) -> None:
+    if request.HasField("seed") and request.seed == _INT64_MIN:  # type: ignore[attr-defined]
+        raise _invalid("Invalid 'seed': integer below the minimum of a 64-bit integer.", "seed")
+
+
+def _token_ids(value: struct_pb2.Value, param: str, name: str = "") -> None:
+    """Token-id arrays (`[1, 2]` or `[[1, 2], [3]]`) hold whole numbers from 0 to 2**53 - 1."""
+    if _kind(value) != "list_value":
+        return
+    name = name or param
+    for i, item in enumerate(value.list_value.values):
+        if _kind(item) == "list_value":
+            _token_ids(item, param, f"{name}[{i}]")
+        elif _kind(item) == "number_value":
+            number = item.number_value
+            if not (number.is_integer() and 0 <= number <= _MAX_TOKEN_ID):
+                raise _invalid(
+                    f"Invalid '{name}[{i}]': a token id is a whole number from 0 to {_MAX_TOKEN_ID}.", param
+                )
+
+
 def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
     if not request.model:
         raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
@@ -58,6 +87,7 @@ def validate_chat(request: chat_pb2.ChatCompletionRequest) -> None:
     _range(request, "frequency_penalty", -2, 2)
     _range(request, "n", 1, 128)
     _range(request, "top_logprobs", 0, 20)
+    _seed(request)
     for name in ("max_tokens", "max_completion_tokens"):
         if request.HasField(name) and getattr(request, name) < 1:
             raise _invalid(f"Invalid '{name}': integer below minimum value 1.", name)
@@ -99,6 +129,7 @@ def validate_embedding(request: embedding_pb2.EmbeddingRequest) -> None:
         if _kind(text) == "string_value" and not text.string_value:
             where = "input" if kind == "string_value" else f"input[{i}]"
             raise _invalid(f"Invalid '{where}': the input cannot be an empty string.", "input")
+    _token_ids(request.input, "input")
     if request.HasField("encoding_format") and request.encoding_format not in ("float", "base64"):
         raise _invalid("Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format")
     if request.HasField("dimensions") and request.dimensions < 1:
@@ -117,6 +148,8 @@ def validate_completion(request: completion_pb2.CompletionRequest) -> None:
     _range(request, "frequency_penalty", -2, 2)
     _range(request, "n", 1, 128)
     _range(request, "logprobs", 0, 5)
+    _token_ids(request.prompt, "prompt")
+    _seed(request)
     if request.HasField("max_tokens") and request.max_tokens < 0:
         raise _invalid("Invalid 'max_tokens': integer below minimum value 0.", "max_tokens")
     if request.HasField("best_of") and request.best_of < (request.n if request.HasField("n") else 1):

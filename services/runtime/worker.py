@@ -22,6 +22,7 @@ from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_
 from aggregator.ops.v1 import ops_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2_grpc
 from services.core.config import ProviderConfig, StoreUrls
+from services.core.decoding import tolerant
 from services.core.server import GrpcServer, Registration
 from services.runtime.topology import Topology
 
@@ -56,7 +57,7 @@ class Wiring:
 
     def serve(self, topology: Topology, add: Callable[[Any, Any], None], servicer: Any, name: str) -> None:
         topology.inproc.register(add, servicer)
-        self.registrations.append(Registration(add, servicer, name))
+        self.registrations.append(Registration(tolerant(add), servicer, name))
 
     async def close(self) -> None:
         for closer in reversed(self.closers):

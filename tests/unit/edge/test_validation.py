@@ -168,3 +168,21 @@ def test_a_null_prompt_is_valid_as_in_openais_spec() -> None:
 def test_a_missing_prompt_is_refused() -> None:
     error = rejected(validate_completion, completion_pb2.CompletionRequest(model="davinci"))
     assert error.param == "prompt"
+
+
+@pytest.mark.parametrize("value", [[2**53], [[1, 2], [2**60]], [-1], [1.5]])
+def test_token_ids_that_a_double_cannot_hold_exactly_are_refused(value: Any) -> None:
+    error = rejected(validate_embedding, embedding(input=value))
+    assert error.param == "input" and "token id" in error.message
+    request = json_format.ParseDict({"model": "davinci", "prompt": value}, completion_pb2.CompletionRequest())
+    assert rejected(validate_completion, request).param == "prompt"
+
+
+def test_token_ids_up_to_two_to_the_53_pass() -> None:
+    validate_embedding(embedding(input=[0, 2**53 - 1]))
+
+
+def test_the_seed_envoy_clamped_is_refused() -> None:
+    error = rejected(validate_chat, chat(seed=-(2**63)))
+    assert error.param == "seed"
+    validate_chat(chat(seed=-(2**63) + 1))
