@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
 from edge.pipeline import NOTHING_ANSWERED, Pipeline
+from services.auth.permissions import INFERENCE, requires
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method
 
@@ -35,6 +36,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         return copy
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, context: Any
     ) -> chat_pb2.ChatCompletion:
@@ -48,6 +50,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
 
     @rpc_method
+    @requires(INFERENCE)
     async def StreamChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, context: Any
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
@@ -64,6 +67,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                         yield chunk
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateEmbedding(
         self, request: embedding_pb2.EmbeddingRequest, context: Any
     ) -> embedding_pb2.EmbeddingResponse:

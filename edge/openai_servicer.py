@@ -29,6 +29,7 @@ from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord
 from edge.multipart import parse_image_upload
 from edge.pipeline import Pipeline, check_model_allowed
+from services.auth.permissions import INFERENCE, READ_MODELS, requires
 from services.core import calls
 from services.core.errors import GatewayError, Reason, quote
 from services.core.limits import HTTP_CHUNK_BYTES
@@ -62,6 +63,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         self._pipeline = pipeline
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -72,6 +74,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
                 yield body
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateCompletion(
         self, request: completion_pb2.CompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -114,6 +117,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             yield body
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateEmbedding(
         self, request: embedding_pb2.EmbeddingRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -123,6 +127,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             yield body
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateImage(
         self, request: image_pb2.ImageGenerationRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -133,6 +138,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             yield body
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateImageEdit(
         self, request: httpbody_pb2.HttpBody, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -141,6 +147,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             yield body
 
     @rpc_method
+    @requires(INFERENCE)
     async def CreateImageVariation(
         self, request: httpbody_pb2.HttpBody, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -159,6 +166,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             yield piece
 
     @rpc_method
+    @requires(READ_MODELS)
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
         principal = await self._pipeline.authenticate(context)
         answer = await calls.unary(
@@ -171,6 +179,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         return pb.ListModelsResponse(object="list", data=models)
 
     @rpc_method
+    @requires(READ_MODELS)
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> model_pb2.Model:
         principal = await self._pipeline.authenticate(context)
         try:
@@ -192,6 +201,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         )
 
     @rpc_method
+    @requires(READ_MODELS)
     async def ListProviders(self, request: pb.ListProvidersRequest, context: Any) -> pb.ListProvidersResponse:
         await self._pipeline.authenticate(context)
         answer = await calls.unary(

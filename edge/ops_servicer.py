@@ -10,6 +10,7 @@ from google.api import httpbody_pb2
 
 from aggregator.ops.v1 import ops_service_pb2 as pb
 from aggregator.ops.v1 import ops_service_pb2_grpc
+from services.auth.permissions import ADMIN_PLATFORM, PUBLIC, requires
 from services.core import telemetry
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method
@@ -25,10 +26,12 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
         self._timeout_s = timeout_s
 
     @rpc_method
+    @requires(PUBLIC)
     async def GetHealthz(self, request: pb.GetHealthzRequest, context: Any) -> httpbody_pb2.HttpBody:
         return httpbody_pb2.HttpBody(content_type="application/json", data=b'{"status":"ok"}')
 
     @rpc_method
+    @requires(PUBLIC)
     async def GetReadyz(self, request: pb.GetReadyzRequest, context: Any) -> httpbody_pb2.HttpBody:
         names = list(self._probes)
         results = await asyncio.gather(
@@ -40,6 +43,7 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
         return httpbody_pb2.HttpBody(content_type="application/json", data=b'{"status":"ready"}')
 
     @rpc_method
+    @requires(ADMIN_PLATFORM)  # the series span every organization (docs/reference.md §4 "Permissions")
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> httpbody_pb2.HttpBody:
         return httpbody_pb2.HttpBody(
             content_type="text/plain; version=0.0.4; charset=utf-8", data=telemetry.render_metrics()

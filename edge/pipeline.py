@@ -23,6 +23,7 @@ from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
+from services.auth.permissions import check
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
@@ -84,8 +85,11 @@ class Pipeline:
         return RequestRecord(request_id=request_id, endpoint=endpoint, public_model=model, stream=stream)
 
     async def authenticate(self, context: Any, record: RequestRecord | None = None) -> auth_pb.Principal:
+        """The caller's principal, once it is known to hold the permission the running RPC declares
+        (`@requires`, services/auth/permissions.py): PERMISSION_DENIED otherwise."""
         key = bearer_key(metadata_value(context, "authorization"))
         answer = await calls.unary(self.clients.auth.Authenticate, auth_pb.AuthenticateRequest(api_key=key))
+        check(answer.principal)
         if record is not None:
             record.organization_id = answer.principal.organization_id
             record.api_key_id = answer.principal.api_key_id

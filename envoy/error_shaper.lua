@@ -40,7 +40,7 @@ local GENERIC = {
   [400] = error_json("The request is invalid.", INVALID, "invalid_request"),
   [401] = error_json("Invalid authentication.", INVALID, "invalid_api_key"),
   [403] = error_json("You are not allowed to make this request.", "permission_error",
-    "insufficient_permissions"),
+    "permission_denied"),
   [404] = error_json("The requested resource was not found.", INVALID, "not_found"),
   [409] = error_json("The request conflicts with the current state.", INVALID, "conflict"),
   [501] = error_json("This endpoint is not implemented.", INVALID, "not_implemented"),

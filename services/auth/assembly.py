@@ -19,15 +19,31 @@ from services.auth.authenticator import Authenticator
 from services.auth.cache import PrincipalCache
 from services.auth.last_used import LastUsedRecorder
 from services.auth.management import ApiKeyManager
+from services.auth.permissions import PlatformOrganization, grant
 from services.auth.records import AuthRecord, auth_record
 from services.auth.servicer import ApiKeyServicer, AuthServicer
 from services.core.server import Registration
 
 
-async def load_auth_record(pool: asyncpg.Pool, key_hash: str) -> AuthRecord | None:
-    """The cache's loader: the live key with this HMAC, as a cache entry."""
+def platform_organization(pool: asyncpg.Pool) -> PlatformOrganization:
+    """The organization whose admins get `admin:platform`: the default one, which holds the
+    bootstrap admin key (services/auth/admin.py)."""
+    return PlatformOrganization(functools.partial(repository.find_organization, pool,
+                                                  repository.DEFAULT_ORGANIZATION))
+
+
+async def load_auth_record(pool: asyncpg.Pool, key_hash: str, *,
+                           platform: PlatformOrganization | None = None) -> AuthRecord | None:
+    """The cache's loader: the live key with this HMAC, as a cache entry whose principal carries
+    its permissions, computed here once rather than on every request (docs/architecture.md §2.3)."""
     row = await repository.find_live_key(pool, key_hash)
-    return None if row is None else auth_record(row)
+    if row is None:
+        return None
+    record = auth_record(row)
+    is_platform = (platform is not None and record.principal.role == "admin"
+                   and await platform.is_platform(record.principal.organization_id))
+    grant(record.principal, platform=is_platform)
+    return record
 
 
 @dataclass(slots=True)
@@ -63,8 +79,8 @@ async def build_auth(pool: asyncpg.Pool, secret: bytes, nc: Any | None = None, *
     Without NATS, revocations reach other processes only through the cache TTL. After a NATS
     reconnect the caller should call `cache.clear()`, as events may have been missed meanwhile.
     """
-    cache = PrincipalCache(functools.partial(load_auth_record, pool), ttl_s=ttl_s,
-                           negative_ttl_s=negative_ttl_s)
+    cache = PrincipalCache(functools.partial(load_auth_record, pool, platform=platform_organization(pool)),
+                           ttl_s=ttl_s, negative_ttl_s=negative_ttl_s)
     if nc is not None:
         await cache.subscribe(nc)
     recorder = LastUsedRecorder(functools.partial(repository.touch_keys, pool))

@@ -2,7 +2,7 @@
 
 AuthService is internal (other services call it to resolve keys). ApiKeyService is public
 (`/v1/api-keys`): it authenticates its caller from the `authorization` metadata itself and admits
-only admin keys.
+keys holding the permission each RPC declares (`read:api-keys`, `write:api-keys`; permissions.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from aggregator.auth.v1 import (
     auth_service_pb2_grpc,
 )
 from services.auth.authenticator import Authenticator, missing_key
-from services.auth.management import ApiKeyManager, require_admin
+from services.auth.management import ApiKeyManager
+from services.auth.permissions import READ_API_KEYS, WRITE_API_KEYS, check, requires
 from services.auth.records import api_key_message
 from services.auth.validation import (
     changes_from_update,
@@ -65,10 +66,11 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
     async def _admin(self, context: Any) -> Any:
         await _echo_request_id(context)
         principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        require_admin(principal)
+        check(principal)  # the permission the running RPC declares below
         return principal
 
     @rpc_method
+    @requires(WRITE_API_KEYS)
     async def CreateApiKey(self, request: api_key_service_pb2.CreateApiKeyRequest,
                            context: Any) -> api_key_pb2.ApiKey:
         """Creates a key; the answer holds its plaintext, once."""
@@ -77,6 +79,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         return api_key_message(row, plaintext)
 
     @rpc_method
+    @requires(READ_API_KEYS)
     async def ListApiKeys(self, request: api_key_service_pb2.ListApiKeysRequest,
                           context: Any) -> api_key_service_pb2.ListApiKeysResponse:
         """The organization's live keys, newest first, without secrets."""
@@ -88,6 +91,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
             next_page_token=encode_page_token(following) if following is not None else "")
 
     @rpc_method
+    @requires(READ_API_KEYS)
     async def GetApiKey(self, request: api_key_service_pb2.GetApiKeyRequest,
                         context: Any) -> api_key_pb2.ApiKey:
         """One key of the organization, without its secret."""
@@ -95,6 +99,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         return api_key_message(await self._manager.get(caller, request.id))
 
     @rpc_method
+    @requires(WRITE_API_KEYS)
     async def UpdateApiKey(self, request: api_key_service_pb2.UpdateApiKeyRequest,
                            context: Any) -> api_key_pb2.ApiKey:
         """Changes the settings the request carries, keeps the others (AIP-134 partial update);
@@ -103,6 +108,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         return api_key_message(await self._manager.update(caller, request.id, changes_from_update(request)))
 
     @rpc_method
+    @requires(WRITE_API_KEYS)
     async def RotateApiKey(self, request: api_key_service_pb2.RotateApiKeyRequest,
                            context: Any) -> api_key_pb2.ApiKey:
         """A new secret for the key, answered once in `key`; the replaced one keeps working for
@@ -112,6 +118,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         return api_key_message(row, plaintext)
 
     @rpc_method
+    @requires(WRITE_API_KEYS)
     async def DeleteApiKey(self, request: api_key_service_pb2.DeleteApiKeyRequest,
                            context: Any) -> api_key_service_pb2.DeleteApiKeyResponse:
         """Revokes a key; every process refuses it within 2 s."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -25,6 +26,12 @@ from services.core.telemetry import request_id_var
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+# The permission a servicer method declared with services.auth.permissions.requires (an attribute
+# of the method), exposed while the method runs so the check at authentication finds it without
+# knowing which RPC is running (docs/reference.md §4 "Permissions").
+PERMISSION_ATTRIBUTE = "required_permission"
+declared_permission: contextvars.ContextVar[str | None] = contextvars.ContextVar("declared_permission",
+                                                                                default=None)
 
 
 class InProcessContext:
@@ -50,14 +57,29 @@ def _as_gateway_error(exc: BaseException, name: str) -> GatewayError:
     return internal_error()
 
 
+def _declare(permission: str | None) -> contextvars.Token[str | None] | None:
+    # Undeclared methods (the internal services) leave it alone: an in-process call from a public
+    # RPC must not hide what that RPC declared, even while a callee's stream is suspended.
+    return None if permission is None else declared_permission.set(permission)
+
+
+def _forget(token: contextvars.Token[str | None] | None) -> None:
+    if token is not None:
+        with contextlib.suppress(ValueError):  # a generator closed from another context (at GC)
+            declared_permission.reset(token)
+
+
 def rpc_method(fn: F) -> F:
-    """Decorates a unary or server-streaming servicer method with the error policy."""
+    """Decorates a unary or server-streaming servicer method with the error policy, and exposes the
+    permission it declares (`PERMISSION_ATTRIBUTE`) in `declared_permission` while it runs."""
     name = fn.__qualname__
+    permission: str | None = getattr(fn, PERMISSION_ATTRIBUTE, None)
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             if request is UNDECODABLE:
                 await abort(context, undecodable_error())
+            token = _declare(permission)
             try:
                 # aclosing: a caller that stops early closes the inner generator now, not at GC.
                 async with contextlib.aclosing(fn(self, request, context)) as items:
@@ -67,18 +89,23 @@ def rpc_method(fn: F) -> F:
                 raise
             except Exception as exc:  # noqa: BLE001 - the one catch-all of the servicer layer
                 await abort(context, _as_gateway_error(exc, name))
+            finally:
+                _forget(token)
         return streaming  # type: ignore[return-value]
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: Any) -> Any:
         if request is UNDECODABLE:
             await abort(context, undecodable_error())
+        token = _declare(permission)
         try:
             return await fn(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # noqa: BLE001
             await abort(context, _as_gateway_error(exc, name))
+        finally:
+            _forget(token)
     return unary  # type: ignore[return-value]
 
 

@@ -45,7 +45,8 @@ def test_bearer_key_missing(header: str | None) -> None:
 
 
 def principal(allowed: list[str] | None = None) -> auth_pb.Principal:
-    result = auth_pb.Principal(organization_id="org-1", api_key_id="key-1", role="member")
+    result = auth_pb.Principal(organization_id="org-1", api_key_id="key-1", role="member",
+                               permissions=["inference", "read:models", "read:usage"])
     if allowed is not None:
         result.allowed_models.CopyFrom(struct_pb2.ListValue())
         result.allowed_models.extend(allowed)
