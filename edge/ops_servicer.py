@@ -1,4 +1,7 @@
-"""OpsService: liveness, readiness (the data stores answer) and Prometheus metrics."""
+"""OpsService: liveness, readiness (the data stores answer) and Prometheus metrics.
+
+On Envoy's public listener `/metrics` needs an admin API key (`metrics_guard`); Prometheus scrapes
+the ops port instead (edge/ops_port.py, docs/reference.md §2)."""
 
 from __future__ import annotations
 
@@ -19,11 +22,15 @@ Probe = Callable[[], Awaitable[Any]]
 
 
 class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
-    """Unauthenticated operational endpoints."""
+    """Operational endpoints: liveness and readiness for anyone, metrics for admins."""
 
-    def __init__(self, probes: dict[str, Probe], timeout_s: float = 2.0) -> None:
+    def __init__(self, probes: dict[str, Probe], timeout_s: float = 2.0,
+                 metrics_guard: Callable[[Any], Awaitable[None]] | None = None) -> None:
+        """`probes`: the stores' readiness probes (edge/readiness.py caches them).
+        `metrics_guard(context)` raises unless the caller may read metrics; None lets anyone."""
         self._probes = probes
         self._timeout_s = timeout_s
+        self._metrics_guard = metrics_guard
 
     @rpc_method
     @requires(PUBLIC)
@@ -45,6 +52,9 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
     @rpc_method
     @requires(ADMIN_PLATFORM)  # the series span every organization (docs/reference.md §4 "Permissions")
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> httpbody_pb2.HttpBody:
+        """Prometheus text of every worker, for an admin API key."""
+        if self._metrics_guard is not None:
+            await self._metrics_guard(context)
         return httpbody_pb2.HttpBody(
             content_type="text/plain; version=0.0.4; charset=utf-8", data=telemetry.render_metrics()
         )

@@ -51,6 +51,9 @@ class EdgeConfig:
     http_port: int = 8080
     grpc_port: int = 50051
     admin_port: int = 9901
+    # Prometheus scrapes /metrics here without a key (and /healthz, /readyz); it listens on
+    # services_address, like the services' port. 0: none.
+    ops_port: int = 9090
     listen_address: str = "0.0.0.0"
     # The services' own gRPC port serves internal services too (the adapter, routing): keep it on
     # loopback unless a mesh protects it.

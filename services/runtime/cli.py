@@ -97,6 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
         provider_key_envs=config.provider_key_envs if config else frozenset(),
         providers=config.providers if config else (),
+        ops_port=config.edge.ops_port if config and "edge" in services else 0,
     )
 
     def on_ready(server: GrpcServer) -> None:

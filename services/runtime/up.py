@@ -245,6 +245,9 @@ def run_up(config: Config, config_path: Path, data_dir: Path, workers: int) -> i
         stack.start_workers(urls)
         url = stack.start_envoy(stack.wait_workers_ready())
         print(f"aggregator: ready at {url} (gRPC also on port {config.edge.grpc_port})", flush=True)
+        if config.edge.ops_port:
+            ops = f"http://{config.edge.services_address}:{config.edge.ops_port}"
+            print(f"  ops (no key): {ops}/metrics, /healthz, /readyz", flush=True)
         while True:
             for process in stack.processes:
                 if process.poll() is not None:

@@ -45,6 +45,7 @@ class WorkerSettings:
     upstream_timeout_ms: int = 120_000
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
+    ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Wiring:
     registrations: list[Registration] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
     on_nats_reconnect: list[Callable[[], Any]] = field(default_factory=list)
+    readiness: dict[str, Any] = field(default_factory=dict)  # the edge's cached store probes
 
     def serve(self, topology: Topology, add: Callable[[Any, Any], None], servicer: Any, name: str) -> None:
         topology.inproc.register(add, servicer)
@@ -142,8 +144,10 @@ async def _wire_edge(
     from edge.clients import ServiceClients
     from edge.inference_servicer import InferenceServicer
     from edge.openai_servicer import OpenAIServicer
+    from edge.ops_port import admin_only
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
+    from edge.readiness import cached_probes
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
 
@@ -179,7 +183,9 @@ async def _wire_edge(
         InferenceServicer(pipeline),
         "aggregator.openai.v1.InferenceService",
     )
-    ops = OpsServicer({"postgres": postgres_ready, "redis": redis.ping, "nats": nats_ready})
+    # Probed at most once a second per process, however often /readyz is asked (edge/readiness.py).
+    wiring.readiness = cached_probes({"postgres": postgres_ready, "redis": redis.ping, "nats": nats_ready})
+    ops = OpsServicer(wiring.readiness, metrics_guard=admin_only(pipeline.authenticate))
     wiring.serve(
         topology, ops_service_pb2_grpc.add_OpsServiceServicer_to_server, ops, "aggregator.ops.v1.OpsService"
     )
@@ -262,6 +268,12 @@ async def serve(
     )
     try:
         await server.start()
+        if settings.ops_port and wiring.readiness:
+            from edge.ops_port import OpsPort
+
+            ops_port = OpsPort(wiring.readiness, host=settings.host, port=settings.ops_port)
+            await ops_port.start()
+            wiring.closers.append(ops_port.close)
         if on_ready is not None:
             on_ready(server)
         await stop.wait()

@@ -142,6 +142,7 @@ class Gateway:
     admin_key: str
     data_dir: Path
     service_token: str = ""  # what internal RPCs on the services' port require
+    ops_url: str = ""  # the ops port: /metrics, /healthz, /readyz without a key
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     envoy: Any = None
 
@@ -175,11 +176,14 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
         }
     )
     config_path = data_dir / "aggregator.yaml"
-    config_path.write_text(yaml.safe_dump(config_document(config)))  # noqa: ASYNC240
+    ops_port = free_port()
+    document = {**config_document(config), "edge": {"ops_port": ops_port}}
+    config_path.write_text(yaml.safe_dump(document))  # noqa: ASYNC240
     groups = {"all": ("all",)} if topology == "all" else SPLIT
     ports = {name: free_port() for name in groups}
     token = derive_service_token(parse_secret(os.environ["AGGREGATOR_SECRET"]))
-    gateway = Gateway("", "", "", ADMIN_KEY, data_dir, service_token=token)
+    gateway = Gateway("", "", "", ADMIN_KEY, data_dir, service_token=token,
+                      ops_url=f"http://127.0.0.1:{ops_port}")
     ready_files = {name: data_dir / f"{name}.ready" for name in groups}
     for name, services in groups.items():
         ready_files[name].unlink(missing_ok=True)

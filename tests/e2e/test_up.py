@@ -33,6 +33,7 @@ def _write_config(path: Path, upstream: FakeOpenAI | SimpleNamespace) -> dict:
             "http_port": free_port(),
             "grpc_port": free_port(),
             "admin_port": free_port(),
+            "ops_port": free_port(),
             "listen_address": "127.0.0.1",
         },
         "providers": [
@@ -166,6 +167,14 @@ async def _serve_restart_and_stop(data_dir: Path, config_path: Path) -> None:
                 assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
                 metrics = (await http.get("/metrics")).text
                 assert "aggregator_requests_total" in metrics
+                assert (await http.get("/metrics", headers={"authorization": ""})).status_code == 401
+            # Prometheus reads every worker's series on the ops port, without a key.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{config['edge']['ops_port']}") as ops:
+                assert 'model="gpt-4o-mini"' in (await ops.get("/metrics")).text
+                assert (await ops.get("/readyz")).json() == {"status": "ready"}
+            async with httpx.AsyncClient(
+                base_url=base, timeout=30, headers={"authorization": f"Bearer {admin_key}"}
+            ) as http:
                 created = (await http.post("/v1/api-keys", json={"name": "survivor"})).json()
             cli_key = subprocess.run(  # noqa: ASYNC221 - the gateway runs in other processes
                 [
