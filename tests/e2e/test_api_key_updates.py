@@ -187,3 +187,15 @@ async def test_members_cannot_update_or_rotate(http: httpx.AsyncClient,
     assert (await user.put(f"/v1/api-keys/{member['id']}", json={"role": "admin"})).status_code == 403
     assert (await user.post(f"/v1/api-keys/{member['id']}/rotate", json={})).status_code == 403
     assert (await http.get(f"/v1/api-keys/{member['id']}")).json()["role"] == "member"
+
+
+async def test_stored_scopes_narrow_the_key_everywhere_within_2s(
+        http: httpx.AsyncClient, as_key: Callable[[str], httpx.AsyncClient]) -> None:
+    created = await create(http, name="scoped admin", role="admin")
+    admin = as_key(created["key"])
+    assert (await admin.get("/v1/api-keys")).status_code == 200
+    await put(http, created["id"], scopes=["inference"])
+    await until_status(lambda: admin.get("/v1/api-keys"), 403, PROPAGATION_S)
+    assert (await admin.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    await put(http, created["id"], scopes=None)
+    await until_status(lambda: admin.get("/v1/api-keys"), 200, PROPAGATION_S)
