@@ -90,8 +90,10 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.MODEL_NOT_ALLOWED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "model_not_allowed"),
     Reason.MODEL_NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "model_not_found"),
     Reason.NOT_FOUND: ErrorKind(_C.NOT_FOUND, 404, "invalid_request_error", "not_found"),
+    # RESOURCE_EXHAUSTED is gRPC's own code for a message over a size limit; the ErrorInfo tells it
+    # from RESPONSE_TOO_LARGE (a bare RESOURCE_EXHAUSTED is read as that, below).
     Reason.REQUEST_TOO_LARGE: ErrorKind(
-        _C.INVALID_ARGUMENT, 413, "invalid_request_error", "request_too_large"
+        _C.RESOURCE_EXHAUSTED, 413, "invalid_request_error", "request_too_large"
     ),
     Reason.RATE_LIMITED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "rate_limit_exceeded"),
     Reason.QUOTA_EXCEEDED: ErrorKind(_C.RESOURCE_EXHAUSTED, 429, "insufficient_quota", "insufficient_quota"),

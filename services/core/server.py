@@ -13,14 +13,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.core.limits import MAX_GRPC_MESSAGE_BYTES
+from services.core.limits import MAX_GRPC_MESSAGE_BYTES, MAX_RECEIVE_BYTES, MAX_REQUEST_BYTES
 from services.core.server_guard import ServerGuard
 
 log = logging.getLogger(__name__)
 
-# What a service accepts: above Envoy's 10 MiB body limit, so Envoy decides. What it sends may be a
-# whole upstream answer (an adapter's EmbedResponse, a typed embedding for native gRPC clients).
-MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+# What a service accepts: a client's request is held to max_request_bytes by ServerGuard, under
+# the receive ceiling MAX_RECEIVE_BYTES (services/core/limits.py). What it sends may be a whole
+# upstream answer (an adapter's EmbedResponse, a typed embedding for native gRPC clients).
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +43,17 @@ class GrpcServer:
         port: int,
         service_token: str,
         private_host: str | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         """Listens on host:port (shared by every worker through SO_REUSEPORT) and, when
         `private_host` is given, also on an ephemeral port of its own (`private_port`): the kernel
         balances connections, not requests, so Envoy lists every worker's own port and spreads
         its few long-lived HTTP/2 connections itself. Internal services answer only calls that
-        carry `service_token` (services/core/service_token.py)."""
+        carry `service_token` (services/core/service_token.py), and a client's native gRPC request
+        may be at most `max_request_bytes` (services/core/server_guard.py)."""
         self._registrations = tuple(registrations)
         self._server = grpc.aio.server(
-            interceptors=[ServerGuard(service_token), aio_server_interceptor()],
+            interceptors=[ServerGuard(service_token, max_request_bytes), aio_server_interceptor()],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),

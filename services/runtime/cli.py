@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.core.config import ConfigError, StoreUrls, config_path, data_dir, load_config
+from services.core.config import ConfigError, EdgeConfig, StoreUrls, config_path, data_dir, load_config
 
 # `up` forks stores, workers and Envoy; gRPC's fork handlers would run in those children before
 # exec and can crash them. Every child execs at once, so they are not needed.
@@ -98,6 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         provider_key_envs=config.provider_key_envs if config else frozenset(),
         providers=config.providers if config else (),
         ops_port=config.edge.ops_port if config and "edge" in services else 0,
+        max_request_bytes=config.edge.max_request_bytes if config else EdgeConfig().max_request_bytes,
     )
 
     def on_ready(server: GrpcServer) -> None:

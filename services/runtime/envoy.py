@@ -263,13 +263,20 @@ def _connection_manager(
         "normalize_path": True,
         "use_remote_address": True,
         # Envoy always makes the request id itself, whoever the client is: usage events are
-        # deduplicated by it, so a client-chosen id could hide another request's usage.
+        # deduplicated by it, so a client-chosen id could hide another request's usage. The
+        # transcoder's own marks are removed too: the services hold a request without
+        # x-envoy-original-method (native gRPC) to the request size limit themselves
+        # (services/core/server_guard.py), so a client must not be able to send it.
         "early_header_mutation_extensions": [
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     _T: f"{_EXTENSIONS}.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": "x-request-id"}],
+                    "mutations": [
+                        {"remove": "x-request-id"},
+                        {"remove": "x-envoy-original-method"},
+                        {"remove": "x-envoy-original-path"},
+                    ],
                 },
             }
         ],

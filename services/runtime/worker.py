@@ -46,6 +46,7 @@ class WorkerSettings:
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
+    max_request_bytes: int = 10 * 1024 * 1024  # edge.max_request_bytes, native gRPC requests too
 
 
 @dataclass
@@ -265,6 +266,7 @@ async def serve(
         port=settings.port,
         service_token=token,
         private_host="127.0.0.1",
+        max_request_bytes=settings.max_request_bytes,
     )
     try:
         await server.start()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
-from aggregator.openai.v1 import chat_pb2, inference_service_pb2_grpc
+from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
+from services.core.errors import Reason, from_rpc_error
+from services.core.limits import MAX_REQUEST_BYTES, MIB
 from services.core.service_token import SERVICE_TOKEN_KEY
 from tests.e2e.harness import Gateway
 
@@ -40,6 +43,27 @@ async def test_internal_rpcs_on_the_services_port_need_the_service_token(gateway
         with pytest.raises(grpc.aio.AioRpcError) as reached:
             await stub.ReserveCost(request, metadata=((SERVICE_TOKEN_KEY, gateway.service_token),))
         assert reached.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_native_grpc_requests_have_the_json_size_limit(gateway: Gateway) -> None:
+    def embedding(size: int) -> embedding_pb2.EmbeddingRequest:
+        request = embedding_pb2.EmbeddingRequest(model="text-embedding-3-small")
+        request.input.string_value = "x" * size
+        return request
+
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        answer = await stub.CreateEmbedding(embedding(9 * MIB), metadata=_metadata(gateway))
+        assert len(answer.data) == 1
+        # A client cannot pass for a request Envoy transcoded from JSON: Envoy drops the mark.
+        for extra in ((), (("x-envoy-original-method", "POST"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateEmbedding(
+                    embedding(MAX_REQUEST_BYTES + 1), metadata=(*_metadata(gateway), *extra)
+                )
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 10 MiB" in (refused.value.details() or "")
+            assert from_rpc_error(refused.value).reason is Reason.REQUEST_TOO_LARGE
 
 
 async def test_typed_streaming_chat_through_envoy(gateway: Gateway) -> None:
@@ -86,3 +110,14 @@ async def test_internal_services_are_not_exposed_publicly(gateway: Gateway, meth
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"", metadata=_metadata(gateway))
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_json_within_the_limit_passes_though_its_protobuf_form_is_larger(gateway: Gateway) -> None:
+    # 1.5 million token ids: about 3 MB of JSON, over 10 MiB once each number is a
+    # google.protobuf.Value; the limit is the JSON body's (Envoy's), not the typed message's.
+    tokens = [1] * 1_500_000
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60,
+                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as http:
+        answer = await http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": tokens})
+    assert answer.status_code == 200, answer.text[:300]
+    assert len(answer.json()["data"]) == 1

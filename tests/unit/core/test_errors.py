@@ -70,7 +70,7 @@ def test_rows_are_consistent(reason: Reason) -> None:
     (Reason.INVALID_REQUEST, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid_request_error", None),
     (Reason.INVALID_API_KEY, 401, _C.UNAUTHENTICATED, "invalid_request_error", "invalid_api_key"),
     (Reason.MODEL_NOT_FOUND, 404, grpc.StatusCode.NOT_FOUND, "invalid_request_error", "model_not_found"),
-    (Reason.REQUEST_TOO_LARGE, 413, _C.INVALID_ARGUMENT, "invalid_request_error", "request_too_large"),
+    (Reason.REQUEST_TOO_LARGE, 413, _C.RESOURCE_EXHAUSTED, "invalid_request_error", "request_too_large"),
     (Reason.RATE_LIMITED, 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_error", "rate_limit_exceeded"),
     (Reason.QUOTA_EXCEEDED, 429, _C.RESOURCE_EXHAUSTED, "insufficient_quota", "insufficient_quota"),
     (Reason.UPSTREAM_TIMEOUT, 504, grpc.StatusCode.DEADLINE_EXCEEDED, "upstream_error", "upstream_timeout"),
