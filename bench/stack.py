@@ -45,6 +45,8 @@ def die_with_parent() -> None:
 def bench_config(upstream_url: str) -> dict[str, Any]:
     """The config file: one chat model, served by the fake upstream as an `openai` provider."""
     return {
+        # No ops port: the benchmark scrapes nothing, and must not take 9090 from a real gateway.
+        "edge": {"ops_port": 0},
         "providers": [{"name": "fakeai", "kind": "openai", "base_url": upstream_url,
                        "api_key_env": UPSTREAM_KEY_ENV}],
         "models": [{"id": MODEL, "type": "chat", "context_window": 128000,
