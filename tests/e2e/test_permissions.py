@@ -73,6 +73,11 @@ async def test_the_bootstrap_admin_manages_keys(http: httpx.AsyncClient) -> None
     assert (await http.get("/v1/api-keys")).status_code == 200
 
 
+async def test_public_metrics_need_the_platform(http: httpx.AsyncClient, member: httpx.AsyncClient) -> None:
+    assert_denied(await member.get("/metrics"), "admin:platform")
+    assert (await http.get("/metrics")).status_code == 200  # the bootstrap admin: default organization
+
+
 async def test_the_ops_endpoints_need_no_key(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as anonymous:
         assert (await anonymous.get("/healthz")).status_code == 200
