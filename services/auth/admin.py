@@ -14,13 +14,13 @@ from pathlib import Path
 
 import asyncpg
 
-from services.auth import repository
+from services.auth import repository, tenancy_repository
 from services.auth.keys import MAX_KEY_LENGTH, generate_key, hash_key, key_prefix
 from services.auth.management import issue_key
 from services.auth.passwords import hash_password
 from services.auth.secret_files import write_once
 from services.auth.validation import validate_role, validate_settings
-from services.core.errors import GatewayError, Reason
+from services.core.errors import GatewayError, Reason, quote
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ async def create_user(pool: asyncpg.Pool, org: str, email: str, password: str, r
     role = validate_role(role)
     org_id = await resolve_org(pool, org)
     return await repository.create_user(pool, org_id, email, hash_password(password), role, CLI_ACTOR)
+
+
+async def reset_password(pool: asyncpg.Pool, email: str, password: str) -> str:
+    """Gives the user with this email (any case) a new argon2id password hash; answers the user's id."""
+    email = email.strip().lower()
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise GatewayError(Reason.INVALID_REQUEST,
+                           f"A password has at least {MIN_PASSWORD_LENGTH} characters.", param="password")
+    user_id = await tenancy_repository.set_password(pool, email, hash_password(password), CLI_ACTOR)
+    if user_id is None:
+        raise GatewayError(Reason.NOT_FOUND, f"No user with the email {quote(email)}.", param="email")
+    return user_id
 
 
 async def create_key(pool: asyncpg.Pool, secret: bytes, org: str, name: str = "", role: str = "member", *,

@@ -18,6 +18,7 @@ from services.auth import invalidation, repository
 from services.auth.cache import PrincipalCache
 from services.auth.keys import generate_key, hash_key, key_prefix
 from services.auth.records import KeyRow, KeySettings
+from services.auth.target_org import target_organization
 from services.auth.validation import PageCursor, key_id
 from services.core.errors import GatewayError, Reason
 
@@ -68,10 +69,12 @@ class ApiKeyManager:
             self._cache.invalidate(key_hash, key_id_)
         await invalidation.publish(self._nc, key_id_, key_hash)
 
-    async def create(self, caller: auth_service_pb2.Principal, settings: KeySettings) -> tuple[KeyRow, str]:
-        """A new key of the caller's organization, with its plaintext."""
-        row, plaintext = await issue_key(self._pool, self._secret, caller.organization_id, settings,
-                                         actor_of(caller))
+    async def create(self, caller: auth_service_pb2.Principal, settings: KeySettings,
+                     organization_id: str = "") -> tuple[KeyRow, str]:
+        """A new key of the caller's organization (or of `organization_id`, for a platform admin:
+        target_org.py), with its plaintext."""
+        target = await target_organization(self._pool, caller, organization_id)
+        row, plaintext = await issue_key(self._pool, self._secret, target, settings, actor_of(caller))
         # A negative cache entry for this hash anywhere would refuse the new key for seconds.
         await self._announce(row.id, row.key_hash)
         return row, plaintext

@@ -75,7 +75,8 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
                            context: Any) -> api_key_pb2.ApiKey:
         """Creates a key; the answer holds its plaintext, once."""
         caller = await self._admin(context)
-        row, plaintext = await self._manager.create(caller, settings_from_create(request))
+        row, plaintext = await self._manager.create(caller, settings_from_create(request),
+                                                    request.organization_id)
         return api_key_message(row, plaintext)
 
     @rpc_method

@@ -26,6 +26,8 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.openai.v1.OpenAIService",
     "aggregator.openai.v1.InferenceService",
     "aggregator.auth.v1.ApiKeyService",
+    "aggregator.tenancy.v1.OrganizationService",
+    "aggregator.tenancy.v1.UserService",
     "aggregator.analytics.v1.AnalyticsService",
     "aggregator.ops.v1.OpsService",
     "grpc.health.v1.Health",

@@ -11,6 +11,11 @@ from pathlib import Path
 from services.core.errors import GatewayError
 
 
+def _password(args: argparse.Namespace) -> str:
+    """--password, else AGGREGATOR_PASSWORD, else asked for without echo."""
+    return args.password or os.environ.get("AGGREGATOR_PASSWORD") or getpass.getpass("password: ")
+
+
 async def run_admin(args: argparse.Namespace, database_url: str, data_dir: Path) -> int:
     """Runs one admin subcommand; prints what it created (a key only once, to stdout)."""
     from services.auth import admin
@@ -24,8 +29,9 @@ async def run_admin(args: argparse.Namespace, database_url: str, data_dir: Path)
         if args.admin_command == "create-org":
             print(await admin.create_org(pool, args.name))
         elif args.admin_command == "create-user":
-            password = args.password or os.environ.get("AGGREGATOR_PASSWORD") or getpass.getpass("password: ")
-            print(await admin.create_user(pool, args.org, args.email, password, args.role))
+            print(await admin.create_user(pool, args.org, args.email, _password(args), args.role))
+        elif args.admin_command == "reset-password":
+            print(await admin.reset_password(pool, args.email, _password(args)))
         elif args.admin_command == "create-key":
             print(await admin.create_key(pool, load_server_secret(data_dir), args.org, args.name, args.role))
     except GatewayError as error:

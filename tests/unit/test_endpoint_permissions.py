@@ -18,6 +18,7 @@ from edge.ops_servicer import OpsServicer
 from services.analytics.servicer import AnalyticsServicer
 from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLIC_SERVICES
 from services.auth.servicer import ApiKeyServicer
+from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
 from services.core.rpc import PERMISSION_ATTRIBUTE
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, PUBLIC_GRPC_SERVICES
 
@@ -27,6 +28,8 @@ SERVICERS: dict[str, type] = {
     "aggregator.openai.v1.OpenAIService": OpenAIServicer,
     "aggregator.openai.v1.InferenceService": InferenceServicer,
     "aggregator.auth.v1.ApiKeyService": ApiKeyServicer,
+    "aggregator.tenancy.v1.OrganizationService": OrganizationServicer,
+    "aggregator.tenancy.v1.UserService": UserServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,
 }
