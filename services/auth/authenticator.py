@@ -8,10 +8,11 @@ background (last_used.py). Error messages never contain the key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aggregator.auth.v1 import auth_service_pb2
 from services.auth.cache import PrincipalCache
+from services.auth.jwt_keys import looks_like_jwt
 from services.auth.keys import MAX_KEY_LENGTH, hash_key, parse_bearer
 from services.auth.last_used import LastUsedRecorder
 from services.core.errors import GatewayError, Reason
@@ -19,6 +20,8 @@ from services.core.errors import GatewayError, Reason
 MISSING_KEY_MESSAGE = ("You didn't provide an API key. You need to provide your API key in an Authorization "
                        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 INVALID_KEY_MESSAGE = "Incorrect API key provided."
+# Verifies a people's access token (services/auth/login.py): its principal, or None.
+TokenVerifier = Callable[[str], Awaitable[auth_service_pb2.Principal | None]]
 
 
 def missing_key() -> GatewayError:
@@ -38,6 +41,7 @@ class Authenticator:
     def __init__(self, secret: bytes, cache: PrincipalCache, *, recorder: LastUsedRecorder | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._secret = secret
+        self._tokens: TokenVerifier | None = None
         self._cache = cache
         self._recorder = recorder
         self._wall_clock = wall_clock
@@ -45,6 +49,10 @@ class Authenticator:
     @property
     def cache(self) -> PrincipalCache:
         return self._cache
+
+    def accept_access_tokens(self, verifier: TokenVerifier) -> None:
+        """Lets a JWT access token stand wherever a key does (docs/reference.md §4 "People")."""
+        self._tokens = verifier
 
     def key_hash(self, key: str) -> str:
         """The stored HMAC of `key` under this process's server secret."""
@@ -63,7 +71,13 @@ class Authenticator:
         return await self.authenticate_key(key)
 
     async def authenticate_key(self, key: str) -> auth_service_pb2.Principal:
-        """The principal of a plaintext key (without "Bearer ")."""
+        """The principal of a plaintext key (without "Bearer "), or of a people's access token:
+        verified locally (signature, expiry, revoked session), no database on a warm cache."""
+        if self._tokens is not None and looks_like_jwt(key):
+            principal = await self._tokens(key)
+            if principal is None:
+                raise invalid_key()
+            return principal
         if not key or len(key) > MAX_KEY_LENGTH:
             raise invalid_key()
         record = await self._cache.get(hash_key(self._secret, key))

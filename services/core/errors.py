@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     INVALID_REQUEST = "INVALID_REQUEST"
     MISSING_API_KEY = "MISSING_API_KEY"
     INVALID_API_KEY = "INVALID_API_KEY"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
@@ -84,6 +85,10 @@ ERROR_TABLE: dict[Reason, ErrorKind] = {
     Reason.INVALID_REQUEST: ErrorKind(_C.INVALID_ARGUMENT, 400, "invalid_request_error", None),
     Reason.MISSING_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "missing_api_key"),
     Reason.INVALID_API_KEY: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error", "invalid_api_key"),
+    # A wrong email or password, or an unknown, spent or revoked refresh token
+    # (docs/reference.md §4 "People").
+    Reason.INVALID_CREDENTIALS: ErrorKind(_C.UNAUTHENTICATED, 401, "invalid_request_error",
+                                          "invalid_credentials"),
     # The credential lacks a permission the endpoint declares; the message names it
     # (services/auth/permissions.py, docs/reference.md §4 "Permissions").
     Reason.PERMISSION_DENIED: ErrorKind(_C.PERMISSION_DENIED, 403, "permission_error", "permission_denied"),

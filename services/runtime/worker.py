@@ -110,6 +110,24 @@ async def _wire_auth(
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
+    await _wire_people(settings, topology, wiring, pool, nc, auth.authenticator)
+
+
+async def _wire_people(
+    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any, authenticator: Any
+) -> None:
+    """Sign-in for people (SessionService); access tokens then work wherever keys do."""
+    from services.auth.login_servicer import build_people
+    from services.auth.secret_files import load_server_secret
+    from services.core.redis import create_redis
+
+    redis = create_redis(settings.stores.redis_url)  # failed-login counters
+    wiring.closers.append(redis.aclose)
+    people = await build_people(pool, load_server_secret(settings.data_dir), redis, authenticator, nc)
+    wiring.closers.append(people.close)
+    registration = people.registration()
+    wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
+    wiring.on_nats_reconnect.append(people.forget)
 
 
 async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:

@@ -16,6 +16,7 @@ from edge.inference_servicer import InferenceServicer
 from edge.openai_servicer import OpenAIServicer
 from edge.ops_servicer import OpsServicer
 from services.analytics.servicer import AnalyticsServicer
+from services.auth.login_servicer import SessionServicer
 from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLIC_SERVICES
 from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
@@ -28,6 +29,7 @@ SERVICERS: dict[str, type] = {
     "aggregator.openai.v1.OpenAIService": OpenAIServicer,
     "aggregator.openai.v1.InferenceService": InferenceServicer,
     "aggregator.auth.v1.ApiKeyService": ApiKeyServicer,
+    "aggregator.auth.v1.SessionService": SessionServicer,
     "aggregator.tenancy.v1.OrganizationService": OrganizationServicer,
     "aggregator.tenancy.v1.UserService": UserServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
@@ -115,9 +117,10 @@ def test_every_http_route_declares_a_permission(route: Route) -> None:
     assert declared(route.service, route.method) is not None, f"{route.shown} declares no permission"
 
 
-def test_only_liveness_and_readiness_are_public() -> None:
+def test_only_liveness_readiness_sign_in_and_jwks_are_public() -> None:
     public = {route.shown for route in routes() if declared(route.service, route.method) == PUBLIC}
-    assert public == {"GET /healthz", "GET /readyz"}
+    assert public == {"GET /healthz", "GET /readyz", "POST /v1/auth/login", "POST /v1/auth/refresh",
+                      "POST /v1/auth/logout", "GET /.well-known/jwks.json"}
 
 
 def test_metrics_span_every_organization_so_need_the_platform() -> None:
