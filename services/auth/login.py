@@ -30,6 +30,9 @@ from services.core.errors import GatewayError, Reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", session_service_pb2.LoginResponse, session_service_pb2.RefreshResponse)
+# Where sign-in events go for the audit trail: called with the keywords `action`, `actor`,
+# `organization_id`, `target`, `details` (never a password, token or email), without waiting.
+AuditHook = Callable[..., None]
 
 ACCOUNT_LIMIT = 5  # failed logins per account per window
 ADDRESS_LIMIT = 20  # failed logins per client address per window
@@ -112,8 +115,9 @@ class People:
 
     def __init__(self, pool: asyncpg.Pool, keyring: KeyRing, store: SessionStore, states: SessionStates,
                  throttle: LoginThrottle, platform: PlatformOrganization, nc: Any | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, audit: AuditHook | None = None) -> None:
         self._pool = pool
+        self._audit = audit
         self.keyring = keyring
         self.store = store
         self.states = states
@@ -151,12 +155,26 @@ class People:
         matches = await asyncio.to_thread(verify_password, stored, password)
         if not (usable and matches):
             await self._throttle.failed(email, address)
+            self._record("auth.login_failed", "anonymous", user)
             raise bad_login()
         await self._throttle.succeeded(email, address)
         session_id, refresh_token = await self.store.open(str(user["id"]), str(user["organization_id"]))
+        self._record("auth.login", f"user:{user['id']}", user, session_id)
         return await self._tokens(user, session_id, refresh_token, session_service_pb2.LoginResponse)
 
+    def _record(self, action: str, actor: str, user: Any, session_id: str | None = None) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(action=action, actor=actor,
+                        organization_id=None if user is None else str(user["organization_id"]),
+                        target=None if user is None else str(user["id"]),
+                        details={"session_id": session_id} if session_id else None)
+        except Exception:  # noqa: BLE001 - the audit trail must never fail a sign-in
+            log.exception("could not record %s", action)
+
     async def _revoke(self, session_id: str, reason: str) -> None:
+        self._record(f"auth.{reason}", f"session:{session_id}", None, session_id)
         await self.store.revoke(session_id, reason)
         self.states.mark_revoked(session_id)
         await publish_revocation(self._nc, session_id)
@@ -165,6 +183,8 @@ class People:
         """New tokens for a refresh token, which is spent; a spent one revokes its session."""
         outcome = await self.store.exchange(refresh_token)
         if outcome.reused:
+            sid = outcome.session_id
+            self._record("auth.refresh_token_reuse", f"session:{sid}", None, sid)
             self.states.mark_revoked(outcome.session_id)
             await publish_revocation(self._nc, outcome.session_id)
             raise GatewayError(Reason.INVALID_CREDENTIALS, REUSED_REFRESH)

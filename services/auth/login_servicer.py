@@ -18,7 +18,7 @@ from services.auth.assembly import platform_organization
 from services.auth.authenticator import Authenticator
 from services.auth.jwt_keys import KeyRing
 from services.auth.keys import parse_bearer
-from services.auth.login import LoginThrottle, People
+from services.auth.login import AuditHook, LoginThrottle, People
 from services.auth.permissions import PUBLIC, READ_MODELS, check, requires
 from services.auth.sessions import SessionStates, SessionStore
 from services.core.rpc import metadata_value, rpc_method
@@ -120,15 +120,17 @@ class PeopleComponents:
 
 
 async def build_people(pool: asyncpg.Pool, secret: bytes, redis: aioredis.Redis, authenticator: Authenticator,
-                       nc: Any | None = None, *, session_ttl_s: float = 60.0) -> PeopleComponents:
+                       nc: Any | None = None, *, session_ttl_s: float = 60.0,
+                       audit: AuditHook | None = None) -> PeopleComponents:
     """Wires sign-in and makes `authenticator` accept access tokens; subscribes to session
     revocations when `nc` is given (without NATS, other processes see a logout within
-    `session_ttl_s`)."""
+    `session_ttl_s`). `audit` receives sign-in, failed sign-in and logout events (e.g. the audit
+    trail's `record_soon`)."""
     store = SessionStore(pool, secret)
     states = SessionStates(store, ttl_s=session_ttl_s)
     if nc is not None:
         await states.subscribe(nc)
     people = People(pool, KeyRing(pool, secret), store, states, LoginThrottle(redis, secret),
-                    platform_organization(pool), nc)
+                    platform_organization(pool), nc, audit=audit)
     authenticator.accept_access_tokens(people.authenticate)
     return PeopleComponents(people=people, servicer=SessionServicer(people, authenticator))

@@ -46,6 +46,7 @@ class Process:
     redis: Any
     auth: AuthComponents
     people: PeopleComponents
+    audited: list[dict[str, Any]]
 
     async def authenticate(self, token: str) -> Any:
         return await self.auth.authenticator.authenticate(f"Bearer {token}")
@@ -56,8 +57,10 @@ async def start(store_urls: StoreUrls, database_url: str, name: str) -> Process:
     nc = await connect_nats(store_urls.nats_url, name=name)
     redis = create_redis(store_urls.redis_url)
     auth = await build_auth(pool, SECRET, nc)
-    people = await build_people(pool, SECRET, redis, auth.authenticator, nc)
-    return Process(pool, nc, redis, auth, people)
+    audited: list[dict[str, Any]] = []
+    people = await build_people(pool, SECRET, redis, auth.authenticator, nc,
+                                audit=lambda **entry: audited.append(entry))
+    return Process(pool, nc, redis, auth, people, audited)
 
 
 async def stop(process: Process) -> None:
@@ -86,6 +89,10 @@ async def new_user(pool: asyncpg.Pool, role: str = "member") -> tuple[str, str]:
     org_id = await admin.create_org(pool, f"people-{uuid.uuid4().hex[:8]}")
     email = f"user-{uuid.uuid4().hex[:8]}@example.com"
     return email, await admin.create_user(pool, org_id, email, PASSWORD, role)
+
+
+def principal_of_token(token: str) -> Any:
+    return principal_of(jwt.decode(token, options={"verify_signature": False}))
 
 
 async def refused_within(authenticate: Callable[[], Awaitable[Any]], deadline_s: float) -> float:
@@ -176,6 +183,10 @@ async def test_logout_stops_the_access_token_in_every_process(process_a: Process
         await refused_within(functools.partial(process.authenticate, tokens.access_token), DEADLINE_S)
     with pytest.raises(GatewayError):
         await process_b.people.people.refresh(tokens.refresh_token)
+    sid = jwt.decode(tokens.access_token, options={"verify_signature": False})["sid"]
+    actions = [(e["action"], e["actor"]) for e in process_a.audited if sid in str(e.get("details"))]
+    assert actions[-2:] == [("auth.login", f"user:{principal_of_token(tokens.access_token).user_id}"),
+                            ("auth.logout", f"session:{sid}")]
 
 
 async def test_failed_logins_lock_accounts_alike_whether_they_exist(process_a: Process) -> None:
