@@ -213,6 +213,8 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
             if topology == "all"
             else {
                 "aggregator.auth.v1.": [("127.0.0.1", ports["auth"])],
+                # Organizations and users are served by the auth process (services/runtime/worker.py).
+                "aggregator.tenancy.v1.": [("127.0.0.1", ports["auth"])],
                 "aggregator.routing.v1.": [("127.0.0.1", ports["routing"])],
                 "aggregator.adapter.v1.": [("127.0.0.1", ports["adapter"])],
             }
