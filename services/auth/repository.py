@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
+from services.auth import audit_repository
+from services.auth.audit_repository import AuditEntry, key_view
 from services.auth.records import LIMIT_FIELDS, KeyRow, KeySettings
 from services.auth.validation import PageCursor
 from services.core.errors import GatewayError, Reason
@@ -42,12 +43,15 @@ def _store_errors() -> Iterator[None]:
 
 
 async def _audit(conn: Any, organization_id: str | None, actor: str, action: str, target: str | None,
-                 details: dict[str, Any] | None = None) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (organization_id, actor, action, target, details) "
-        # text::jsonb: the JSON is sent as text, whatever jsonb codec the pool's connections carry.
-        "VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb)",
-        organization_id, actor, action, target, orjson.dumps(details or {}).decode())
+                 details: dict[str, Any] | None = None, *, before: dict[str, Any] | None = None,
+                 after: dict[str, Any] | None = None) -> None:
+    """One audit row in the caller's transaction, with the running RPC's IP and request id and
+    the change's before/after, secrets removed (docs/architecture.md §2.11). A `details` holding
+    "before"/"after" (and no keywords) fills those columns too."""
+    if before is None and after is None and details and ("before" in details or "after" in details):
+        before, after = details.get("before"), details.get("after")
+    await audit_repository.insert_entry(conn, AuditEntry(organization_id, actor, action, target, details,
+                                                         before=before, after=after))
 
 
 # -- organizations and users ----------------------------------------------------------------
@@ -72,7 +76,8 @@ async def create_organization(pool: asyncpg.Pool, name: str, actor: str) -> str:
             "ON CONFLICT (name) DO NOTHING RETURNING id", name)
         if org_id is None:
             raise GatewayError(Reason.INVALID_REQUEST, f"Organization {name!r} already exists.", param="name")
-        await _audit(conn, str(org_id), actor, "organization.create", str(org_id), {"name": name})
+        await _audit(conn, str(org_id), actor, "organization.create", str(org_id), {"name": name},
+                     after={"name": name})
     return str(org_id)
 
 
@@ -95,7 +100,8 @@ async def create_user(pool: asyncpg.Pool, organization_id: str, email: str, pass
         if user_id is None:
             raise GatewayError(Reason.INVALID_REQUEST, "A user with this email already exists.",
                                param="email")
-        await _audit(conn, organization_id, actor, "user.create", str(user_id), {"role": role})
+        await _audit(conn, organization_id, actor, "user.create", str(user_id), {"role": role},
+                     after={"email": email, "role": role})
     return str(user_id)
 
 
@@ -116,7 +122,7 @@ async def insert_key(pool: asyncpg.Pool, *, organization_id: str, key_hash: str,
             settings.expires_at, list(settings.scopes))
         key = KeyRow.from_row(row)
         await _audit(conn, organization_id, actor, "api_key.create", key.id,
-                     {"name": settings.name, "role": settings.role, "prefix": prefix})
+                     {"name": settings.name, "role": settings.role, "prefix": prefix}, after=key_view(key))
     return key
 
 
@@ -158,12 +164,17 @@ async def update_key(pool: asyncpg.Pool, organization_id: str, key_id: str, chan
     assignments = ", ".join(f"{c} = ${i}{_UPDATABLE[c]}" for i, c in enumerate(columns, start=3))
     values = [list(v) if isinstance(v, tuple) else v for v in changes.values()]
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
+        # The row as it was, locked until the update commits: the audit row's `before`.
+        old = await conn.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1::uuid AND organization_id = $2::uuid "
+            "AND revoked_at IS NULL FOR UPDATE", key_id, organization_id)
+        row = None if old is None else await conn.fetchrow(
             f"UPDATE api_keys SET {assignments} WHERE id = $1::uuid AND organization_id = $2::uuid "
             f"AND revoked_at IS NULL RETURNING {_KEY_COLUMNS}", key_id, organization_id, *values)
         if row is None:
             return None
-        await _audit(conn, organization_id, actor, "api_key.update", key_id, {"fields": sorted(columns)})
+        await _audit(conn, organization_id, actor, "api_key.update", key_id, {"fields": sorted(columns)},
+                     before=key_view(KeyRow.from_row(old)), after=key_view(KeyRow.from_row(row)))
     return KeyRow.from_row(row)
 
 
@@ -185,7 +196,8 @@ async def rotate_key(pool: asyncpg.Pool, organization_id: str, key_id: str, *, k
         if row is None:
             return None
         await _audit(conn, organization_id, actor, "api_key.rotate", key_id,
-                     {"prefix": prefix, "grace_period_seconds": grace_s})
+                     {"prefix": prefix, "grace_period_seconds": grace_s},
+                     after={"prefix": prefix, "previous_key_expires_at": row["previous_key_expires_at"]})
     return KeyRow.from_row(row)
 
 
@@ -197,7 +209,7 @@ async def revoke_key(pool: asyncpg.Pool, organization_id: str, key_id: str, acto
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid AND organization_id = $2::uuid "
             "AND revoked_at IS NULL RETURNING key_hash", key_id, organization_id)
         if key_hash is not None:
-            await _audit(conn, organization_id, actor, "api_key.revoke", key_id)
+            await _audit(conn, organization_id, actor, "api_key.revoke", key_id, after={"revoked": True})
             return str(key_hash)
         found = await conn.fetchval(
             "SELECT key_hash FROM api_keys WHERE id = $1::uuid AND organization_id = $2::uuid",

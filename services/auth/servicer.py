@@ -16,9 +16,10 @@ from aggregator.auth.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
 )
+from services.auth.audit import AuditTrail, audited_check, bind_origin
 from services.auth.authenticator import Authenticator, missing_key
 from services.auth.management import ApiKeyManager
-from services.auth.permissions import READ_API_KEYS, WRITE_API_KEYS, check, requires
+from services.auth.permissions import READ_API_KEYS, WRITE_API_KEYS, requires
 from services.auth.records import api_key_message
 from services.auth.validation import (
     changes_from_update,
@@ -59,14 +60,18 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
 class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
     """ApiKeyService: the `/v1/api-keys` endpoints, for admin keys of an organization."""
 
-    def __init__(self, authenticator: Authenticator, manager: ApiKeyManager) -> None:
+    def __init__(self, authenticator: Authenticator, manager: ApiKeyManager,
+                 trail: AuditTrail | None = None) -> None:
         self._authenticator = authenticator
         self._manager = manager
+        self._trail = trail
 
     async def _admin(self, context: Any) -> Any:
         await _echo_request_id(context)
+        bind_origin(context)  # the IP and request id of this RPC's audit rows (docs/architecture.md §2.11)
         principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        check(principal)  # the permission the running RPC declares below
+        # The permission the running RPC declares below; a refusal goes to the audit trail.
+        audited_check(self._trail, principal, context)
         return principal
 
     @rpc_method

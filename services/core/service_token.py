@@ -27,6 +27,7 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.openai.v1.InferenceService",
     "aggregator.auth.v1.ApiKeyService",
     "aggregator.auth.v1.SessionService",
+    "aggregator.auth.v1.AuditLogService",
     "aggregator.tenancy.v1.OrganizationService",
     "aggregator.tenancy.v1.UserService",
     "aggregator.analytics.v1.AnalyticsService",

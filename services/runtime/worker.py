@@ -99,7 +99,8 @@ async def _wire_auth(
     from services.auth.assembly import build_auth
     from services.auth.secret_files import load_server_secret
 
-    auth = await build_auth(pool, load_server_secret(settings.data_dir), nc)
+    auth = await build_auth(pool, load_server_secret(settings.data_dir), nc,
+                            audit_outbox=settings.data_dir / "audit-outbox")
     wiring.closers.append(auth.close)
     for registration in auth.registrations():
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)

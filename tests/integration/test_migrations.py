@@ -32,7 +32,8 @@ REQUIRED_COLUMNS = {
     "models": {"id", "public_id", "type", "context_window", "enabled", "created_at", "updated_at"},
     "provider_endpoints": {"id", "model_id", "provider_id", "upstream_model", "input_per_1k", "output_per_1k",
                            "position", "enabled"},
-    "audit_log": {"id", "organization_id", "actor", "action", "target", "details", "created_at"},
+    "audit_log": {"id", "organization_id", "actor", "action", "target", "details", "created_at", "ip",
+                  "request_id", "before", "after", "event_id"},
     "api_requests": {"request_id", "created_at"},
 }
 
