@@ -2,7 +2,7 @@
 and users"): the bootstrap admin (a platform admin) creates organization B, its first admin user
 and an admin key in B; B's admin and the default organization's admins cannot see or touch each
 other's users, keys or organization (404, lists leave them out); members get 403; an email is
-unique on the whole gateway; a password is never answered."""
+unique on the whole gateway; a password is never answered. Native gRPC follows the same rules."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from aggregator.tenancy.v1 import (
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
 from tests.e2e.harness import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -167,3 +174,23 @@ async def test_an_email_is_unique_across_organizations(tenants: Tenants) -> None
     assert taken.json()["error"]["param"] == "email" and "already in use" in taken.json()["error"]["message"]
     short = await tenants.b_admin.post("/v1/users", json={"email": email("short"), "password": "short"})
     assert short.status_code == 400 and short.json()["error"]["param"] == "password"
+
+
+async def test_native_grpc_serves_the_same_rules(gateway: Gateway, tenants: Tenants) -> None:
+    metadata = (("authorization", f"Bearer {gateway.admin_key}"),)
+    b_metadata = (("authorization", tenants.b_admin.headers["authorization"]),)
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        users = user_service_pb2_grpc.UserServiceStub(channel)
+        created = await users.CreateUser(user_service_pb2.CreateUserRequest(
+            email=email("Grpc"), password=PASSWORD, organization_id=tenants.org_b["id"]), metadata=metadata)
+        assert created.organization_id == tenants.org_b["id"] and created.email == created.email.lower()
+        assert (await users.GetUser(user_service_pb2.GetUserRequest(id=created.id), metadata=b_metadata)).id \
+            == created.id
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await users.GetUser(user_service_pb2.GetUserRequest(id=created.id), metadata=metadata)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        organizations = organization_service_pb2_grpc.OrganizationServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await organizations.ListOrganizations(organization_service_pb2.ListOrganizationsRequest(),
+                                                  metadata=b_metadata)
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
