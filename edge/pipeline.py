@@ -23,7 +23,7 @@ from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
-from services.auth.permissions import check
+from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
@@ -72,8 +72,9 @@ class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
-                 breakers: CircuitBreakers | None = None) -> None:
+                 breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None) -> None:
         self.clients = clients
+        self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -86,10 +87,11 @@ class Pipeline:
 
     async def authenticate(self, context: Any, record: RequestRecord | None = None) -> auth_pb.Principal:
         """The caller's principal, once it is known to hold the permission the running RPC declares
-        (`@requires`, services/auth/permissions.py): PERMISSION_DENIED otherwise."""
+        (`@requires`, services/auth/permissions.py): PERMISSION_DENIED otherwise, recorded in the
+        audit trail off the request path (docs/architecture.md §2.11)."""
         key = bearer_key(metadata_value(context, "authorization"))
         answer = await calls.unary(self.clients.auth.Authenticate, auth_pb.AuthenticateRequest(api_key=key))
-        check(answer.principal)
+        audited_check(self.audit, answer.principal, context)
         if record is not None:
             record.organization_id = answer.principal.organization_id
             record.api_key_id = answer.principal.api_key_id

@@ -106,6 +106,7 @@ def audited_check(trail: AuditTrail | None, principal: auth_service_pb2.Principa
         if trail is not None and error.reason is Reason.PERMISSION_DENIED:
             trail.record_soon(action="permission.denied", actor=f"api_key:{principal.api_key_id}",
                               organization_id=principal.organization_id, target=request_target(context),
+                              origin=origin_of(context),
                               details={"permission": permission or declared_permission.get() or ""})
         raise
 

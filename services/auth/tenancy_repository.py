@@ -4,8 +4,8 @@
 Every statement is parameterized; every user statement names the organization, so another
 organization's user is simply not found. Each change writes its audit row (who, what, the record
 before and after, never a password or its hash) with repository._audit, in the change's own
-transaction. Emails are stored lower-cased; the unique index on lower(email) (migration 0009)
-backs the check.
+transaction (docs/architecture.md §2.11). Emails are stored lower-cased; the unique index on
+lower(email) (migration 0009) backs the check.
 """
 
 from __future__ import annotations
@@ -99,8 +99,7 @@ async def create_organization(pool: asyncpg.Pool, name: str, actor: str) -> Orga
         if row is None:
             raise _name_taken(name)
         org = OrganizationRow.from_row(row)
-        await _audit(conn, org.id, actor, "organization.create", org.id,
-                     {"before": None, "after": org.view()})
+        await _audit(conn, org.id, actor, "organization.create", org.id, after=org.view())
     return org
 
 
@@ -142,7 +141,7 @@ async def rename_organization(pool: asyncpg.Pool, organization_id: str, name: st
             raise _name_taken(name) from None
         org = OrganizationRow.from_row(row)
         await _audit(conn, org.id, actor, "organization.update", org.id,
-                     {"before": OrganizationRow.from_row(old).view(), "after": org.view()})
+                     before=OrganizationRow.from_row(old).view(), after=org.view())
     return org
 
 
@@ -161,8 +160,7 @@ async def create_user(pool: asyncpg.Pool, organization_id: str, *, email: str, n
         except asyncpg.UniqueViolationError:
             raise _email_taken(email) from None
         user = UserRow.from_row(row)
-        await _audit(conn, organization_id, actor, "user.create", user.id,
-                     {"before": None, "after": user.view()})
+        await _audit(conn, organization_id, actor, "user.create", user.id, after=user.view())
     return user
 
 
@@ -217,8 +215,8 @@ async def update_user(pool: asyncpg.Pool, organization_id: str, user_id: str, ch
             raise _email_taken(str(changes.get("email", ""))) from None
         user = UserRow.from_row(row)
         fields = sorted("password_changed" if c == "password_hash" else c for c in columns)
-        await _audit(conn, organization_id, actor, "user.update", user_id,
-                     {"fields": fields, "before": UserRow.from_row(old).view(), "after": user.view()})
+        await _audit(conn, organization_id, actor, "user.update", user_id, {"fields": fields},
+                     before=UserRow.from_row(old).view(), after=user.view())
     return user
 
 
@@ -231,7 +229,7 @@ async def delete_user(pool: asyncpg.Pool, organization_id: str, user_id: str, ac
         if row is None:
             return False
         await _audit(conn, organization_id, actor, "user.delete", user_id,
-                     {"before": UserRow.from_row(row).view(), "after": None})
+                     before=UserRow.from_row(row).view())
     return True
 
 

@@ -22,8 +22,9 @@ from aggregator.tenancy.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from services.auth.audit import AuditTrail, audited_check, bind_origin
 from services.auth.authenticator import Authenticator
-from services.auth.permissions import ADMIN_PLATFORM, READ_USERS, WRITE_USERS, check, requires
+from services.auth.permissions import ADMIN_PLATFORM, READ_USERS, WRITE_USERS, requires
 from services.auth.tenancy import TenancyManager
 from services.auth.tenancy_repository import OrganizationRow, UserRow
 from services.core.rpc import metadata_value, rpc_method
@@ -54,17 +55,21 @@ def user_message(row: UserRow) -> user_pb2.User:
 class _Authenticated:
     """Authenticates the caller and checks the permission the running RPC declares."""
 
-    def __init__(self, authenticator: Authenticator, manager: TenancyManager) -> None:
+    def __init__(self, authenticator: Authenticator, manager: TenancyManager,
+                 trail: AuditTrail | None = None) -> None:
         self._authenticator = authenticator
         self._manager = manager
+        self._trail = trail
 
     async def _caller(self, context: Any) -> Any:
         # Envoy forwards the request id it generated; sending it back makes it a response header.
         request_id = metadata_value(context, REQUEST_ID_KEY)
         if request_id:
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        bind_origin(context)  # the IP and request id of this RPC's audit rows (docs/architecture.md §2.11)
         principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        check(principal)
+        # The permission the running RPC declares; a refusal goes to the audit trail.
+        audited_check(self._trail, principal, context)
         return principal
 
 
@@ -155,14 +160,16 @@ class UserServicer(_Authenticated, user_service_pb2_grpc.UserServiceServicer):
         return user_service_pb2.DeleteUserResponse(id=ident, object="user", deleted=True)
 
 
-def tenancy_registrations(pool: asyncpg.Pool, authenticator: Authenticator) -> list[Registration]:
-    """Both servicers, for services.core.server.GrpcServer (or an in-process channel)."""
+def tenancy_registrations(pool: asyncpg.Pool, authenticator: Authenticator,
+                          trail: AuditTrail | None = None) -> list[Registration]:
+    """Both servicers, for services.core.server.GrpcServer (or an in-process channel); `trail`
+    records permission denials (services/auth/audit.py)."""
     manager = TenancyManager(pool)
     return [
         Registration(organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server,
-                     OrganizationServicer(authenticator, manager),
+                     OrganizationServicer(authenticator, manager, trail),
                      organization_service_pb2.DESCRIPTOR.services_by_name["OrganizationService"].full_name),
         Registration(user_service_pb2_grpc.add_UserServiceServicer_to_server,
-                     UserServicer(authenticator, manager),
+                     UserServicer(authenticator, manager, trail),
                      user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name),
     ]

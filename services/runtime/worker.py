@@ -193,8 +193,18 @@ async def _wire_edge(
             raise ConnectionError("NATS is not connected")
         await nc.flush(timeout=1)
 
+    from services.auth.audit import AuditPublisher, AuditTrail
+
+    # Permission denials go to the audit trail through JetStream, or this outbox while NATS is away
+    # (the auth service's directory: a shared outbox is replayed safely by either).
+    audit_publisher = AuditPublisher(nc, settings.data_dir / "audit-outbox")
+    await audit_publisher.start()
+    audit = AuditTrail(audit_publisher)
+    wiring.closers.append(audit_publisher.stop)
+    wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
-        ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms
+        ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
+        audit=audit,
     )
     wiring.serve(
         topology,

@@ -118,3 +118,18 @@ async def test_a_member_may_not_read_the_audit_log(org: Org) -> None:
     refused = await org.member.get("/v1/audit-log")
     assert refused.status_code == 403
     assert refused.json()["error"]["message"] == "This credential lacks the permission 'read:audit-log'."
+
+
+async def test_a_denial_on_the_inference_face_is_listed(gateway: Gateway, org: Org) -> None:
+    narrowed_key = ok(await org.admin.post("/v1/api-keys", json={"name": "narrow", "role": "admin",
+                                                                 "scopes": ["inference"]}))["key"]
+    async with _client(gateway, narrowed_key) as narrowed:
+        refused = await narrowed.get("/v1/models")
+    assert refused.status_code == 403, refused.text
+    deadline = time.monotonic() + 30
+    while not (found := (await entries(org.admin, action="permission.denied"))["data"]):
+        assert time.monotonic() < deadline, "the denial never reached the audit log"
+        await asyncio.sleep(0.2)
+    [row] = found
+    assert row["target"] == "GET /v1/models" and row["details"] == {"permission": "read:models"}
+    assert row["organization_id"] == org.id and ipaddress.ip_address(row["ip"])

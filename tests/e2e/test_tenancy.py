@@ -103,6 +103,18 @@ async def test_a_new_organization_runs_itself(tenants: Tenants) -> None:
     assert ok(await b.delete(f"/v1/users/{member['id']}")) == {"id": member["id"], "object": "user",
                                                                "deleted": True}
     assert_not_found(await b.get(f"/v1/users/{member['id']}"))
+    # Each change left an audit row in B's trail, with before/after and never a password.
+    trail = await b.get("/v1/audit-log", params={"limit": 100})
+    assert trail.status_code == 200, trail.text
+    assert [w for w in ("password_hash", "argon2", PASSWORD, "another one!") if w in trail.text] == []
+    rows = {(r["action"], r["target"]): r for r in trail.json()["data"]}
+    created = rows[("user.create", member["id"])]
+    assert created["after"]["email"] == member["email"] and created["request_id"] and created["ip"]
+    assert rows[("user.update", member["id"])]["before"]["name"] == ""
+    assert rows[("user.delete", member["id"])]["before"]["email"] == member["email"]
+    org_b = tenants.org_b["id"]
+    assert rows[("organization.update", org_b)]["after"]["name"] == renamed["name"]
+    assert rows[("organization.create", org_b)]["after"]["name"] == tenants.org_b["name"]
 
 
 async def test_organizations_cannot_see_or_touch_each_other(tenants: Tenants) -> None:
