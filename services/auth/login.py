@@ -174,7 +174,9 @@ class People:
             log.exception("could not record %s", action)
 
     async def _revoke(self, session_id: str, reason: str) -> None:
-        self._record(f"auth.{reason}", f"session:{session_id}", None, session_id)
+        if self._audit is not None:
+            owner = await self.store.owner(session_id)
+            self._record(f"auth.{reason}", f"session:{session_id}", owner, session_id)
         await self.store.revoke(session_id, reason)
         self.states.mark_revoked(session_id)
         await publish_revocation(self._nc, session_id)
@@ -184,7 +186,8 @@ class People:
         outcome = await self.store.exchange(refresh_token)
         if outcome.reused:
             sid = outcome.session_id
-            self._record("auth.refresh_token_reuse", f"session:{sid}", None, sid)
+            if self._audit is not None:
+                self._record("auth.refresh_token_reuse", f"session:{sid}", await self.store.owner(sid), sid)
             self.states.mark_revoked(outcome.session_id)
             await publish_revocation(self._nc, outcome.session_id)
             raise GatewayError(Reason.INVALID_CREDENTIALS, REUSED_REFRESH)

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from aggregator.auth.v1 import session_service_pb2, session_service_pb2_grpc
 from services.auth.assembly import platform_organization
+from services.auth.audit_repository import client_ip
 from services.auth.authenticator import Authenticator
 from services.auth.jwt_keys import KeyRing
 from services.auth.keys import parse_bearer
@@ -29,18 +30,12 @@ UNKNOWN_ADDRESS = "unknown"
 
 
 def client_address(context: Any) -> str:
-    """The client's address: the last `x-forwarded-for` entry, the one Envoy appended itself
-    (`use_remote_address`; entries before it are the client's own say), else the gRPC peer."""
-    forwarded = metadata_value(context, "x-forwarded-for")
-    if forwarded:
-        return forwarded.rsplit(",", 1)[-1].strip()[:64] or UNKNOWN_ADDRESS
+    """The client's address, as the audit trail takes it: the last `x-forwarded-for` entry, the
+    one Envoy appended itself (`use_remote_address`; entries before it are the client's own say),
+    else the gRPC peer."""
     peer = getattr(context, "peer", None)
-    address = peer() if callable(peer) else None
-    if not address:
-        return UNKNOWN_ADDRESS
-    # "ipv4:1.2.3.4:5678" or "ipv6:[::1]:5678": the host without the port.
-    host = address.partition(":")[2].rsplit(":", 1)[0].strip("[]")
-    return host[:64] or UNKNOWN_ADDRESS
+    return client_ip(metadata_value(context, "x-forwarded-for"), peer() if callable(peer) else None) \
+        or UNKNOWN_ADDRESS
 
 
 async def _echo_request_id(context: Any) -> None:

@@ -109,6 +109,14 @@ class SessionStore:
             "WHERE r.token_hash = $1 AND s.revoked_at IS NULL", self._hash(token))
         return None if session_id is None else str(session_id)
 
+    async def owner(self, session_id: str) -> dict[str, str] | None:
+        """The user and organization of a session: `{"id", "organization_id"}`."""
+        row = await self._pool.fetchrow(
+            "SELECT user_id, organization_id FROM auth_sessions WHERE id = $1::uuid", session_id)
+        if row is None:
+            return None
+        return {"id": str(row["user_id"]), "organization_id": str(row["organization_id"])}
+
     async def revoke(self, session_id: str, reason: str) -> None:
         async with self._pool.acquire() as conn:
             await _revoke(conn, session_id, reason)

@@ -111,11 +111,13 @@ async def _wire_auth(
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
-    await _wire_people(settings, topology, wiring, pool, nc, auth.authenticator)
+    # Sign-ins, failed sign-ins and logouts go to the same audit trail.
+    await _wire_people(settings, topology, wiring, pool, nc, auth.authenticator, auth.trail.record_soon)
 
 
 async def _wire_people(
-    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any, authenticator: Any
+    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any, authenticator: Any,
+    audit: Callable[..., None],
 ) -> None:
     """Sign-in for people (SessionService); access tokens then work wherever keys do."""
     from services.auth.login_servicer import build_people
@@ -124,7 +126,8 @@ async def _wire_people(
 
     redis = create_redis(settings.stores.redis_url)  # failed-login counters
     wiring.closers.append(redis.aclose)
-    people = await build_people(pool, load_server_secret(settings.data_dir), redis, authenticator, nc)
+    people = await build_people(pool, load_server_secret(settings.data_dir), redis, authenticator, nc,
+                                audit=audit)
     wiring.closers.append(people.close)
     registration = people.registration()
     wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)

@@ -29,7 +29,8 @@ from tests.e2e.harness import Gateway
 pytestmark = pytest.mark.e2e
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 PASSWORD = "a long enough password"
-ENVOY_ADDRESS_KEY = "login:fail:address:127.0.0.1"  # every test client comes from here
+# Every test client comes from one address (the one Envoy appends to x-forwarded-for).
+ADDRESS_KEYS = "login:fail:address:*"
 
 
 @pytest.fixture
@@ -41,12 +42,18 @@ async def pool(store_urls: StoreUrls, gateway: Gateway) -> AsyncIterator[asyncpg
 
 @pytest.fixture
 async def anonymous(gateway: Gateway, store_urls: StoreUrls) -> AsyncIterator[httpx.AsyncClient]:
-    """A client without credentials; the failed-login counter of Envoy's address starts empty."""
+    """A client without credentials; the failed-login counters of addresses start empty (this
+    session's Redis database is its own, tests/support/stores.py)."""
     redis = create_redis(store_urls.redis_url)
-    await redis.delete(ENVOY_ADDRESS_KEY)
+
+    async def forget() -> None:
+        for key in await redis.keys(ADDRESS_KEYS):
+            await redis.delete(key)
+
+    await forget()
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
         yield client
-    await redis.delete(ENVOY_ADDRESS_KEY)
+    await forget()
     await redis.aclose()
 
 
@@ -184,3 +191,25 @@ async def test_brute_force_is_429_and_never_tells_whether_the_email_exists(
     assert seen[email][-1][1]["error"]["code"] == "rate_limit_exceeded"
     locked = await login(anonymous, email)  # the right password, on a locked account
     assert locked.status_code == 429 and locked.json() == seen[unknown][-1][1]
+
+
+async def test_sign_ins_and_logouts_reach_the_audit_log(anonymous: httpx.AsyncClient, http: httpx.AsyncClient,
+                                                        pool: asyncpg.Pool) -> None:
+    email, user_id = await new_user(pool)
+    tokens = (await login(anonymous, email)).json()
+    assert (await login(anonymous, email, "not the password")).status_code == 401
+    sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+    assert (await anonymous.post("/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]})).json()
+    wanted = {("auth.login", f"user:{user_id}"), ("auth.login_failed", "anonymous"),
+              ("auth.logout", f"session:{sid}")}
+    found: set[tuple[str, str]] = set()
+    started = time.monotonic()
+    while time.monotonic() - started < 10 and not wanted <= found:
+        for action in ("auth.login", "auth.login_failed", "auth.logout"):
+            page = await http.get("/v1/audit-log", params={"action": action, "limit": 100})
+            assert page.status_code == 200, page.text
+            found |= {(row["action"], row["actor"]) for row in page.json()["data"] if row["target"] == user_id
+                      or row["actor"] == f"session:{sid}"}
+        await asyncio.sleep(0.2)
+    assert wanted <= found
+    assert email not in str(found) and tokens["refresh_token"] not in str(found)

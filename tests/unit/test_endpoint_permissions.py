@@ -16,8 +16,8 @@ from edge.inference_servicer import InferenceServicer
 from edge.openai_servicer import OpenAIServicer
 from edge.ops_servicer import OpsServicer
 from services.analytics.servicer import AnalyticsServicer
-from services.auth.login_servicer import SessionServicer
 from services.auth.audit_servicer import AuditLogServicer
+from services.auth.login_servicer import SessionServicer
 from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLIC_SERVICES
 from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
@@ -30,10 +30,10 @@ SERVICERS: dict[str, type] = {
     "aggregator.openai.v1.OpenAIService": OpenAIServicer,
     "aggregator.openai.v1.InferenceService": InferenceServicer,
     "aggregator.auth.v1.ApiKeyService": ApiKeyServicer,
-    "aggregator.auth.v1.SessionService": SessionServicer,
-    "aggregator.auth.v1.AuditLogService": AuditLogServicer,
     "aggregator.tenancy.v1.OrganizationService": OrganizationServicer,
     "aggregator.tenancy.v1.UserService": UserServicer,
+    "aggregator.auth.v1.SessionService": SessionServicer,
+    "aggregator.auth.v1.AuditLogService": AuditLogServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,
 }
