@@ -14,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import grpc
 import httpx
 import jwt
 import openai
 import pytest
 
+from aggregator.auth.v1 import session_service_pb2, session_service_pb2_grpc
+from aggregator.openai.v1 import chat_pb2, inference_service_pb2_grpc
 from services.auth import admin
 from services.auth.jwt_keys import private_key, raw_public
 from services.auth.secret_files import parse_secret
@@ -213,3 +216,21 @@ async def test_sign_ins_and_logouts_reach_the_audit_log(anonymous: httpx.AsyncCl
         await asyncio.sleep(0.2)
     assert wanted <= found
     assert email not in str(found) and tokens["refresh_token"] not in str(found)
+
+
+async def test_native_grpc_takes_the_access_token_and_signs_in(gateway: Gateway, pool: asyncpg.Pool,
+                                                               anonymous: httpx.AsyncClient) -> None:
+    email, user_id = await new_user(pool)
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        tokens = await sessions.Login(session_service_pb2.LoginRequest(email=email, password=PASSWORD))
+        metadata = (("authorization", f"Bearer {tokens.access_token}"),)
+        me = await sessions.GetMe(session_service_pb2.GetMeRequest(), metadata=metadata)
+        assert me.user.id == user_id
+        inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        request = chat_pb2.ChatCompletionRequest(model="gpt-4o-mini",
+                                                 messages=[chat_pb2.ChatMessage(role="user")])
+        request.messages[0].content.string_value = "hi"
+        assert (await inference.CreateChatCompletion(request, metadata=metadata)).choices
+        await sessions.Logout(session_service_pb2.LogoutRequest(refresh_token=tokens.refresh_token))
+    await refused_within(anonymous, tokens.access_token, 2.0)
