@@ -25,14 +25,6 @@ from services.core.errors import GatewayError, Reason
 log = logging.getLogger(__name__)
 
 
-def require_admin(principal: auth_service_pb2.Principal) -> None:
-    """Only admin keys manage keys (docs/architecture.md §2.10: admin and inference are separate scopes)."""
-    if principal.role != "admin":
-        raise GatewayError(Reason.PERMISSION_DENIED,
-                           "You have insufficient permissions for this operation: managing API keys "
-                           "requires a key with the admin role.")
-
-
 def actor_of(principal: auth_service_pb2.Principal) -> str:
     """How the audit log names a caller."""
     return f"api_key:{principal.api_key_id}"

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from aggregator.auth.v1 import api_key_service_pb2
+from services.auth.permissions import PERMISSIONS
 from services.auth.records import LIMIT_FIELDS, ROLES, KeySettings, to_datetime
 from services.core.errors import GatewayError, Reason, quote
 
@@ -58,14 +59,19 @@ def validate_models(models: Iterable[Any] | None) -> tuple[str, ...] | None:
 
 
 def validate_scopes(scopes: Iterable[Any]) -> tuple[str, ...]:
-    """Permission names as a tuple without duplicates (order kept): non-empty strings, at most
-    MAX_SCOPES. Whether each names a permission is for services/auth/permissions.py to say."""
+    """Permission names as a tuple without duplicates (order kept): at most MAX_SCOPES names of the
+    permission table (services/auth/permissions.py). A typo is refused, not stored: a key narrowed
+    to a name that means nothing would silently lose every permission."""
     items = list(scopes)
     if len(items) > MAX_SCOPES:
         raise _invalid(f"scopes may list at most {MAX_SCOPES} permissions.", "scopes")
     if not all(isinstance(s, str) and 0 < len(s) <= MAX_SCOPE_LENGTH for s in items):
         raise _invalid(f"scopes must be a list of permission names (strings of 1 to {MAX_SCOPE_LENGTH} "
                        "characters).", "scopes")
+    unknown = next((s for s in items if s not in PERMISSIONS), None)
+    if unknown is not None:
+        raise _invalid(f"Unknown permission {quote(unknown)} in scopes; permissions are: "
+                       f"{', '.join(PERMISSIONS)}.", "scopes")
     return tuple(dict.fromkeys(items))
 
 

@@ -35,8 +35,8 @@ def test_absent_fields_are_not_changes_and_null_clears() -> None:
                                          "expires_at": None, "scopes": ()}
     assert changes({"allowed_models": [], "scopes": []}) == {"allowed_models": (), "scopes": ()}
     assert changes({"role": "admin", "tokens_per_minute": 10.0, "expires_at": "2030-01-02T00:00:00+01:00",
-                    "scopes": ["b", "a", "b"]}) == {
-        "role": "admin", "tokens_per_minute": 10, "scopes": ("b", "a"),
+                    "scopes": ["read:models", "inference", "read:models"]}) == {
+        "role": "admin", "tokens_per_minute": 10, "scopes": ("read:models", "inference"),
         "expires_at": datetime(2030, 1, 1, 23, tzinfo=UTC)}
 
 
@@ -48,6 +48,7 @@ def test_absent_fields_are_not_changes_and_null_clears() -> None:
     ({"expires_at": "2029-12-31T23:59:59Z"}, "expires_at"),
     ({"expires_at": "2030-02-01"}, "expires_at"),
     ({"allowed_models": {"a": 1}}, "allowed_models"),
+    ({"scopes": ["inferense"]}, "scopes"),
     ({"scopes": ["x" * 129]}, "scopes"),
 ])
 def test_bad_updates_name_their_field(fields: dict[str, Any], param: str) -> None:
