@@ -129,6 +129,13 @@ class SessionStore:
         return live is not True
 
 
+async def live_sessions(pool: Any, user_id: str) -> list[str]:
+    """The ids of a user's sessions that are neither revoked nor over."""
+    rows = await pool.fetch("SELECT id FROM auth_sessions WHERE user_id = $1::uuid AND revoked_at IS NULL "
+                            "AND expires_at > now()", user_id)
+    return [str(row["id"]) for row in rows]
+
+
 async def _revoke(conn: Any, session_id: str, reason: str) -> None:
     await conn.execute("UPDATE auth_sessions SET revoked_at = now(), revoked_reason = $2 "
                        "WHERE id = $1::uuid AND revoked_at IS NULL", session_id, reason)

@@ -22,6 +22,7 @@ from services.auth import tenancy_repository as store
 from services.auth.management import actor_of
 from services.auth.passwords import hash_password
 from services.auth.records import ROLES
+from services.auth.sessions import live_sessions, publish_revocation
 from services.auth.target_org import is_platform_admin, organization_not_found, target_organization
 from services.auth.tenancy_repository import OrganizationRow, Page, UserRow
 from services.auth.validation import key_id
@@ -110,8 +111,9 @@ async def hashed(secret: str) -> str:
 class TenancyManager:
     """Organizations and users, each operation scoped as the module docstring says."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, nc: Any = None) -> None:
         self._pool = pool
+        self._nc = nc  # tells every process at once that a deleted user's sessions are over
 
     # -- organizations ---------------------------------------------------------------------
 
@@ -192,8 +194,13 @@ class TenancyManager:
         return row
 
     async def delete_user(self, caller: Principal, ident: str) -> str:
+        """Deletes the user (its sessions go with it, by cascade) and ends its access tokens on every
+        worker now rather than when each worker's cached session state expires."""
         canonical = key_id(ident)
+        sessions = [] if canonical is None else await live_sessions(self._pool, canonical)
         if canonical is None or not await store.delete_user(self._pool, caller.organization_id, canonical,
                                                              actor_of(caller)):
             raise user_not_found(ident)
+        for session_id in sessions:
+            await publish_revocation(self._nc, session_id)
         return canonical

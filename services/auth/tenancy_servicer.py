@@ -161,10 +161,10 @@ class UserServicer(_Authenticated, user_service_pb2_grpc.UserServiceServicer):
 
 
 def tenancy_registrations(pool: asyncpg.Pool, authenticator: Authenticator,
-                          trail: AuditTrail | None = None) -> list[Registration]:
+                          trail: AuditTrail | None = None, nc: Any = None) -> list[Registration]:
     """Both servicers, for services.core.server.GrpcServer (or an in-process channel); `trail`
-    records permission denials (services/auth/audit.py)."""
-    manager = TenancyManager(pool)
+    records permission denials (services/auth/audit.py); `nc` announces ended sessions."""
+    manager = TenancyManager(pool, nc)
     return [
         Registration(organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server,
                      OrganizationServicer(authenticator, manager, trail),

@@ -107,7 +107,7 @@ async def _wire_auth(
     # /v1/organizations and /v1/users (docs/reference.md §4 "Organizations and users").
     from services.auth.tenancy_servicer import tenancy_registrations
 
-    for registration in tenancy_registrations(pool, auth.authenticator, auth.trail):
+    for registration in tenancy_registrations(pool, auth.authenticator, auth.trail, nc):
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)

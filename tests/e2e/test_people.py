@@ -177,6 +177,16 @@ async def test_logout_stops_the_access_token_within_two_seconds(
     assert again.status_code == 401
 
 
+async def test_deleting_a_user_stops_its_access_token_within_two_seconds(
+        anonymous: httpx.AsyncClient, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    email, user_id = await new_user(pool)
+    tokens = (await login(anonymous, email)).json()
+    assert (await anonymous.get("/v1/models", headers=bearer(tokens["access_token"]))).status_code == 200
+    deleted = await http.delete(f"/v1/users/{user_id}")
+    assert deleted.status_code == 200, deleted.text
+    await refused_within(anonymous, tokens["access_token"], 2.0)
+
+
 async def test_brute_force_is_429_and_never_tells_whether_the_email_exists(
         anonymous: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     email, _ = await new_user(pool)
