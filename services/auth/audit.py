@@ -27,7 +27,6 @@ from google.protobuf import json_format, struct_pb2
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
 from aggregator.auth.v1 import auth_service_pb2
 from aggregator.events.v1 import audit_event_pb2
@@ -42,6 +41,7 @@ from services.auth.audit_repository import (
 from services.auth.permissions import check
 from services.core.errors import GatewayError, Reason
 from services.core.events import UsagePublisher
+from services.core.nats import upsert_stream
 from services.core.rpc import declared_permission, metadata_value
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,7 @@ def audit_stream_config(replicas: int = 1) -> StreamConfig:
 
 async def ensure_audit_stream(js: JetStreamContext) -> None:
     """Creates stream AUDIT or brings its configuration up to date (safe for concurrent workers)."""
-    config = audit_stream_config()
-    try:
-        await js.update_stream(config)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+    await upsert_stream(js, audit_stream_config())
 
 
 def origin_of(context: Any) -> AuditOrigin:

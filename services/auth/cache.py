@@ -27,6 +27,7 @@ from typing import Any
 
 from services.auth import invalidation
 from services.auth.records import AuthRecord
+from services.core.nats import unsubscribe_quietly
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,7 @@ class PrincipalCache:
     async def close(self) -> None:
         """Stops listening (the NATS connection itself belongs to the caller)."""
         subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            try:
-                await subscription.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - the connection may already be closed
-                log.debug("unsubscribe failed: %s", type(exc).__name__)
+        await unsubscribe_quietly(subscription)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from aggregator.events.v1 import session_event_pb2
 from services.auth.keys import hash_key
+from services.core.nats import unsubscribe_quietly
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,7 @@ class SessionStates:
 
     async def close(self) -> None:
         subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            try:
-                await subscription.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - the connection may already be closed
-                log.debug("unsubscribe failed: %s", type(exc).__name__)
+        await unsubscribe_quietly(subscription)
 
 
 async def publish_revocation(nc: Any | None, session_id: str) -> bool:

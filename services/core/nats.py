@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -67,9 +68,8 @@ async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0,
     return client
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Creates the streams this system publishes to, or brings their configuration up to date."""
-    config = usage_stream_config(replicas)
+async def upsert_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Creates a stream or brings its configuration up to date (safe for concurrent workers)."""
     try:
         await js.update_stream(config)
     except NotFoundError:
@@ -78,3 +78,18 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         except BadRequestError:
             # Another worker created it between our two calls.
             await js.update_stream(config)
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Creates the streams this system publishes to, or brings their configuration up to date."""
+    await upsert_stream(js, usage_stream_config(replicas))
+
+
+async def unsubscribe_quietly(subscription: Any) -> None:
+    """Ends a core NATS subscription; a connection that is already closed is no error here."""
+    if subscription is None:
+        return
+    try:
+        await subscription.unsubscribe()
+    except Exception as exc:  # noqa: BLE001 - the connection may already be closed
+        _log.debug("unsubscribe failed: %s", type(exc).__name__)

@@ -48,8 +48,9 @@ def raw_body_paths(descriptor_set: descriptor_pb2.FileDescriptorSet) -> list[str
 
 
 def json_to_metadata_filter() -> dict[str, Any]:
-    """Marks a JSON body that Envoy's strict parser refuses. A rule needs a selector; `model` is
-    one every JSON endpoint has, and finding it or not adds nothing worth reading."""
+    """Marks a JSON body that Envoy's strict parser refuses. A rule needs a selector and an
+    on_present or on_missing action: `model`, which every JSON endpoint has, with on_missing only,
+    so a well-formed request writes no metadata at all."""
     return {
         "name": "envoy.filters.http.json_to_metadata",
         "typed_config": {
@@ -59,8 +60,6 @@ def json_to_metadata_filter() -> dict[str, Any]:
                 "rules": [
                     {
                         "selectors": [{"key": "model"}],
-                        "on_present": {"metadata_namespace": NAMESPACE, "key": "model",
-                                       "value": True},
                         "on_missing": {"metadata_namespace": NAMESPACE, "key": "model",
                                        "value": False},
                         "on_error": {"metadata_namespace": NAMESPACE, "key": "invalid",
