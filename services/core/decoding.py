@@ -8,8 +8,9 @@ itself stays: it bounds the decoder's recursion for native gRPC clients too (doc
 "Nesting depth").
 
     tolerant(add_XServicer_to_server)  registers handlers whose decoding failure yields UNDECODABLE
-    UNDECODABLE                        what such a handler receives instead of a request;
-                                       `rpc.rpc_method` answers it with `undecodable_error()`
+    RefusedRequest(error)              what a handler receives instead of a request it must refuse
+                                       (UNDECODABLE; server_guard's oversized requests): `rpc_method`
+                                       answers it with its error before the servicer runs
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from google.protobuf.message import DecodeError
 from services.core.errors import GatewayError, Reason
 
 
-class UndecodableRequest:
-    """Stands for a request whose bytes protobuf refused."""
+class RefusedRequest:
+    """Stands for a request refused before decoding it, with the error its caller gets."""
 
-    __slots__ = ()
+    __slots__ = ("error",)
 
-
-UNDECODABLE = UndecodableRequest()
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
 
 
 def undecodable_error() -> GatewayError:
@@ -40,6 +41,9 @@ def undecodable_error() -> GatewayError:
         "arrays or objects inside a field).",
         code="invalid_request_body",
     )
+
+
+UNDECODABLE = RefusedRequest(undecodable_error())
 
 
 def _safe(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

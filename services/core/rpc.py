@@ -1,7 +1,7 @@
 """Servicer-side error handling: the one place that turns exceptions into gRPC statuses.
 
 Wrap every RPC method of a servicer with `@rpc_method`. A request protobuf could not decode
-(`decoding.UNDECODABLE`) is a 400. A `GatewayError` becomes a gRPC status
+or refused before decoding (`decoding.RefusedRequest`) gets its error. A `GatewayError` becomes a gRPC status
 with its trailing metadata (see `errors.py`); any other exception is logged once and becomes
 INTERNAL with no detail. On the in-process channel (`inproc.py`) the GatewayError is re-raised
 as is, so a co-located caller sees exactly what a remote caller decodes.
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.core.decoding import UNDECODABLE, undecodable_error
+from services.core.decoding import RefusedRequest
 from services.core.errors import GatewayError, internal_error
 from services.core.telemetry import request_id_var
 
@@ -77,8 +77,8 @@ def rpc_method(fn: F) -> F:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            if request is UNDECODABLE:
-                await abort(context, undecodable_error())
+            if type(request) is RefusedRequest:
+                await abort(context, request.error)
             token = _declare(permission)
             try:
                 # aclosing: a caller that stops early closes the inner generator now, not at GC.
@@ -95,8 +95,8 @@ def rpc_method(fn: F) -> F:
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: Any) -> Any:
-        if request is UNDECODABLE:
-            await abort(context, undecodable_error())
+        if type(request) is RefusedRequest:
+            await abort(context, request.error)
         token = _declare(permission)
         try:
             return await fn(self, request, context)

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from services.core import limits
+from services.core.decoding import RefusedRequest
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import abort
 from services.core.service_token import SERVICE_TOKEN_KEY, is_public, token_matches
@@ -47,13 +48,6 @@ def too_large(size: int, limit: int) -> GatewayError:
                         f"{limits.describe(limit)} for one request.")
 
 
-class _TooLarge:
-    """What the size-checking deserializer answers instead of decoding an oversized request."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
 def size_limited(handler: grpc.RpcMethodHandler, limit: int) -> grpc.RpcMethodHandler:
     """`handler` with its request held to `limit` bytes: the message is measured before it is
     decoded, and one over the limit is answered REQUEST_TOO_LARGE. Streaming requests (server
@@ -62,15 +56,15 @@ def size_limited(handler: grpc.RpcMethodHandler, limit: int) -> grpc.RpcMethodHa
 
     def measured(data: bytes) -> Any:
         if len(data) > limit:
-            return _TooLarge(len(data))
+            return RefusedRequest(too_large(len(data), limit))
         return decode(data) if decode is not None else data
 
     if handler.unary_unary is not None:
         unary_behavior = handler.unary_unary
 
         async def unary(request: Any, context: Any) -> Any:
-            if isinstance(request, _TooLarge):
-                await abort(context, too_large(request.size, limit))
+            if isinstance(request, RefusedRequest):
+                await abort(context, request.error)
             return await unary_behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary, measured, handler.response_serializer)
@@ -79,8 +73,8 @@ def size_limited(handler: grpc.RpcMethodHandler, limit: int) -> grpc.RpcMethodHa
 
         # An async generator function itself: grpc.aio runs any other callable as a sync generator.
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            if isinstance(request, _TooLarge):
-                await abort(context, too_large(request.size, limit))
+            if isinstance(request, RefusedRequest):
+                await abort(context, request.error)
             # aclosing: a client that goes away closes the servicer's stream (and its upstream) now.
             async with contextlib.aclosing(stream_behavior(request, context)) as items:
                 async for item in items:
