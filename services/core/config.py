@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from services.core.limits import MAX_REQUEST_BYTES
+
 PROVIDER_KINDS = ("openai", "anthropic", "google", "cohere", "openai_compatible")
 MODEL_TYPES = ("chat", "completion", "embedding", "image")
 SERVICE_NAMES = ("auth", "routing", "adapter", "billing", "analytics", "edge")
@@ -58,7 +60,7 @@ class EdgeConfig:
     # The services' own gRPC port serves internal services too (the adapter, routing): keep it on
     # loopback unless a mesh protects it.
     services_address: str = "127.0.0.1"
-    max_request_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 @dataclass(frozen=True, slots=True)

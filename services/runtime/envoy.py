@@ -28,6 +28,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from services.core.limits import MAX_REQUEST_BYTES
 from services.core.service_token import PUBLIC_GRPC_SERVICES
 from services.runtime.envoy_json_guard import json_to_metadata_filter, raw_body_paths, rbac_filter
 from services.runtime.envoy_replies import local_reply_config
@@ -35,7 +36,6 @@ from services.runtime.envoy_replies import local_reply_config
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DESCRIPTOR_PATH = REPO / "gen" / "descriptor.pb"
 DEFAULT_LUA_PATH = REPO / "envoy" / "error_shaper.lua"
-MAX_REQUEST_BYTES = 10 * 1024 * 1024
 UPSTREAM_CLUSTER = "aggregator_grpc"
 # A stream may stay quiet for a long time (a reasoning model thinking before its first token), so
 # no route timeout applies and the idle limit is generous.

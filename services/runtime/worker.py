@@ -23,6 +23,7 @@ from aggregator.ops.v1 import ops_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2_grpc
 from services.core.config import ProviderConfig, StoreUrls
 from services.core.decoding import tolerant
+from services.core.limits import MAX_REQUEST_BYTES
 from services.core.server import GrpcServer, Registration
 from services.runtime.topology import Topology
 
@@ -46,7 +47,7 @@ class WorkerSettings:
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
-    max_request_bytes: int = 10 * 1024 * 1024  # edge.max_request_bytes, native gRPC requests too
+    max_request_bytes: int = MAX_REQUEST_BYTES  # edge.max_request_bytes, native gRPC requests too
 
 
 @dataclass
