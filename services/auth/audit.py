@@ -13,7 +13,6 @@ path: permission denials, logins, logouts, OAuth grants.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -214,6 +213,9 @@ def entry_of(event: audit_event_pb2.AuditEvent) -> AuditEntry:
         occurred_at=event.occurred_at.ToDatetime(tzinfo=UTC) if event.HasField("occurred_at") else None)
 
 
+STOP_GRACE_S = 5.0  # how long AuditConsumer.stop waits past one fetch
+
+
 class AuditConsumer:
     """Writes stream AUDIT to `audit_log`: a durable pull consumer (`audit-writer`, shared by every
     auth process), up to `batch` events per transaction, acknowledged after the commit."""
@@ -224,17 +226,28 @@ class AuditConsumer:
         self._batch = batch
         self._wait_s = wait_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="audit-consumer")
 
     async def stop(self) -> None:
+        """Ends the consumer after the batch in hand is written; never waits much past one fetch.
+
+        Cancelling a task inside nats-py's `fetch()` is unreliable: the library may turn the
+        cancellation into a TimeoutError (nats-io/nats.py#373), after which a loop would fetch on
+        forever. So the loop checks a flag after every fetch, and cancelling is only the fallback.
+        """
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self._stopping = True
+        done, _ = await asyncio.wait({task}, timeout=self._wait_s + STOP_GRACE_S)
+        if not done:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=STOP_GRACE_S)
 
     async def _subscribe(self) -> Any:
         js = self._nc.jetstream()
@@ -245,7 +258,7 @@ class AuditConsumer:
 
     async def _run(self) -> None:
         subscription = None
-        while True:
+        while not self._stopping:
             try:
                 if subscription is None:
                     subscription = await self._subscribe()
@@ -257,6 +270,8 @@ class AuditConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS or PostgreSQL away: unacknowledged events come back
+                if self._stopping:
+                    return
                 log.warning("audit consumer: %s; retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
 
