@@ -12,7 +12,8 @@
 --   * a failed RPC without that metadata (a crash, a status from gRPC itself): the transcoder's
 --     status stays and the body becomes a generic OpenAI error for it, never the service's text.
 --   * Envoy's own replies are already OpenAI JSON (local_reply_config) and pass unchanged.
---   * success: the gRPC headers and trailers are removed; the body streams through unbuffered.
+--   * success: the gRPC headers and trailers are removed; the body streams through unbuffered. A
+--     service may ask for another success status with an `x-http-status` response header (a 302).
 -- For native gRPC clients nothing is changed.
 
 local GRPC_KEY = "aggregator.grpc" -- services/runtime/envoy_replies.py matches on it
@@ -162,6 +163,12 @@ function envoy_on_response(response_handle)
   if status >= 400 or headers:get("x-openai-error") ~= nil then
     shape_error(response_handle)
     return
+  end
+  -- A success whose service asked for another status (a redirect: OAuth's authorize answers 302
+  -- with a Location header) gets it.
+  local wanted = valid_status(headers:get("x-http-status"))
+  if wanted ~= nil then
+    headers:replace(":status", tostring(wanted))
   end
   strip(headers)
   -- Waiting for the trailers (not the body) lets the body stream through chunk by chunk.

@@ -32,6 +32,7 @@ from aggregator.events.v1 import audit_event_pb2
 from services.auth.audit_repository import (
     AuditEntry,
     AuditOrigin,
+    actor_of,
     client_ip,
     current_origin,
     insert_batch,
@@ -96,7 +97,7 @@ def audited_check(trail: AuditTrail | None, principal: auth_service_pb2.Principa
         check(principal, permission)
     except GatewayError as error:
         if trail is not None and error.reason is Reason.PERMISSION_DENIED:
-            trail.record_soon(action="permission.denied", actor=f"api_key:{principal.api_key_id}",
+            trail.record_soon(action="permission.denied", actor=actor_of(principal),
                               organization_id=principal.organization_id, target=request_target(context),
                               origin=origin_of(context),
                               details={"permission": permission or declared_permission.get() or ""})

@@ -76,6 +76,16 @@ def redact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return orjson.loads(orjson.dumps(clean(values), option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC))
 
 
+def actor_of(principal: Any) -> str:
+    """How the audit log names a caller: its key, its user (an access token) or its OAuth client
+    (a client-credentials token)."""
+    if principal.user_id:
+        return f"user:{principal.user_id}"
+    if principal.oauth_client_id:
+        return f"oauth_client:{principal.oauth_client_id}"
+    return f"api_key:{principal.api_key_id}"
+
+
 def key_view(row: KeyRow | None) -> dict[str, Any] | None:
     """What the trail keeps of a key: its settings and prefix, never its secret or HMAC."""
     if row is None:

@@ -103,11 +103,17 @@ def _unavailable(exc: Exception) -> GatewayError:
 
 
 def principal_of(claims: dict[str, Any]) -> auth_service_pb2.Principal:
-    """The Principal an access token stands for: the same shape a key's has, with the user and
-    session instead of a key id."""
-    return auth_service_pb2.Principal(organization_id=str(claims["org"]), role=str(claims["role"]),
-                                      permissions=[str(p) for p in claims.get("permissions", ())],
-                                      user_id=str(claims["sub"]), session_id=str(claims["sid"]))
+    """The Principal an access token stands for: the same shape a key's has, with the user (or,
+    for the client-credentials grant, the OAuth client: services/auth/oauth.py) and session
+    instead of a key id."""
+    principal = auth_service_pb2.Principal(organization_id=str(claims["org"]), role=str(claims["role"]),
+                                           permissions=[str(p) for p in claims.get("permissions", ())],
+                                           session_id=str(claims["sid"]))
+    if "client_id" in claims:
+        principal.oauth_client_id = str(claims["client_id"])
+    else:
+        principal.user_id = str(claims["sub"])
+    return principal
 
 
 class People:
@@ -177,6 +183,10 @@ class People:
         if self._audit is not None:
             owner = await self.store.owner(session_id)
             self._record(f"auth.{reason}", f"session:{session_id}", owner, session_id)
+        await self.end_session(session_id, reason)
+
+    async def end_session(self, session_id: str, reason: str = LOGOUT) -> None:
+        """Revokes a session; every process refuses its access tokens within 2 s (NATS)."""
         await self.store.revoke(session_id, reason)
         self.states.mark_revoked(session_id)
         await publish_revocation(self._nc, session_id)

@@ -15,6 +15,7 @@ import asyncpg
 
 from aggregator.auth.v1 import auth_service_pb2
 from services.auth import invalidation, repository
+from services.auth.audit_repository import actor_of
 from services.auth.cache import PrincipalCache
 from services.auth.keys import generate_key, hash_key, key_prefix
 from services.auth.records import KeyRow, KeySettings
@@ -23,11 +24,7 @@ from services.auth.validation import PageCursor, key_id
 from services.core.errors import GatewayError, Reason
 
 log = logging.getLogger(__name__)
-
-
-def actor_of(principal: auth_service_pb2.Principal) -> str:
-    """How the audit log names a caller."""
-    return f"api_key:{principal.api_key_id}"
+__all__ = ["ApiKeyManager", "actor_of", "issue_key", "not_found"]
 
 
 def not_found(ident: str) -> GatewayError:
@@ -54,7 +51,7 @@ class ApiKeyManager:
         self._cache = cache
         self._nc = nc
 
-    async def _announce(self, key_id_: str, key_hash: str) -> None:
+    async def announce(self, key_id_: str, key_hash: str) -> None:
         """Drops the entry of one HMAC everywhere; an empty `key_hash` drops every entry of the
         key (its current and rotated-out secrets alike)."""
         if self._cache is not None:
@@ -68,7 +65,7 @@ class ApiKeyManager:
         target = await target_organization(self._pool, caller, organization_id)
         row, plaintext = await issue_key(self._pool, self._secret, target, settings, actor_of(caller))
         # A negative cache entry for this hash anywhere would refuse the new key for seconds.
-        await self._announce(row.id, row.key_hash)
+        await self.announce(row.id, row.key_hash)
         return row, plaintext
 
     async def list(self, caller: auth_service_pb2.Principal, size: int,
@@ -97,7 +94,7 @@ class ApiKeyManager:
         if row is None:
             raise not_found(ident)
         if changes:
-            await self._announce(row.id, "")
+            await self.announce(row.id, "")
         return row
 
     async def rotate(self, caller: auth_service_pb2.Principal, ident: str,
@@ -113,18 +110,23 @@ class ApiKeyManager:
             raise not_found(ident)
         # The replaced secret's cached entry carries no grace expiry yet, and an earlier
         # rotated-out secret must stop now: drop them all; then any negative entry of the new one.
-        await self._announce(row.id, "")
-        await self._announce(row.id, row.key_hash)
+        await self.announce(row.id, "")
+        await self.announce(row.id, row.key_hash)
         return row, plaintext
 
     async def revoke(self, caller: auth_service_pb2.Principal, ident: str) -> str:
         """Revokes a key (idempotently) and answers its canonical id; every process refuses it,
         and a rotated-out secret still in its grace period, within 2 s while NATS is up (within
         the cache TTL otherwise)."""
+        return await self.revoke_as(caller.organization_id, ident, actor_of(caller))
+
+    async def revoke_as(self, organization_id: str, ident: str, actor: str) -> str:
+        """`revoke` for a key of `organization_id`, on behalf of `actor` (an OAuth client revoking
+        a key it obtained)."""
         canonical = key_id(ident)
         key_hash = None if canonical is None else await repository.revoke_key(
-            self._pool, caller.organization_id, canonical, actor_of(caller))
+            self._pool, organization_id, canonical, actor)
         if canonical is None or key_hash is None:
             raise not_found(ident)
-        await self._announce(canonical, "")
+        await self.announce(canonical, "")
         return canonical

@@ -110,19 +110,29 @@ async def create_user(pool: asyncpg.Pool, organization_id: str, email: str, pass
 async def insert_key(pool: asyncpg.Pool, *, organization_id: str, key_hash: str, prefix: str,
                      settings: KeySettings, actor: str, user_id: str | None = None) -> KeyRow:
     """Stores a new key with an audit row, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await insert_key_in(conn, organization_id=organization_id, key_hash=key_hash, prefix=prefix,
+                                   settings=settings, actor=actor, user_id=user_id)
+
+
+async def insert_key_in(conn: Any, *, organization_id: str, key_hash: str, prefix: str, settings: KeySettings,
+                        actor: str, user_id: str | None = None, oauth_client_id: str | None = None,
+                        details: dict[str, Any] | None = None) -> KeyRow:
+    """Stores a new key with its audit row in the caller's transaction (an OAuth code exchange
+    spends its code in the same one); `oauth_client_id` names the app it was issued to."""
     limits = [getattr(settings, f) for f in LIMIT_FIELDS]
     models = None if settings.allowed_models is None else list(settings.allowed_models)
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
-            f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes) "
-            f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[]) "
-            f"RETURNING {_KEY_COLUMNS}",
-            organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
-            settings.expires_at, list(settings.scopes))
-        key = KeyRow.from_row(row)
-        await _audit(conn, organization_id, actor, "api_key.create", key.id,
-                     {"name": settings.name, "role": settings.role, "prefix": prefix}, after=key_view(key))
+    row = await conn.fetchrow(
+        f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
+        f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id) "
+        f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[], "
+        f"$14::uuid) RETURNING {_KEY_COLUMNS}",
+        organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
+        settings.expires_at, list(settings.scopes), oauth_client_id)
+    key = KeyRow.from_row(row)
+    await _audit(conn, organization_id, actor, "api_key.create", key.id,
+                 {"name": settings.name, "role": settings.role, "prefix": prefix, **(details or {})},
+                 after=key_view(key))
     return key
 
 

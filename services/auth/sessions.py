@@ -111,9 +111,10 @@ class SessionStore:
         return None if session_id is None else str(session_id)
 
     async def owner(self, session_id: str) -> dict[str, str] | None:
-        """The user and organization of a session: `{"id", "organization_id"}`."""
+        """The user (or OAuth client) and organization of a session: `{"id", "organization_id"}`."""
         row = await self._pool.fetchrow(
-            "SELECT user_id, organization_id FROM auth_sessions WHERE id = $1::uuid", session_id)
+            "SELECT coalesce(user_id, oauth_client_id) AS user_id, organization_id FROM auth_sessions "
+            "WHERE id = $1::uuid", session_id)
         if row is None:
             return None
         return {"id": str(row["user_id"]), "organization_id": str(row["organization_id"])}

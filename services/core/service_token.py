@@ -30,6 +30,7 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.tenancy.v1.UserService",
     "aggregator.auth.v1.SessionService",
     "aggregator.auth.v1.AuditLogService",
+    "aggregator.auth.v1.OAuthService",
     "aggregator.analytics.v1.AnalyticsService",
     "aggregator.ops.v1.OpsService",
     "grpc.health.v1.Health",

@@ -160,6 +160,8 @@ def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: i
                 "services": transcoded_services(descriptor_set),
                 # Clients may encode the slashes of model ids ("openai%2Fgpt-4o").
                 "url_unescape_spec": "ALL_CHARACTERS",
+                # Query strings are form-encoded: "+" is a space (OAuth clients send scope=a+b).
+                "query_param_unescape_plus": True,
                 "print_options": {
                     "add_whitespace": False,
                     "always_print_primitive_fields": True,

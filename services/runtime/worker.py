@@ -112,27 +112,31 @@ async def _wire_auth(
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
-    # Sign-ins, failed sign-ins and logouts go to the same audit trail.
-    await _wire_people(settings, topology, wiring, pool, nc, auth.authenticator, auth.trail.record_soon)
+    await _wire_people(settings, topology, wiring, pool, nc, auth)
 
 
 async def _wire_people(
-    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any, authenticator: Any,
-    audit: Callable[..., None],
+    settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any, auth: Any,
 ) -> None:
-    """Sign-in for people (SessionService); access tokens then work wherever keys do."""
+    """Sign-in for people (SessionService), whose access tokens then work wherever keys do, and
+    OAuth 2.0 for third-party apps (OAuthService) on top of it."""
+    from services.auth.assembly import platform_organization
     from services.auth.login_servicer import build_people
+    from services.auth.oauth import OAuthProvider
+    from services.auth.oauth_servicer import oauth_registration
     from services.auth.secret_files import load_server_secret
     from services.core.redis import create_redis
 
+    secret = load_server_secret(settings.data_dir)
     redis = create_redis(settings.stores.redis_url)  # failed-login counters
     wiring.closers.append(redis.aclose)
-    people = await build_people(pool, load_server_secret(settings.data_dir), redis, authenticator, nc,
-                                audit=audit)
+    # Sign-ins, failed sign-ins and logouts go to the same audit trail.
+    people = await build_people(pool, secret, redis, auth.authenticator, nc, audit=auth.trail.record_soon)
     wiring.closers.append(people.close)
-    registration = people.registration()
-    wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
     wiring.on_nats_reconnect.append(people.forget)
+    provider = OAuthProvider(pool, secret, people.people, auth.manager, platform_organization(pool))
+    for registration in (people.registration(), oauth_registration(provider, auth.authenticator, auth.trail)):
+        wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
 async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:

@@ -18,6 +18,7 @@ from edge.ops_servicer import OpsServicer
 from services.analytics.servicer import AnalyticsServicer
 from services.auth.audit_servicer import AuditLogServicer
 from services.auth.login_servicer import SessionServicer
+from services.auth.oauth_servicer import OAuthServicer
 from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLIC_SERVICES
 from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
@@ -34,6 +35,7 @@ SERVICERS: dict[str, type] = {
     "aggregator.tenancy.v1.UserService": UserServicer,
     "aggregator.auth.v1.SessionService": SessionServicer,
     "aggregator.auth.v1.AuditLogService": AuditLogServicer,
+    "aggregator.auth.v1.OAuthService": OAuthServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,
 }
@@ -119,10 +121,12 @@ def test_every_http_route_declares_a_permission(route: Route) -> None:
     assert declared(route.service, route.method) is not None, f"{route.shown} declares no permission"
 
 
-def test_only_liveness_readiness_sign_in_and_jwks_are_public() -> None:
+def test_only_liveness_readiness_sign_in_jwks_and_oauth_tokens_are_public() -> None:
+    """OAuth's token and revocation endpoints authenticate the client inside the request."""
     public = {route.shown for route in routes() if declared(route.service, route.method) == PUBLIC}
     assert public == {"GET /healthz", "GET /readyz", "POST /v1/auth/login", "POST /v1/auth/refresh",
-                      "POST /v1/auth/logout", "GET /.well-known/jwks.json"}
+                      "POST /v1/auth/logout", "GET /.well-known/jwks.json", "POST /v1/oauth/token",
+                      "POST /v1/oauth/revoke"}
 
 
 def test_metrics_span_every_organization_so_need_the_platform() -> None:
