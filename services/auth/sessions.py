@@ -138,6 +138,14 @@ async def live_sessions(pool: Any, user_id: str) -> list[str]:
     return [str(row["id"]) for row in rows]
 
 
+async def revoke_user_sessions(pool: Any, user_id: str, reason: str) -> list[str]:
+    """Revokes every live session of a user (a new role or password); answers their ids, for
+    `publish_revocation`."""
+    rows = await pool.fetch("UPDATE auth_sessions SET revoked_at = now(), revoked_reason = $2 "
+                            "WHERE user_id = $1::uuid AND revoked_at IS NULL RETURNING id", user_id, reason)
+    return [str(row["id"]) for row in rows]
+
+
 async def _revoke(conn: Any, session_id: str, reason: str) -> None:
     await conn.execute("UPDATE auth_sessions SET revoked_at = now(), revoked_reason = $2 "
                        "WHERE id = $1::uuid AND revoked_at IS NULL", session_id, reason)

@@ -22,7 +22,7 @@ from services.auth import tenancy_repository as store
 from services.auth.management import actor_of
 from services.auth.passwords import hash_password
 from services.auth.records import ROLES
-from services.auth.sessions import live_sessions, publish_revocation
+from services.auth.sessions import live_sessions, publish_revocation, revoke_user_sessions
 from services.auth.target_org import is_platform_admin, organization_not_found, target_organization
 from services.auth.tenancy_repository import OrganizationRow, Page, UserRow
 from services.auth.validation import key_id
@@ -187,11 +187,20 @@ class TenancyManager:
             raise user_not_found(ident)
         if "password" in fields:
             changes["password_hash"] = await hashed(password(fields["password"]))
+        before = await store.get_user(self._pool, caller.organization_id, canonical)
         row = await store.update_user(self._pool, caller.organization_id, canonical, changes,
                                       actor_of(caller))
-        if row is None:
+        if row is None or before is None:
             raise user_not_found(ident)
+        if "password_hash" in changes or row.role != before.role:
+            # The user's access tokens carry the old role: the user signs in again.
+            reason = "password_changed" if "password_hash" in changes else "role_changed"
+            await self._end_sessions(canonical, reason)
         return row
+
+    async def _end_sessions(self, user_id: str, reason: str) -> None:
+        for session_id in await revoke_user_sessions(self._pool, user_id, reason):
+            await publish_revocation(self._nc, session_id)
 
     async def delete_user(self, caller: Principal, ident: str) -> str:
         """Deletes the user (its sessions go with it, by cascade) and ends its access tokens on every

@@ -83,6 +83,19 @@ def _name_taken(name: str) -> GatewayError:
                         param="name")
 
 
+def _last_admin() -> GatewayError:
+    return GatewayError(Reason.INVALID_REQUEST, "This user is the organization's last admin: make another "
+                        "user admin first.", param="role")
+
+
+async def _another_admin(conn: Any, organization_id: str, user_id: str) -> bool:
+    """Whether the organization has an admin user besides `user_id`. Locks its admins' rows, so
+    two admins demoting each other at once cannot both succeed."""
+    admins = await conn.fetch("SELECT id FROM users WHERE organization_id = $1::uuid AND role = 'admin' "
+                              "ORDER BY id FOR UPDATE", organization_id)
+    return any(str(row["id"]) != user_id for row in admins)
+
+
 def _unknown_cursor() -> GatewayError:
     return GatewayError(Reason.INVALID_REQUEST, "after must be the id of an item of this list.",
                         param="after")
@@ -193,7 +206,7 @@ async def update_user(pool: asyncpg.Pool, organization_id: str, user_id: str, ch
                       actor: str) -> UserRow | None:
     """Sets the changed columns (USER_UPDATABLE) of a user of the organization, with an audit row
     naming the fields (a new password shows as `password_changed`, never its hash); None when the
-    organization has no such user."""
+    organization has no such user. Demoting its last admin is INVALID_REQUEST."""
     unknown = set(changes) - set(USER_UPDATABLE)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -207,6 +220,9 @@ async def update_user(pool: asyncpg.Pool, organization_id: str, user_id: str, ch
                                   "organization_id = $2::uuid FOR UPDATE", user_id, organization_id)
         if old is None:
             return None
+        if old["role"] == "admin" and changes.get("role", "admin") != "admin" and \
+                not await _another_admin(conn, organization_id, user_id):
+            raise _last_admin()
         try:
             row = await conn.fetchrow(
                 f"UPDATE users SET {assignments} WHERE id = $1::uuid AND organization_id = $2::uuid "
@@ -222,8 +238,12 @@ async def update_user(pool: asyncpg.Pool, organization_id: str, user_id: str, ch
 
 async def delete_user(pool: asyncpg.Pool, organization_id: str, user_id: str, actor: str) -> bool:
     """Deletes a user of the organization (its sessions go with it, its keys stay without a
-    user); False when the organization has no such user."""
+    user); False when the organization has no such user, INVALID_REQUEST for its last admin."""
     async with pool.acquire() as conn, conn.transaction():
+        role = await conn.fetchval("SELECT role FROM users WHERE id = $1::uuid "
+                                   "AND organization_id = $2::uuid FOR UPDATE", user_id, organization_id)
+        if role == "admin" and not await _another_admin(conn, organization_id, user_id):
+            raise _last_admin()
         row = await conn.fetchrow(f"DELETE FROM users WHERE id = $1::uuid AND organization_id = $2::uuid "
                                   f"RETURNING {_USER_COLUMNS}", user_id, organization_id)
         if row is None:
@@ -241,6 +261,9 @@ async def set_password(pool: asyncpg.Pool, email: str, password_hash: str, actor
                                   "RETURNING id, organization_id", email, password_hash)
         if row is None:
             return None
+        # A new password ends the user's sessions (every process within its session-state TTL).
+        await conn.execute("UPDATE auth_sessions SET revoked_at = now(), revoked_reason = 'password_changed' "
+                           "WHERE user_id = $1 AND revoked_at IS NULL", row["id"])
         await _audit(conn, str(row["organization_id"]), actor, "user.update", str(row["id"]),
                      {"fields": ["password_changed"]})
     return str(row["id"])

@@ -189,6 +189,22 @@ async def test_deleting_a_user_stops_its_access_token_within_two_seconds(
     await refused_within(anonymous, tokens["access_token"], 2.0)
 
 
+async def test_a_new_role_makes_the_user_sign_in_again_with_it(
+        anonymous: httpx.AsyncClient, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """An access token carries the role it was signed with: a role change ends the user's sessions
+    on every worker within 2 s, and the next sign-in carries the new role."""
+    email, user_id = await new_user(pool)
+    tokens = (await login(anonymous, email)).json()
+    changed = await http.patch(f"/v1/users/{user_id}", json={"role": "admin"})
+    assert changed.status_code == 200 and changed.json()["role"] == "admin", changed.text
+    await refused_within(anonymous, tokens["access_token"], 2.0)
+    refreshed = await anonymous.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 401
+    fresh = (await login(anonymous, email)).json()
+    me = await anonymous.get("/v1/auth/me", headers=bearer(fresh["access_token"]))
+    assert "write:api-keys" in me.json()["permissions"]
+
+
 async def test_brute_force_is_429_and_never_tells_whether_the_email_exists(
         anonymous: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     email, _ = await new_user(pool)

@@ -16,6 +16,7 @@ from services.auth import admin
 from services.auth import tenancy_repository as store
 from services.auth.passwords import verify_password
 from services.auth.permissions import grant
+from services.auth.sessions import SessionStore
 from services.auth.tenancy import TenancyManager
 from services.core.db import create_pool
 from services.core.errors import GatewayError, Reason
@@ -99,6 +100,9 @@ async def test_changes_write_audit_rows_without_secrets(pool: asyncpg.Pool) -> N
     caller = admin_of(org.id)
     user = await manager.create_user(caller, email=f"{unique('a')}@example.com", name="Ada", role="admin",
                                      secret=PASSWORD)
+    # The organization keeps an admin when Ada stops being one.
+    await manager.create_user(caller, email=f"{unique('k')}@example.com", name="Kim", role="admin",
+                              secret=PASSWORD)
     await manager.update_user(caller, user.id, {"role": "member", "password": "another password"})
     await manager.update_organization(caller, org.id, unique("renamed"))
     await manager.delete_user(caller, user.id)
@@ -106,18 +110,57 @@ async def test_changes_write_audit_rows_without_secrets(pool: asyncpg.Pool) -> N
         "SELECT actor, action, target, concat(details::text, before::text, after::text) AS details, "
         "details::text AS fields, before::text AS before, after::text AS after "
         "FROM audit_log WHERE organization_id = $1::uuid ORDER BY id", org.id)
-    assert [r["action"] for r in rows] == ["organization.create", "user.create", "user.update",
+    assert [r["action"] for r in rows] == ["organization.create", "user.create", "user.create", "user.update",
                                            "organization.update", "user.delete"]
     assert all(r["actor"] == "test" or r["actor"] == f"api_key:{caller.api_key_id}" for r in rows)
     for row in rows:
         assert "password_hash" not in row["details"] and PASSWORD not in row["details"]
         assert "argon2" not in row["details"] and "another password" not in row["details"]
-    update = rows[2]
+    update = rows[3]
     assert orjson.loads(update["before"])["role"] == "admin"
     assert orjson.loads(update["after"])["role"] == "member"
     assert orjson.loads(update["fields"])["fields"] == ["password_changed", "role"]
-    assert orjson.loads(rows[4]["before"])["email"] == user.email and rows[4]["after"] is None
+    assert orjson.loads(rows[5]["before"])["email"] == user.email and rows[5]["after"] is None
     assert orjson.loads(rows[1]["after"]) == {"email": user.email, "name": "Ada", "role": "admin"}
+
+
+async def test_the_last_admin_can_be_neither_demoted_nor_deleted(pool: asyncpg.Pool) -> None:
+    manager = TenancyManager(pool)
+    org = await store.create_organization(pool, unique("tenancy-last"), "test")
+    caller = admin_of(org.id)
+    first = await manager.create_user(caller, email=f"{unique('f')}@example.com", name="F", role="admin",
+                                      secret=PASSWORD)
+    for attempt in (manager.update_user(caller, first.id, {"role": "member"}),
+                    manager.delete_user(caller, first.id)):
+        with pytest.raises(GatewayError) as caught:
+            await attempt
+        assert caught.value.reason is Reason.INVALID_REQUEST and caught.value.param == "role"
+        assert "last admin" in caught.value.message
+    assert (await manager.update_user(caller, first.id, {"name": "still F"})).role == "admin"
+    second = await manager.create_user(caller, email=f"{unique('s')}@example.com", name="S", role="admin",
+                                       secret=PASSWORD)
+    assert (await manager.update_user(caller, first.id, {"role": "member"})).role == "member"
+    with pytest.raises(GatewayError):
+        await manager.delete_user(caller, second.id)
+    assert await manager.delete_user(caller, first.id) == first.id  # a member goes freely
+
+
+async def test_a_new_role_or_password_ends_the_users_sessions(pool: asyncpg.Pool) -> None:
+    """Access tokens carry the role they were signed with: a change makes the user sign in again."""
+    manager = TenancyManager(pool)
+    org = await store.create_organization(pool, unique("tenancy-sessions"), "test")
+    caller = admin_of(org.id)
+    user = await manager.create_user(caller, email=f"{unique('r')}@example.com", name="R", role="member",
+                                     secret=PASSWORD)
+    sessions = SessionStore(pool, b"s" * 32)
+    for change in ({"name": "renamed"}, {"role": "admin"}, {"password": "a brand new password"}):
+        session_id, _ = await sessions.open(user.id, org.id)
+        await manager.update_user(caller, user.id, change)
+        assert await sessions.is_revoked(session_id) is ("name" not in change), change
+        reason = await pool.fetchval("SELECT revoked_reason FROM auth_sessions WHERE id = $1::uuid",
+                                     session_id)
+        expected = {"name": None, "role": "role_changed", "password": "password_changed"}
+        assert reason == expected[next(iter(change))]
 
 
 async def test_passwords_are_argon2id_and_reset_from_the_cli(pool: asyncpg.Pool) -> None:
@@ -126,9 +169,11 @@ async def test_passwords_are_argon2id_and_reset_from_the_cli(pool: asyncpg.Pool)
                                                   name="", role="", secret=PASSWORD)
     stored = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1::uuid", user.id)
     assert stored.startswith("$argon2id$") and verify_password(stored, PASSWORD)
+    session_id, _ = await SessionStore(pool, b"s" * 32).open(user.id, org.id)
     assert await admin.reset_password(pool, user.email.upper(), "a brand new one") == user.id
     stored = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1::uuid", user.id)
     assert verify_password(stored, "a brand new one") and not verify_password(stored, PASSWORD)
+    assert await SessionStore(pool, b"s" * 32).is_revoked(session_id)  # a reset ends the sessions
     with pytest.raises(GatewayError) as caught:
         await admin.reset_password(pool, "nobody@nowhere.example", "long enough")
     assert caught.value.reason is Reason.NOT_FOUND
