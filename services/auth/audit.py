@@ -104,6 +104,18 @@ def audited_check(trail: AuditTrail | None, principal: auth_service_pb2.Principa
         raise
 
 
+async def authorized(authenticator: Any, trail: AuditTrail | None,
+                     context: Any) -> auth_service_pb2.Principal:
+    """The caller of an RPC, holding the permission the RPC declares: binds the RPC's origin for
+    its audit rows (docs/architecture.md §2.11), authenticates the `Authorization` metadata with
+    `authenticator` (services/auth/authenticator.py) and checks, recording a refusal in `trail`."""
+    bind_origin(context)
+    principal: auth_service_pb2.Principal = await authenticator.authenticate(
+        metadata_value(context, "authorization"))
+    audited_check(trail, principal, context)
+    return principal
+
+
 def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     cleaned = redact(values)
     if cleaned is None:

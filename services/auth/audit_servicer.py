@@ -19,12 +19,12 @@ import orjson
 from google.protobuf import json_format, struct_pb2
 
 from aggregator.auth.v1 import audit_log_pb2, audit_log_service_pb2, audit_log_service_pb2_grpc
-from services.auth.audit import AuditTrail, audited_check, bind_origin
+from services.auth.audit import AuditTrail, audited_check, authorized
 from services.auth.audit_repository import AuditQuery, list_entries
 from services.auth.authenticator import Authenticator
 from services.auth.permissions import ADMIN_PLATFORM, READ_AUDIT_LOG, requires
 from services.core.errors import GatewayError, Reason
-from services.core.rpc import metadata_value, rpc_method
+from services.core.rpc import rpc_method
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -113,9 +113,7 @@ class AuditLogServicer(audit_log_service_pb2_grpc.AuditLogServiceServicer):
                            context: Any) -> audit_log_service_pb2.ListAuditLogResponse:
         """Entries of the caller's organization (or, for `admin:platform`, of the one named),
         newest first."""
-        bind_origin(context)
-        caller = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        audited_check(self._trail, caller, context)
+        caller = await authorized(self._authenticator, self._trail, context)
         organization_id = caller.organization_id
         if request.organization_id and request.organization_id != organization_id:
             audited_check(self._trail, caller, context, ADMIN_PLATFORM)

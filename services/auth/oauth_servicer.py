@@ -15,7 +15,7 @@ import orjson
 from google.api import httpbody_pb2
 
 from aggregator.auth.v1 import oauth_service_pb2, oauth_service_pb2_grpc
-from services.auth.audit import AuditTrail, audited_check, bind_origin
+from services.auth.audit import AuditTrail, authorized, bind_origin
 from services.auth.authenticator import Authenticator
 from services.auth.oauth import OAuthProvider, client_message
 from services.auth.oauth_protocol import NO_STORE, parse_form
@@ -50,10 +50,7 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
 
     async def _caller(self, context: Any, *headers: tuple[str, str]) -> Any:
         await _send_headers(context, *headers)
-        bind_origin(context)  # the IP and request id of this RPC's audit rows (docs/architecture.md §2.11)
-        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        audited_check(self._trail, principal, context)
-        return principal
+        return await authorized(self._authenticator, self._trail, context)
 
     @rpc_method
     @requires(WRITE_OAUTH_CLIENTS)
@@ -88,9 +85,7 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
     async def Authorize(self, request: oauth_service_pb2.AuthorizeRequest,
                         context: Any) -> oauth_service_pb2.AuthorizeResponse:
         """A signed-in user approves a client: a 302 to its redirect URI with a code (or an error)."""
-        bind_origin(context)
-        caller = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        audited_check(self._trail, caller, context)
+        caller = await authorized(self._authenticator, self._trail, context)
         target = await self._provider.authorize(caller, request)
         await _send_headers(context, (HTTP_STATUS_KEY, "302"), ("location", target), *NO_STORE)
         return oauth_service_pb2.AuthorizeResponse(redirect_to=target)

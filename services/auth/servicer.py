@@ -16,7 +16,7 @@ from aggregator.auth.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
 )
-from services.auth.audit import AuditTrail, audited_check, bind_origin
+from services.auth.audit import AuditTrail, authorized
 from services.auth.authenticator import Authenticator, missing_key
 from services.auth.management import ApiKeyManager
 from services.auth.permissions import READ_API_KEYS, WRITE_API_KEYS, requires
@@ -68,11 +68,8 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
 
     async def _admin(self, context: Any) -> Any:
         await _echo_request_id(context)
-        bind_origin(context)  # the IP and request id of this RPC's audit rows (docs/architecture.md §2.11)
-        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
         # The permission the running RPC declares below; a refusal goes to the audit trail.
-        audited_check(self._trail, principal, context)
-        return principal
+        return await authorized(self._authenticator, self._trail, context)
 
     @rpc_method
     @requires(WRITE_API_KEYS)

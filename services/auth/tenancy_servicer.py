@@ -22,7 +22,7 @@ from aggregator.tenancy.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from services.auth.audit import AuditTrail, audited_check, bind_origin
+from services.auth.audit import AuditTrail, authorized
 from services.auth.authenticator import Authenticator
 from services.auth.permissions import ADMIN_PLATFORM, READ_USERS, WRITE_USERS, requires
 from services.auth.tenancy import TenancyManager
@@ -66,11 +66,8 @@ class _Authenticated:
         request_id = metadata_value(context, REQUEST_ID_KEY)
         if request_id:
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-        bind_origin(context)  # the IP and request id of this RPC's audit rows (docs/architecture.md §2.11)
-        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
         # The permission the running RPC declares; a refusal goes to the audit trail.
-        audited_check(self._trail, principal, context)
-        return principal
+        return await authorized(self._authenticator, self._trail, context)
 
 
 class OrganizationServicer(_Authenticated, organization_service_pb2_grpc.OrganizationServiceServicer):
