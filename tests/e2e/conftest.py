@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -135,3 +136,11 @@ async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
         base_url=gateway.base_url, timeout=30, headers={"authorization": f"Bearer {gateway.admin_key}"}
     ) as raw:
         yield raw
+
+
+@pytest.fixture
+async def pool(store_urls, gateway: Gateway) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the gateway's database, for checking what the API wrote."""
+    connections = await asyncpg.create_pool(store_urls.database_url, min_size=1, max_size=2)
+    yield connections
+    await connections.close()

@@ -22,7 +22,6 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
 from services.auth import admin
-from services.core.config import StoreUrls
 from tests.e2e.harness import Gateway
 from tests.e2e.test_people import PASSWORD, bearer, login
 
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.e2e
 REDIRECT = "http://127.0.0.1:8765/callback"
 AUTHORIZE = "/v1/oauth/authorize"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-async def pool(store_urls: StoreUrls, gateway: Gateway) -> AsyncIterator[asyncpg.Pool]:
-    connections = await asyncpg.create_pool(store_urls.database_url, min_size=1, max_size=2)
-    yield connections
-    await connections.close()
 
 
 @pytest.fixture

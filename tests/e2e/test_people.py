@@ -37,13 +37,6 @@ ADDRESS_KEYS = "login:fail:address:*"
 
 
 @pytest.fixture
-async def pool(store_urls: StoreUrls, gateway: Gateway) -> AsyncIterator[asyncpg.Pool]:
-    connections = await asyncpg.create_pool(store_urls.database_url, min_size=1, max_size=2)
-    yield connections
-    await connections.close()
-
-
-@pytest.fixture
 async def anonymous(gateway: Gateway, store_urls: StoreUrls) -> AsyncIterator[httpx.AsyncClient]:
     """A client without credentials; the failed-login counters of addresses start empty (this
     session's Redis database is its own, tests/support/stores.py)."""
