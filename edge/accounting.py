@@ -24,6 +24,8 @@ from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
 from services.core.errors import GatewayError
+from services.limits.limiter import COST, TOKENS, Admission, Limiter
+from services.limits.policy import micro_usd
 from services.routing.catalog import decimal_str
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class RequestRecord:
     images: int = 0
     prompt_bytes: int = 0
     first_token_at: float | None = None
+    admission: Admission | None = None  # what the rate limits counted (services/limits/limiter.py)
     status: int = ev.REQUEST_STATUS_SUCCEEDED
     http_status: int = 200
     error_reason: str = ""
@@ -145,8 +148,9 @@ class RequestRecord:
 class UsageRecorder:
     """Finishes request records: metrics now, the usage event in the background."""
 
-    def __init__(self, publisher: Publisher | None) -> None:
+    def __init__(self, publisher: Publisher | None, limiter: Limiter | None = None) -> None:
         self._publisher = publisher
+        self._limiter = limiter  # settles estimated rate-limit windows to the true amounts
         self._pending: set[asyncio.Task[Any]] = set()
 
     @contextlib.contextmanager
@@ -175,6 +179,10 @@ class UsageRecorder:
         telemetry.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
         telemetry.TOKENS.labels(model, "completion").inc(event.completion_tokens)
         telemetry.COST.labels(model).inc(float(Decimal(event.cost_usd)))
+        if self._limiter is not None and record.admission is not None and record.admission.used:
+            spent = {TOKENS: event.prompt_tokens + event.completion_tokens,
+                     COST: micro_usd(Decimal(event.cost_usd))}
+            self._limiter.settle_soon(record.admission, spent)
         if record.organization_id and self._publisher is not None:
             task = asyncio.get_running_loop().create_task(self._publish(event))
             self._pending.add(task)

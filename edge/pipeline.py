@@ -1,6 +1,6 @@
 """The request pipeline shared by the HTTP and the gRPC faces:
 
-    authenticate -> validate -> (limits & reservation: the quotas issue) -> route -> adapt -> account
+    authenticate -> validate -> route -> rate limits (one Redis round trip) -> adapt -> account
 
 Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
 last; a retriable failure before the first event moves on to the next candidate (docs/architecture.md §2.8).
@@ -27,6 +27,8 @@ from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
+from services.limits.limiter import Limiter
+from services.limits.policy import estimate, key_windows, rule_windows
 
 BEARER = "bearer "
 NOTHING_ANSWERED = "The upstream provider answered nothing."
@@ -68,13 +70,24 @@ def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None
             )
 
 
+def max_output(request: Any) -> int:
+    """The most a chat or completion request lets the model generate; 0 when it does not say."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        if name in request.DESCRIPTOR.fields_by_name and request.HasField(name):
+            return int(getattr(request, name))
+    return 0
+
+
 class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
-                 breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None) -> None:
+                 breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
+                 limiter: Limiter | None = None, rules: Any = None) -> None:
         self.clients = clients
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
+        self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
+        self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -130,6 +143,7 @@ class Pipeline:
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), model_type)
         record.prompt_bytes = request.ByteSize()
+        await self.limit(principal, request.model, candidates, record, context, max_output(request))
         last_error: GatewayError | None = None
         for candidate in self._breakers.order(candidates):
             record.candidate = candidate
@@ -158,6 +172,29 @@ class Pipeline:
                     yield event
                 return
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+
+    async def limit(self, principal: auth_pb.Principal, model: str,
+                    candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,
+                    max_output_tokens: int = 0) -> None:
+        """Counts the request in every rate-limit window that applies to it (the key's own limits
+        and the rules), in one Redis round trip, or raises RATE_LIMITED; the answer's headers tell
+        the client where it stands (docs/limits.md). Token and cost windows count an estimate,
+        settled to the true amounts when the request ends (UsageRecorder.finish)."""
+        if self.limiter is None:
+            return
+        windows = key_windows(principal)
+        if self.rules is not None:
+            windows += rule_windows(await self.rules.for_request(
+                principal.organization_id, principal.api_key_id, principal.user_id, model))
+        if not windows:
+            return
+        first = candidates[0] if candidates else None
+        guess = estimate(record.prompt_bytes, max_output_tokens, first.input_per_1k if first else "0",
+                         first.output_per_1k if first else "0")
+        record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows])
+        headers = record.admission.headers()
+        if headers:
+            await context.send_initial_metadata(headers)
 
     def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
         telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
@@ -206,6 +243,8 @@ class Pipeline:
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), "embedding")
+        record.prompt_bytes = request.ByteSize()
+        await self.limit(principal, request.model, candidates, record, context)
 
         async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.EmbedResponse:
             return await calls.unary(
@@ -236,6 +275,7 @@ class Pipeline:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
         candidates = await self._candidates(model, fallbacks, "image")
+        await self.limit(principal, model, candidates, record, context)
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 
         async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.ImageResponse:

@@ -70,6 +70,9 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     workers: int = 0  # 0: one per CPU core
     upstream_timeout_s: float = 120.0
+    # rate_limits.on_redis_error: "open" lets requests pass uncounted while Redis is unreachable,
+    # "closed" refuses them with 503 (docs/limits.md).
+    rate_limits_fail_open: bool = True
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -140,9 +143,13 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             raise ConfigError(f"{where}: max_output_tokens must be positive")
         models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes),
                                   max_output))
+    on_redis_error = (raw.get("rate_limits") or {}).get("on_redis_error", "open")
+    if on_redis_error not in ("open", "closed"):
+        raise ConfigError("rate_limits.on_redis_error must be 'open' or 'closed'")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
-                  upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0))
+                  upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
+                  rate_limits_fail_open=on_redis_error == "open")
 
 
 def config_path(explicit: str | None = None) -> Path:

@@ -48,6 +48,7 @@ class WorkerSettings:
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
     max_request_bytes: int = MAX_REQUEST_BYTES  # edge.max_request_bytes, native gRPC requests too
+    rate_limits_fail_open: bool = True  # rate_limits.on_redis_error: open (pass uncounted) or closed (503)
 
 
 @dataclass
@@ -183,14 +184,18 @@ async def _wire_edge(
     from edge.readiness import cached_probes
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
+    from services.limits.limiter import Limiter
 
-    publisher = UsagePublisher(nc, settings.data_dir / "outbox")
-    await publisher.start()
-    recorder = UsageRecorder(publisher)
-    wiring.closers.append(publisher.stop)
-    wiring.closers.append(recorder.drain)  # closed before the publisher stops (closers run last first)
     redis = create_redis(settings.stores.redis_url)
     wiring.closers.append(redis.aclose)
+    # Rate limits (docs/limits.md): one Redis round trip per request.
+    limiter = Limiter(redis, fail_open=settings.rate_limits_fail_open)
+    wiring.closers.append(limiter.drain)
+    publisher = UsagePublisher(nc, settings.data_dir / "outbox")
+    await publisher.start()
+    recorder = UsageRecorder(publisher, limiter)
+    wiring.closers.append(publisher.stop)
+    wiring.closers.append(recorder.drain)  # closed before the publisher stops (closers run last first)
 
     async def postgres_ready() -> None:
         async with pool.acquire() as conn:
@@ -212,7 +217,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit,
+        audit=audit, limiter=limiter,
     )
     wiring.serve(
         topology,

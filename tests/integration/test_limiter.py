@@ -1,0 +1,101 @@
+"""The rate limiter on a real Valkey (docs/limits.md): two processes' limiters (own clients) share
+every window, each request is one script call, exactly N pass per window, a refusal counts nothing
+and names its limit, token windows are settled to the true amount, and Redis being away fails open
+or closed as configured."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.core.config import StoreUrls
+from services.core.errors import GatewayError, Reason
+from services.core.redis import create_redis
+from services.limits.limiter import REQUESTS, TOKENS, Limiter, Window
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture
+async def clients(store_urls: StoreUrls) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    first, second = create_redis(store_urls.redis_url), create_redis(store_urls.redis_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+def window(kind: str = REQUESTS, limit: int = 5, seconds: int = 60) -> Window:
+    return Window.of("key", uuid.uuid4().hex, None, kind, limit, seconds,
+                     "requests per minute of this API key")
+
+
+async def test_two_processes_let_exactly_n_through_per_window(clients: tuple[aioredis.Redis, ...]) -> None:
+    limiters = [Limiter(client) for client in clients]
+    limit = window(limit=10)
+    results = await asyncio.gather(*(limiters[i % 2].admit([limit], [1]) for i in range(40)),
+                                   return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, GatewayError)]
+    assert len(admitted) == 10 and len(refused) == 30
+    assert sorted(a.used[0] for a in admitted) == list(range(1, 11))
+    error = refused[0]
+    assert error.reason is Reason.RATE_LIMITED and error.http_status == 429
+    assert "requests per minute of this API key" in error.message
+    assert "10 requests per minute" in error.message
+    assert error.retry_after is not None and 0 < error.retry_after <= 60
+    # A refusal counts nothing: the window holds the ten that passed.
+    assert sum(int(v) for v in (await clients[0].hgetall(limit.key)).values()) == 10
+
+
+async def test_every_window_is_checked_and_a_refusal_counts_in_none(
+        clients: tuple[aioredis.Redis, ...]) -> None:
+    limiter = Limiter(clients[0])
+    roomy, tight = window(limit=100), window(limit=2, seconds=3600)
+    for _ in range(2):
+        admission = await limiter.admit([roomy, tight], [1, 1])
+    assert admission.used == [2, 2]
+    with pytest.raises(GatewayError) as caught:
+        await limiter.admit([roomy, tight], [1, 1])
+    assert "per hour" in caught.value.message
+    assert sum(int(v) for v in (await clients[0].hgetall(roomy.key)).values()) == 2
+    headers = dict(admission.headers())
+    # The tightest window is the hour's (nothing left), reported in both header families.
+    assert headers["x-ratelimit-limit"] == "2" and headers["x-ratelimit-remaining"] == "0"
+    assert headers["x-ratelimit-window"] == "3600" and 3500 <= int(headers["x-ratelimit-reset"]) <= 3600
+    assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_token_windows_count_the_estimate_then_the_truth(clients: tuple[aioredis.Redis, ...]) -> None:
+    limiter = Limiter(clients[0])
+    tokens = window(TOKENS, limit=1000)
+    admission = await limiter.admit([tokens], [600])
+    with pytest.raises(GatewayError):
+        await limiter.admit([tokens], [600])  # 1200 > 1000 on the estimate
+    limiter.settle_soon(admission, {TOKENS: 150})
+    await limiter.drain()
+    assert sum(int(v) for v in (await clients[0].hgetall(tokens.key)).values()) == 150
+    assert (await limiter.admit([tokens], [600])).used == [750]
+    too_big = await _refusal(limiter.admit([tokens], [5000]))
+    assert too_big.retry_after is None and "more than the limit" in too_big.message
+    assert dict(admission.headers())["x-ratelimit-limit-tokens"] == "1000"
+
+
+async def test_redis_away_fails_open_or_closed() -> None:
+    gone = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    try:
+        assert (await Limiter(gone).admit([window()], [1])).headers() == ()
+        closed = await _refusal(Limiter(gone, fail_open=False).admit([window()], [1]))
+        assert closed.reason is Reason.UNAVAILABLE and closed.http_status == 503
+    finally:
+        await gone.aclose()
+
+
+async def _refusal(call: object) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
