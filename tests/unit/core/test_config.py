@@ -191,3 +191,11 @@ def test_store_urls_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://h")
     monkeypatch.setenv("NATS_URL", "nats://h")
     assert StoreUrls.from_env() == StoreUrls("postgresql://h/db", "redis://h", "nats://h")
+
+
+def test_rate_limits_fail_open_unless_told_closed() -> None:
+    assert parse_config({}).rate_limits_fail_open
+    assert parse_config({"rate_limits": {"on_redis_error": "open"}}).rate_limits_fail_open
+    assert not parse_config({"rate_limits": {"on_redis_error": "closed"}}).rate_limits_fail_open
+    with pytest.raises(ConfigError, match="on_redis_error"):
+        parse_config({"rate_limits": {"on_redis_error": "sometimes"}})
