@@ -5,6 +5,10 @@ Starts embedded stores, the fake OpenAI upstream, the gateway (N workers + Envoy
 generator in its own process: chat without and with streaming, directly against the upstream (the
 baseline) and through the gateway. Prints a table and writes bench/results/latest.json. Every
 process it started is stopped at the end, on error and on Ctrl-C too.
+
+The gateway phases use a key of their own carrying limits that never bite (`--limits`, the
+default: requests per minute and per day, tokens per minute), so each request pays for its
+rate-limit round trip as a limited customer's would; `--no-limits` uses the unlimited admin key.
 """
 
 from __future__ import annotations
@@ -46,6 +50,20 @@ def _post(url: str, key: str, stream: bool) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+# Limits a benchmark cannot reach, so every request is checked and counted but never refused.
+BENCH_LIMITS = {"rate_limit_per_minute": 10_000_000, "rate_limit_per_day": 1_000_000_000,
+                "tokens_per_minute": 2_000_000_000}
+
+
+def limited_key(base_url: str, admin_key: str) -> str:
+    """A new key carrying BENCH_LIMITS, created through the gateway's own API (`base_url` ends in /v1)."""
+    body = json.dumps({"name": "bench", **BENCH_LIMITS}).encode()
+    request = urllib.request.Request(base_url + "/api-keys", data=body, method="POST", headers={
+        "Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310 - loopback
+        return str(json.loads(response.read())["key"])
+
+
 def check_answers(url: str, key: str, where: str) -> None:
     """One request of each kind must be a 200 with content; RuntimeError otherwise."""
     status, body = _post(url, key, stream=False)
@@ -70,7 +88,7 @@ def check_answers(url: str, key: str, where: str) -> None:
 def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: bool) -> dict[str, Any]:
     """One closed-loop phase; answers the load generator's figures plus CPU per process."""
     if target == "gateway":
-        url, key = stack.base_url, stack.admin_key
+        url, key = stack.base_url, args.gateway_key
     else:
         url, key = stack.upstream_url, stack.upstream_key
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", MODEL,
@@ -137,7 +155,8 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     with BenchStack(root, workers=args.workers, distinct_ports=args.ports == "distinct") as stack:
         print(f"  ready in {time.monotonic() - started:.1f} s; gateway {stack.base_url}", flush=True)
         check_answers(stack.upstream_url, stack.upstream_key, "direct")
-        check_answers(stack.base_url, stack.admin_key, "gateway")
+        args.gateway_key = limited_key(stack.base_url, stack.admin_key) if args.limits else stack.admin_key
+        check_answers(stack.base_url, args.gateway_key, "gateway")
         phases = {}
         for name, target, stream in PHASES:
             print(f"bench: {name} ({args.warmup:g} s warm-up + {args.seconds:g} s, "
@@ -147,6 +166,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print("bench: stopping", flush=True)
     return {"meta": {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
                      "warmup_s": args.warmup, "concurrency": args.concurrency, "workers": args.workers,
+                     "limits": args.limits,
                      "ports": args.ports,
                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
                      "wall_s": round(time.monotonic() - started, 1)},
@@ -166,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports", choices=("shared", "distinct"), default="shared",
                         help="one gRPC port for all workers (as `aggregator up`) or one Envoy endpoint each")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument("--limits", action=argparse.BooleanOptionalAction, default=True,
+                        help="gateway requests with a rate-limited key (default) or the unlimited admin key")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
         parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")
