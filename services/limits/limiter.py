@@ -15,7 +15,8 @@ limit for one window after it (to 1/60 of the window), so "N per minute" is neve
 any 60 s span, give or take one second.
 
 Token and cost windows are counted with an estimate when the request starts and corrected with the
-true amount when it ends (`settle`, in the background: never on the request's path).
+true amount when it ends (`settle_soon`: gathered and sent in the background, many requests in one
+call, never on the request's path).
 """
 
 from __future__ import annotations
@@ -82,23 +83,21 @@ end
 return out
 """
 
-# KEYS: the windows of an admitted request. ARGV: when it was admitted (ms), then per window its
-# length (ms) and the correction. A bucket that has left its window is not touched.
+# KEYS: windows to correct (a key may repeat). ARGV: per key, its bucket length (ms), the bucket
+# its request was counted in, and the correction. A bucket that has left its window is not touched.
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local admitted = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  local win, delta = tonumber(ARGV[2*i]), tonumber(ARGV[2*i+1])
-  local step = win / 60
-  local idx = math.floor(admitted / step)
-  if delta ~= 0 and idx > math.floor(now / step) - 60 then
-    local left = redis.call('HINCRBY', KEYS[i], idx, delta)
-    if left <= 0 then redis.call('HDEL', KEYS[i], idx) end
+  local step, idx, delta = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  if idx > math.floor(now / step) - 60 then
+    local left = redis.call('HINCRBY', KEYS[i], ARGV[3*i-1], delta)
+    if left <= 0 then redis.call('HDEL', KEYS[i], ARGV[3*i-1]) end
   end
 end
 return 1
 """
+SETTLE_EVERY_S = 0.2  # corrections are gathered and sent together, at most this late
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +165,9 @@ class Limiter:
         self._settle = redis.register_script(_SETTLE)
         self._fail_open = fail_open
         self._pending: set[asyncio.Task[None]] = set()
+        # (window key, bucket length ms, bucket) -> correction not sent yet
+        self._corrections: dict[tuple[str, int, int], int] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
 
     async def admit(self, windows: Sequence[Window], amounts: Sequence[int]) -> Admission:
         """Counts the request in every window, or raises RATE_LIMITED (429 with Retry-After) naming
@@ -191,26 +193,40 @@ class Limiter:
         return Admission(windows, list(amounts), values[2::2], values[3::2], values[1])
 
     def settle_soon(self, admission: Admission, actual: dict[str, int]) -> None:
-        """Corrects estimated windows to the true amounts (`actual` by kind), in the background."""
-        corrections = [(w, actual[w.kind] - amount) for w, amount in zip(admission.windows, admission.amounts,
-                                                                         strict=True)
-                       if w.kind in actual and actual[w.kind] != amount]
-        if not corrections:
-            return
-        task = asyncio.get_running_loop().create_task(self._correct(admission.admitted_ms, corrections))
+        """Corrects estimated windows to the true amounts (`actual` by kind). Corrections are
+        gathered for SETTLE_EVERY_S and sent in one script call: never on a request's path, and
+        one round trip for many requests."""
+        for window, amount in zip(admission.windows, admission.amounts, strict=True):
+            if window.kind in actual and actual[window.kind] != amount:
+                step = window.window_s * 1000 // STEPS
+                bucket = (window.key, step, admission.admitted_ms // step)
+                self._corrections[bucket] = self._corrections.get(bucket, 0) + actual[window.kind] - amount
+        if self._corrections and self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(SETTLE_EVERY_S, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_at = None
+        task = asyncio.get_running_loop().create_task(self._flush())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _correct(self, admitted_ms: int, corrections: list[tuple[Window, int]]) -> None:
-        args: list[int] = [admitted_ms]
-        for window, delta in corrections:
-            args += [window.window_s * 1000, delta]
+    async def _flush(self) -> None:
+        corrections, self._corrections = self._corrections, {}
+        entries = [(key, step, bucket, delta) for (key, step, bucket), delta in corrections.items() if delta]
+        if not entries:
+            return
         try:
-            await self._settle(keys=[w.key for w, _ in corrections], args=args)
+            await self._settle(keys=[e[0] for e in entries], args=[v for e in entries for v in e[1:]])
         except RedisError as exc:
-            log.warning("rate-limit correction lost, Redis unavailable (%s)", type(exc).__name__)
+            log.warning("%d rate-limit corrections lost, Redis unavailable (%s)", len(entries),
+                        type(exc).__name__)
 
     async def drain(self) -> None:
+        """Sends the corrections still gathered (graceful stop)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        await self._flush()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
