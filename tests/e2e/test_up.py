@@ -4,6 +4,7 @@ works without widening it, and one that cannot be written is refused in one line
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -89,8 +90,6 @@ def _start(config_path: Path, data_dir: Path) -> tuple[subprocess.Popen[str], li
 
 
 async def _wait_ready(process: subprocess.Popen[str], output: list[str], timeout_s: float = 120) -> None:
-    import asyncio
-
     deadline = time.monotonic() + timeout_s
     loop = asyncio.get_running_loop()
     while time.monotonic() < deadline:
@@ -176,6 +175,16 @@ async def _serve_restart_and_stop(data_dir: Path, config_path: Path) -> None:
                 base_url=base, timeout=30, headers={"authorization": f"Bearer {admin_key}"}
             ) as http:
                 created = (await http.post("/v1/api-keys", json={"name": "survivor"})).json()
+                limited = (await http.post("/v1/api-keys", json={"name": "limited",
+                                                                 "rate_limit_per_minute": 5})).json()["key"]
+            # Two workers, one limit: exactly 5 of 16 concurrent requests pass (docs/limits.md).
+            async with httpx.AsyncClient(
+                base_url=base, timeout=30, headers={"authorization": f"Bearer {limited}"}
+            ) as http:
+                answers = await asyncio.gather(*(http.post("/v1/chat/completions", json=chat)
+                                                 for _ in range(16)))
+            statuses = [answer.status_code for answer in answers]
+            assert statuses.count(200) == 5 and statuses.count(429) == 11, statuses
             cli_key = subprocess.run(  # noqa: ASYNC221 - the gateway runs in other processes
                 [
                     sys.executable,
