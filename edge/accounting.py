@@ -77,6 +77,9 @@ class RequestRecord:
     prompt_bytes: int = 0
     first_token_at: float | None = None
     admission: Admission | None = None  # what the rate limits counted (services/limits/limiter.py)
+    headers: list[tuple[str, str]] = field(default_factory=list)  # response headers, sent once
+    headers_sent: bool = False
+    cache_hit: bool = False  # answered from the response cache (edge/response_cache.py)
     status: int = ev.REQUEST_STATUS_SUCCEEDED
     http_status: int = 200
     error_reason: str = ""
@@ -111,7 +114,7 @@ class RequestRecord:
             completion = self.content_events
         cost = (
             price(self.candidate, prompt, completion, self.images)
-            if self.candidate is not None
+            if self.candidate is not None and not self.cache_hit
             else Decimal(0)
         )
         created = timestamp_pb2.Timestamp()
@@ -142,6 +145,7 @@ class RequestRecord:
             created_at=created,
             attempts=self.attempts,
             images=self.images,
+            cache_hit=self.cache_hit,
         )
 
 
@@ -180,8 +184,9 @@ class UsageRecorder:
         telemetry.TOKENS.labels(model, "completion").inc(event.completion_tokens)
         telemetry.COST.labels(model).inc(float(Decimal(event.cost_usd)))
         if self._limiter is not None and record.admission is not None and record.admission.used:
-            spent = {TOKENS: event.prompt_tokens + event.completion_tokens,
-                     COST: micro_usd(Decimal(event.cost_usd))}
+            # A cache hit consumed nothing upstream: its token windows go back to zero.
+            tokens = 0 if record.cache_hit else event.prompt_tokens + event.completion_tokens
+            spent = {TOKENS: tokens, COST: micro_usd(Decimal(event.cost_usd))}
             self._limiter.settle_soon(record.admission, spent)
         if record.organization_id and self._publisher is not None:
             task = asyncio.get_running_loop().create_task(self._publish(event))

@@ -1,6 +1,7 @@
 """The request pipeline shared by the HTTP and the gRPC faces:
 
-    authenticate -> validate -> route -> rate limits (one Redis round trip) -> adapt -> account
+    authenticate -> validate -> route -> rate limits (one Redis round trip)
+        -> response cache (when asked) -> adapt -> account
 
 Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
 last; a retriable failure before the first event moves on to the next candidate (docs/architecture.md §2.8).
@@ -22,6 +23,7 @@ from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
+from edge.response_cache import Filling, ResponseCache
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
@@ -83,11 +85,13 @@ class Pipeline:
 
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
-                 limiter: Limiter | None = None, rules: Any = None) -> None:
+                 limiter: Limiter | None = None, rules: Any = None,
+                 cache: ResponseCache | None = None) -> None:
         self.clients = clients
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
         self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
+        self.cache = cache  # the response cache (edge/response_cache.py); None: no caching
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -144,6 +148,21 @@ class Pipeline:
         candidates = await self._candidates(request.model, list(request.models), model_type)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
+        lookup = self.cache.lookup(context, principal, request) if self.cache is not None else None
+        filling: Filling | None = None
+        if lookup is not None:
+            assert self.cache is not None
+            cached = await self.cache.get(lookup)
+            record.headers.append(("x-cache", "HIT" if cached else "MISS"))
+            if cached:
+                # The same bytes again, streamed or not; nothing is asked upstream (cost 0).
+                record.candidate, record.cache_hit = candidates[0], True
+                await self.send_headers(context, record)
+                for event in cached:
+                    self._observe(record, event)
+                    yield event
+                return
+            filling = Filling(lookup)
         last_error: GatewayError | None = None
         for candidate in self._breakers.order(candidates):
             record.candidate = candidate
@@ -166,10 +185,17 @@ class Pipeline:
                     continue
                 self._breakers.succeeded(candidate)
                 self._observe(record, first)
+                await self.send_headers(context, record)
+                if filling is not None:
+                    filling.add(first)
                 yield first
                 async for event in events:
                     self._observe(record, event)
+                    if filling is not None:
+                        filling.add(event)
                     yield event
+                if filling is not None and self.cache is not None:  # complete: worth replaying
+                    await self.cache.put(filling)
                 return
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
@@ -178,8 +204,9 @@ class Pipeline:
                     max_output_tokens: int = 0) -> None:
         """Counts the request in every rate-limit window that applies to it (the key's own limits
         and the rules), in one Redis round trip, or raises RATE_LIMITED; the answer's headers tell
-        the client where it stands (docs/limits.md). Token and cost windows count an estimate,
-        settled to the true amounts when the request ends (UsageRecorder.finish)."""
+        the client where it stands (gathered in `record.headers`; docs/limits.md). Token and cost
+        windows count an estimate, settled to the true amounts when the request ends
+        (UsageRecorder.finish)."""
         if self.limiter is None:
             return
         windows = key_windows(principal)
@@ -192,9 +219,15 @@ class Pipeline:
         guess = estimate(record.prompt_bytes, max_output_tokens, first.input_per_1k if first else "0",
                          first.output_per_1k if first else "0")
         record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows])
-        headers = record.admission.headers()
-        if headers:
-            await context.send_initial_metadata(headers)
+        record.headers.extend(record.admission.headers())
+
+    @staticmethod
+    async def send_headers(context: Any, record: RequestRecord) -> None:
+        """Sends the response headers gathered for the request (rate limits, x-cache) once, before
+        its first answer; nothing when there are none (no extra gRPC batch per request)."""
+        if record.headers and not record.headers_sent:
+            record.headers_sent = True
+            await context.send_initial_metadata(tuple(record.headers))
 
     def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
         telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
@@ -259,6 +292,7 @@ class Pipeline:
 
         answer = await self._first_answer(candidates, record, call)
         record.usage = answer.usage
+        await self.send_headers(context, record)
         return answer
 
     async def image(
@@ -291,4 +325,5 @@ class Pipeline:
         if answer.HasField("usage"):
             record.usage = answer.usage
         record.images = answer.images
+        await self.send_headers(context, record)
         return answer
