@@ -113,6 +113,16 @@ async def _wire_auth(
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
     await _wire_people(settings, topology, wiring, pool, nc, auth)
+    _wire_limits(topology, wiring, pool, nc, auth)
+
+
+def _wire_limits(topology: Topology, wiring: Wiring, pool: Any, nc: Any, auth: Any) -> None:
+    """/v1/rate-limit-rules (docs/reference.md §4 "Rate-limit rules"), in the auth process: it
+    authenticates with the auth service's Authenticator and announces changes on NATS."""
+    from services.limits.rule_servicer import rate_limit_rule_registration
+
+    registration = rate_limit_rule_registration(pool, auth.authenticator, auth.trail, nc)
+    wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
 async def _wire_people(
