@@ -3,7 +3,8 @@ completions, replayed byte for byte.
 
 Opt-in only: a request asks with `x-aggregator-cache: use`, or its key has `cache` on; answers
 with a non-zero temperature are not deterministic, so nothing is cached unless asked.
-`Cache-Control: no-cache` skips the lookup (the fresh answer is stored), `no-store` skips both.
+`Cache-Control: no-cache` skips the lookup (the fresh answer is stored), `no-store` skips both;
+either way the answer says `x-cache: MISS`.
 
 An entry is keyed by organization, model and the SHA-256 of the request's deterministic protobuf
 encoding (what the client sent, whatever its JSON key order or spacing), so organizations never
@@ -97,11 +98,10 @@ class ResponseCache:
         if not asked:
             return None
         control = (metadata_value(context, "cache-control") or "").lower()
-        if "no-store" in control:
-            return None
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         key = f"cache:{principal.organization_id}:{request.model}:{digest}"
-        return Lookup(key, read="no-cache" not in control, write=True,
+        stored = "no-store" not in control
+        return Lookup(key, read=stored and "no-cache" not in control, write=stored,
                       ttl_s=self._ttls.get(request.model, self._default_ttl_s))
 
     async def get(self, lookup: Lookup) -> list[adapter_pb.ChatResponse] | None:

@@ -39,12 +39,15 @@ WRITE_BILLING = "write:billing"
 READ_AUDIT_LOG = "read:audit-log"
 READ_OAUTH_CLIENTS = "read:oauth-clients"
 WRITE_OAUTH_CLIENTS = "write:oauth-clients"
+READ_RATE_LIMITS = "read:rate-limits"
+WRITE_RATE_LIMITS = "write:rate-limits"
 ADMIN_PLATFORM = "admin:platform"
 
 # Every permission, in the order the docs list them.
 PERMISSIONS: tuple[str, ...] = (
     INFERENCE, READ_MODELS, READ_USAGE, READ_API_KEYS, WRITE_API_KEYS, READ_USERS, WRITE_USERS,
-    READ_BILLING, WRITE_BILLING, READ_AUDIT_LOG, READ_OAUTH_CLIENTS, WRITE_OAUTH_CLIENTS, ADMIN_PLATFORM,
+    READ_BILLING, WRITE_BILLING, READ_AUDIT_LOG, READ_OAUTH_CLIENTS, WRITE_OAUTH_CLIENTS, READ_RATE_LIMITS,
+    WRITE_RATE_LIMITS, ADMIN_PLATFORM,
 )
 # Declared by endpoints that need no credential at all; not a permission anyone holds.
 PUBLIC = "public"

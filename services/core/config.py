@@ -46,6 +46,7 @@ class ModelConfig:
     context_window: int
     routes: tuple[RouteConfig, ...]
     max_output_tokens: int = 0  # 0: unknown
+    cache_ttl_s: int = 300  # how long the response cache keeps an answer (edge/response_cache.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +142,11 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         max_output = int(m.get("max_output_tokens") or 0)
         if max_output < 0:
             raise ConfigError(f"{where}: max_output_tokens must be positive")
+        cache_ttl = int(m.get("cache_ttl_s", 300))
+        if not 1 <= cache_ttl <= 86400:
+            raise ConfigError(f"{where}: cache_ttl_s must be between 1 and 86400 seconds")
         models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes),
-                                  max_output))
+                                  max_output, cache_ttl))
     on_redis_error = (raw.get("rate_limits") or {}).get("on_redis_error", "open")
     if on_redis_error not in ("open", "closed"):
         raise ConfigError("rate_limits.on_redis_error must be 'open' or 'closed'")

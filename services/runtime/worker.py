@@ -49,6 +49,7 @@ class WorkerSettings:
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
     max_request_bytes: int = MAX_REQUEST_BYTES  # edge.max_request_bytes, native gRPC requests too
     rate_limits_fail_open: bool = True  # rate_limits.on_redis_error: open (pass uncounted) or closed (503)
+    cache_ttls: dict[str, int] = field(default_factory=dict)  # model id -> response-cache TTL (s)
 
 
 @dataclass
@@ -114,6 +115,16 @@ async def _wire_auth(
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
     await _wire_people(settings, topology, wiring, pool, nc, auth)
+    _wire_limits(topology, wiring, pool, nc, auth)
+
+
+def _wire_limits(topology: Topology, wiring: Wiring, pool: Any, nc: Any, auth: Any) -> None:
+    """/v1/rate-limit-rules (docs/reference.md §4 "Rate-limit rules"), in the auth process: it
+    authenticates with the auth service's Authenticator and announces changes on NATS."""
+    from services.limits.rule_servicer import rate_limit_rule_registration
+
+    registration = rate_limit_rule_registration(pool, auth.authenticator, auth.trail, nc)
+    wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
 async def _wire_people(
@@ -182,15 +193,22 @@ async def _wire_edge(
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
     from edge.readiness import cached_probes
+    from edge.response_cache import ResponseCache
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
     from services.limits.limiter import Limiter
+    from services.limits.rules import RuleBook
 
     redis = create_redis(settings.stores.redis_url)
     wiring.closers.append(redis.aclose)
     # Rate limits (docs/limits.md): one Redis round trip per request.
     limiter = Limiter(redis, fail_open=settings.rate_limits_fail_open)
     wiring.closers.append(limiter.drain)
+    rules = RuleBook(pool)  # /v1/rate-limit-rules, kept current over NATS
+    await rules.subscribe(nc)
+    wiring.closers.append(rules.close)
+    wiring.on_nats_reconnect.append(rules.invalidate)
+    cache = ResponseCache(redis, settings.cache_ttls)  # edge/response_cache.py: only when asked
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)
@@ -217,7 +235,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit, limiter=limiter,
+        audit=audit, limiter=limiter, rules=rules, cache=cache,
     )
     wiring.serve(
         topology,

@@ -215,6 +215,8 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
                 "aggregator.auth.v1.": [("127.0.0.1", ports["auth"])],
                 # Organizations and users are served by the auth process (services/runtime/worker.py).
                 "aggregator.tenancy.v1.": [("127.0.0.1", ports["auth"])],
+                # So are the rate-limit rules.
+                "aggregator.limits.v1.": [("127.0.0.1", ports["auth"])],
                 "aggregator.routing.v1.": [("127.0.0.1", ports["routing"])],
                 "aggregator.adapter.v1.": [("127.0.0.1", ports["adapter"])],
             }

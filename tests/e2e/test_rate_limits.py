@@ -75,3 +75,21 @@ async def test_a_key_without_limits_gets_no_rate_limit_headers(gateway: Gateway,
     answer = await http.post("/v1/chat/completions", json=CHAT)
     assert answer.status_code == 200
     assert not [name for name in answer.headers if name.startswith("x-ratelimit")]
+
+
+async def test_a_rule_on_a_key_is_enforced_and_named(gateway: Gateway, http: httpx.AsyncClient) -> None:
+    key = await limited_key(http)
+    key_id = (await http.get("/v1/api-keys")).json()["data"][0]["id"]  # newest first
+    rule = await http.post("/v1/rate-limit-rules", json={"scope": "key", "target_id": key_id,
+                                                          "window": "hour", "max_requests": 2})
+    assert rule.status_code == 200, rule.text
+    async with sdk(gateway, key) as client:
+        for left in ("1", "0"):
+            raw = await client.chat.completions.with_raw_response.create(**CHAT)
+            assert raw.headers["x-ratelimit-remaining-requests"] == left
+            assert raw.headers["x-ratelimit-window"] == "3600"
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(**CHAT)
+    assert rule.json()["id"] in caught.value.message and "per hour" in caught.value.message
+    # Deleting the rule lifts it on every worker within 2 s.
+    assert (await http.delete(f"/v1/rate-limit-rules/{rule.json()['id']}")).status_code == 200

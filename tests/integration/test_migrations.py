@@ -36,6 +36,8 @@ REQUIRED_COLUMNS = {
     "audit_log": {"id", "organization_id", "actor", "action", "target", "details", "created_at", "ip",
                   "request_id", "before", "after", "event_id"},
     "api_requests": {"request_id", "created_at"},
+    "rate_limit_rules": {"id", "scope", "organization_id", "api_key_id", "user_id", "model", "window_seconds",
+                         "max_requests", "max_tokens", "max_cost_usd", "enabled", "created_by", "created_at"},
 }
 
 
@@ -165,3 +167,45 @@ def test_migration_files_must_be_numbered(tmp_path: Path) -> None:
     (tmp_path / "2_bad.sql").write_text("")
     with pytest.raises(ValueError, match="NNNN_verb_noun"):
         migration_files(tmp_path)
+
+
+async def test_rate_limit_rules_written_before_0012_get_their_scope(fresh_database_url: str,
+                                                                    tmp_path: Path) -> None:
+    """0012 gives older rows the scope their columns describe and drops unenforceable windows."""
+    import shutil
+
+    for path in migration_files():
+        if path.stem < "0012":
+            shutil.copy(path, tmp_path / path.name)
+    await apply_migrations(fresh_database_url, tmp_path)
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        org = await conn.fetchval("INSERT INTO organizations (name) VALUES ('limits') RETURNING id")
+        key = await conn.fetchval("INSERT INTO api_keys (organization_id, name, key_hash, prefix, role) "
+                                  "VALUES ($1, 'k', $2, 'sk_live_abcd', 'member') RETURNING id",
+                                  org, "a" * 64)
+        rows = [(org, key, None, 60), (org, None, None, 3600), (None, None, "gpt-4o-mini", 86400),
+                (None, None, None, 60), (org, None, None, 120)]
+        for values in rows:
+            await conn.execute("INSERT INTO rate_limit_rules (organization_id, api_key_id, model, "
+                               "window_seconds, max_requests) VALUES ($1, $2, $3, $4, 5)", *values)
+        await apply_migrations(fresh_database_url)
+        scopes = await conn.fetch("SELECT scope, window_seconds FROM rate_limit_rules "
+                                  "ORDER BY created_at, id")
+        assert [(r["scope"], r["window_seconds"]) for r in scopes] == [
+            ("key", 60), ("organization", 3600), ("model", 86400), ("global", 60)]
+        with pytest.raises(asyncpg.CheckViolationError):  # at least one limit, the cost limit included
+            await conn.execute("INSERT INTO rate_limit_rules (scope, window_seconds) VALUES ('global', 60)")
+        await conn.execute("INSERT INTO rate_limit_rules (scope, window_seconds, max_cost_usd) "
+                           "VALUES ('global', 3600, 0.5)")
+        with pytest.raises(asyncpg.UniqueViolationError):  # one rule per scope, target, model and window
+            await conn.execute("INSERT INTO rate_limit_rules (scope, window_seconds, max_tokens) "
+                               "VALUES ('global', 3600, 9)")
+        # An unknown scope or window, a scope without its target, a platform rule of an organization.
+        for scope, owner, window in (("team", None, 60), ("global", None, 120), ("organization", None, 60),
+                                     ("model", None, 60), ("global", org, 60)):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("INSERT INTO rate_limit_rules (scope, organization_id, window_seconds, "
+                                   "max_requests) VALUES ($1, $2, $3, 1)", scope, owner, window)
+    finally:
+        await conn.close()
