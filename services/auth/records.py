@@ -34,6 +34,7 @@ class KeySettings:
     # Permission names narrowing the role; empty means none (services/auth/permissions.py
     # interprets them, docs/reference.md §4).
     scopes: tuple[str, ...] = ()
+    cache: bool = False  # its requests use the response cache without asking (docs/limits.md)
 
     @classmethod
     def from_row(cls, row: Any) -> KeySettings:
@@ -116,7 +117,8 @@ def api_key_message(row: KeyRow, plaintext: str | None = None) -> api_key_pb2.Ap
     s = row.settings
     message = api_key_pb2.ApiKey(id=row.id, object="api_key", name=s.name, role=s.role,
                                  organization_id=row.organization_id, prefix=row.prefix,
-                                 created_at=timestamp(row.created_at), scopes=s.scopes, **_limits(s))
+                                 created_at=timestamp(row.created_at), scopes=s.scopes, cache=s.cache,
+                                 **_limits(s))
     if s.allowed_models is not None:
         message.allowed_models.CopyFrom(list_value(s.allowed_models))
     if s.expires_at is not None:
@@ -133,7 +135,7 @@ def auth_record(row: KeyRow) -> AuthRecord:
     period, so a cached entry for that secret stops on time (docs/reference.md §4)."""
     s = row.settings
     principal = auth_service_pb2.Principal(organization_id=row.organization_id, api_key_id=row.id,
-                                           role=s.role, scopes=s.scopes, **_limits(s))
+                                           role=s.role, scopes=s.scopes, cache=s.cache, **_limits(s))
     if s.allowed_models is not None:
         principal.allowed_models.CopyFrom(list_value(s.allowed_models))
     ends = row.secret_expires_at()

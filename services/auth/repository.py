@@ -23,10 +23,10 @@ DEFAULT_ORGANIZATION = "default"
 
 _KEY_COLUMN_NAMES = ("id", "organization_id", "key_hash", "prefix", "name", "role", "allowed_models",
                      *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at", "scopes",
-                     "previous_key_expires_at")
+                     "previous_key_expires_at", "cache")
 # The columns an update may set (validation.changes_from_update's keys), with their casts.
 _UPDATABLE = {"name": "", "role": "", "allowed_models": "::text[]", "expires_at": "::timestamptz",
-              "scopes": "::text[]", **dict.fromkeys(LIMIT_FIELDS, "::integer")}
+              "scopes": "::text[]", "cache": "::boolean", **dict.fromkeys(LIMIT_FIELDS, "::integer")}
 _KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
 _K_KEY_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLUMN_NAMES)
 _STORE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -124,11 +124,11 @@ async def insert_key_in(conn: Any, *, organization_id: str, key_hash: str, prefi
     models = None if settings.allowed_models is None else list(settings.allowed_models)
     row = await conn.fetchrow(
         f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
-        f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id) "
+        f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id, cache) "
         f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[], "
-        f"$14::uuid) RETURNING {_KEY_COLUMNS}",
+        f"$14::uuid, $15) RETURNING {_KEY_COLUMNS}",
         organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
-        settings.expires_at, list(settings.scopes), oauth_client_id)
+        settings.expires_at, list(settings.scopes), oauth_client_id, settings.cache)
     key = KeyRow.from_row(row)
     await _audit(conn, organization_id, actor, "api_key.create", key.id,
                  {"name": settings.name, "role": settings.role, "prefix": prefix, **(details or {})},

@@ -104,7 +104,7 @@ def _validate_expiry(expires_at: datetime | None, now: datetime | None) -> datet
 
 def validate_settings(*, name: str = "", role: str | None = None, allowed_models: Iterable[Any] | None = None,
                       expires_at: datetime | None = None, now: datetime | None = None,
-                      scopes: Iterable[Any] = (), **limits: int | None) -> KeySettings:
+                      scopes: Iterable[Any] = (), cache: bool = False, **limits: int | None) -> KeySettings:
     """Checks every field of a key's settings; raises GatewayError(INVALID_REQUEST) on the first bad one."""
     unknown = set(limits) - set(LIMIT_FIELDS)
     if unknown:
@@ -113,7 +113,7 @@ def validate_settings(*, name: str = "", role: str | None = None, allowed_models
     return KeySettings(name=_validate_name(name), role=validate_role(role),
                        allowed_models=validate_models(allowed_models),
                        expires_at=_validate_expiry(expires_at, now), scopes=validate_scopes(scopes),
-                       **checked)
+                       cache=bool(cache), **checked)
 
 
 def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
@@ -123,7 +123,7 @@ def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
     expires = to_datetime(request.expires_at) if request.HasField("expires_at") else None
     limits = {f: getattr(request, f) if request.HasField(f) else None for f in LIMIT_FIELDS}
     return validate_settings(name=request.name, role=request.role, allowed_models=models, expires_at=expires,
-                             now=now, scopes=request.scopes, **limits)
+                             now=now, scopes=request.scopes, cache=request.cache, **limits)
 
 
 def _nullable(value: struct_pb2.Value) -> Any:
@@ -185,6 +185,8 @@ def changes_from_update(request: api_key_service_pb2.UpdateApiKeyRequest,
         scopes = _nullable(request.scopes)
         changes["scopes"] = () if scopes is None else validate_scopes(
             _list_items(request.scopes, "scopes", "permission names"))
+    if request.HasField("cache"):
+        changes["cache"] = request.cache
     return changes
 
 

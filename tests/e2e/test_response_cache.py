@@ -5,6 +5,7 @@ recorded as one (cost 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -87,3 +88,22 @@ async def test_organizations_never_share_entries(http: httpx.AsyncClient, pool: 
     foreign = await http.post("/v1/chat/completions", json=body,
                               headers={**USE, "authorization": f"Bearer {other.json()['key']}"})
     assert foreign.status_code == 200 and foreign.headers["x-cache"] == "MISS"
+
+
+async def test_a_key_with_cache_on_uses_it_without_asking(http: httpx.AsyncClient) -> None:
+    created = await http.post("/v1/api-keys", json={"name": "cached", "cache": True})
+    assert created.status_code == 200 and created.json()["cache"] is True, created.text
+    headers = {"authorization": f"Bearer {created.json()['key']}"}
+    body = chat()
+    assert (await http.post("/v1/chat/completions", json=body, headers=headers)).headers["x-cache"] == "MISS"
+    assert (await http.post("/v1/chat/completions", json=body, headers=headers)).headers["x-cache"] == "HIT"
+    changed = await http.put(f"/v1/api-keys/{created.json()['id']}", json={"cache": False})
+    assert changed.status_code == 200 and changed.json()["cache"] is False
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while True:  # every worker applies a key change within 2 s
+        sent = asyncio.get_running_loop().time()
+        answer = await http.post("/v1/chat/completions", json=body, headers=headers)
+        if "x-cache" not in answer.headers:
+            break
+        assert sent < deadline, "the key's cache setting still applies after 2 s"
+        await asyncio.sleep(0.05)
