@@ -79,7 +79,7 @@ class RequestRecord:
     admission: Admission | None = None  # what the rate limits counted (services/limits/limiter.py)
     headers: list[tuple[str, str]] = field(default_factory=list)  # response headers, sent once
     headers_sent: bool = False
-    cache_hit: bool = False  # answered from the response cache (edge/response_cache.py)
+    cache_hit: bool = False  # answered from the response cache (services/limits/response_cache.py)
     status: int = ev.REQUEST_STATUS_SUCCEEDED
     http_status: int = 200
     error_reason: str = ""

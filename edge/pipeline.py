@@ -23,7 +23,6 @@ from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
-from edge.response_cache import Filling, ResponseCache
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
@@ -31,6 +30,7 @@ from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
 from services.limits.limiter import Limiter
 from services.limits.policy import estimate, key_windows, rule_windows
+from services.limits.response_cache import Filling, ResponseCache
 
 BEARER = "bearer "
 NOTHING_ANSWERED = "The upstream provider answered nothing."
@@ -91,7 +91,7 @@ class Pipeline:
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
         self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
-        self.cache = cache  # the response cache (edge/response_cache.py); None: no caching
+        self.cache = cache  # the response cache (services/limits/response_cache.py); None: no caching
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()

@@ -41,13 +41,14 @@ READ_OAUTH_CLIENTS = "read:oauth-clients"
 WRITE_OAUTH_CLIENTS = "write:oauth-clients"
 READ_RATE_LIMITS = "read:rate-limits"
 WRITE_RATE_LIMITS = "write:rate-limits"
+WRITE_CACHE = "write:cache"
 ADMIN_PLATFORM = "admin:platform"
 
 # Every permission, in the order the docs list them.
 PERMISSIONS: tuple[str, ...] = (
     INFERENCE, READ_MODELS, READ_USAGE, READ_API_KEYS, WRITE_API_KEYS, READ_USERS, WRITE_USERS,
     READ_BILLING, WRITE_BILLING, READ_AUDIT_LOG, READ_OAUTH_CLIENTS, WRITE_OAUTH_CLIENTS, READ_RATE_LIMITS,
-    WRITE_RATE_LIMITS, ADMIN_PLATFORM,
+    WRITE_RATE_LIMITS, WRITE_CACHE, ADMIN_PLATFORM,
 )
 # Declared by endpoints that need no credential at all; not a permission anyone holds.
 PUBLIC = "public"

@@ -46,7 +46,7 @@ class ModelConfig:
     context_window: int
     routes: tuple[RouteConfig, ...]
     max_output_tokens: int = 0  # 0: unknown
-    cache_ttl_s: int = 300  # how long the response cache keeps an answer (edge/response_cache.py)
+    cache_ttl_s: int = 300  # how long the response cache keeps an answer (services/limits/response_cache.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.auth.v1.SessionService",
     "aggregator.auth.v1.AuditLogService",
     "aggregator.auth.v1.OAuthService",
+    "aggregator.limits.v1.CacheService",
     "aggregator.limits.v1.RateLimitRuleService",
     "aggregator.analytics.v1.AnalyticsService",
     "aggregator.ops.v1.OpsService",

@@ -115,16 +115,24 @@ async def _wire_auth(
     # Invalidations sent while NATS was away are lost: forget everything cached on reconnect.
     wiring.on_nats_reconnect.append(auth.cache.clear)
     await _wire_people(settings, topology, wiring, pool, nc, auth)
-    _wire_limits(topology, wiring, pool, nc, auth)
+    _wire_limits(settings, topology, wiring, pool, nc, auth)
 
 
-def _wire_limits(topology: Topology, wiring: Wiring, pool: Any, nc: Any, auth: Any) -> None:
-    """/v1/rate-limit-rules (docs/reference.md §4 "Rate-limit rules"), in the auth process: it
-    authenticates with the auth service's Authenticator and announces changes on NATS."""
+def _wire_limits(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any, nc: Any,
+                 auth: Any) -> None:
+    """/v1/rate-limit-rules (docs/reference.md §4 "Rate-limit rules") and /v1/cache/invalidate, in
+    the auth process: they authenticate with the auth service's Authenticator; rule changes are
+    announced on NATS, and the response cache is Redis keys any process may delete."""
+    from services.core.redis import create_redis
+    from services.limits.cache_servicer import cache_registration
+    from services.limits.response_cache import ResponseCache
     from services.limits.rule_servicer import rate_limit_rule_registration
 
-    registration = rate_limit_rule_registration(pool, auth.authenticator, auth.trail, nc)
-    wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
+    redis = create_redis(settings.stores.redis_url)
+    wiring.closers.append(redis.aclose)
+    for registration in (rate_limit_rule_registration(pool, auth.authenticator, auth.trail, nc),
+                         cache_registration(auth.authenticator, ResponseCache(redis), auth.trail)):
+        wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
 async def _wire_people(
@@ -193,10 +201,10 @@ async def _wire_edge(
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
     from edge.readiness import cached_probes
-    from edge.response_cache import ResponseCache
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
     from services.limits.limiter import Limiter
+    from services.limits.response_cache import ResponseCache
     from services.limits.rules import RuleBook
 
     redis = create_redis(settings.stores.redis_url)
@@ -208,7 +216,7 @@ async def _wire_edge(
     await rules.subscribe(nc)
     wiring.closers.append(rules.close)
     wiring.on_nats_reconnect.append(rules.invalidate)
-    cache = ResponseCache(redis, settings.cache_ttls)  # edge/response_cache.py: only when asked
+    cache = ResponseCache(redis, settings.cache_ttls)  # services/limits/response_cache.py: only when asked
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)

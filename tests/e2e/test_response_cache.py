@@ -107,3 +107,28 @@ async def test_a_key_with_cache_on_uses_it_without_asking(http: httpx.AsyncClien
             break
         assert sent < deadline, "the key's cache setting still applies after 2 s"
         await asyncio.sleep(0.05)
+
+
+async def test_admins_invalidate_their_organizations_entries(http: httpx.AsyncClient,
+                                                             pool: asyncpg.Pool) -> None:
+    body = chat()
+    assert (await http.post("/v1/chat/completions", json=body, headers=USE)).headers["x-cache"] == "MISS"
+    org_id = await admin.create_org(pool, f"cache-inv-{uuid.uuid4().hex[:8]}")
+    other = (await http.post("/v1/api-keys", json={"name": "admin b", "role": "admin",
+                                                   "organization_id": org_id})).json()["key"]
+    theirs = {**USE, "authorization": f"Bearer {other}"}
+    assert (await http.post("/v1/chat/completions", json=body, headers=theirs)).headers["x-cache"] == "MISS"
+    # Their admin forgets their organization's answers only.
+    gone = await http.post("/v1/cache/invalidate", json={"model": "gpt-4o-mini"},
+                           headers={"authorization": f"Bearer {other}"})
+    assert gone.status_code == 200 and gone.json()["object"] == "cache.invalidation"
+    assert gone.json()["deleted"] >= 1
+    assert (await http.post("/v1/chat/completions", json=body, headers=theirs)).headers["x-cache"] == "MISS"
+    assert (await http.post("/v1/chat/completions", json=body, headers=USE)).headers["x-cache"] == "HIT"
+    # Another organization needs admin:platform; a member key may not invalidate at all.
+    denied = await http.post("/v1/cache/invalidate", json={"organization_id": str(uuid.uuid4())},
+                             headers={"authorization": f"Bearer {other}"})
+    assert denied.status_code == 403 and "admin:platform" in denied.json()["error"]["message"]
+    member = (await http.post("/v1/api-keys", json={"name": "m"})).json()["key"]
+    refused = await http.post("/v1/cache/invalidate", json={}, headers={"authorization": f"Bearer {member}"})
+    assert refused.status_code == 403 and "write:cache" in refused.json()["error"]["message"]

@@ -1,4 +1,4 @@
-"""The response cache's store on a real Valkey (edge/response_cache.py): entries round-trip the
+"""The response cache's store on a real Valkey (services/limits/response_cache.py): entries round-trip the
 adapter's events exactly, expire with their model's TTL, and invalidation by organization or model
 removes only what it names (model ids with glob characters included)."""
 
@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.openai.v1 import chat_pb2
-from edge.response_cache import ASK_HEADER, Filling, ResponseCache
 from services.core.config import StoreUrls
 from services.core.redis import create_redis
+from services.limits.response_cache import ASK_HEADER, Filling, ResponseCache
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -23,6 +23,7 @@ from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLI
 from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
 from services.core.rpc import PERMISSION_ATTRIBUTE
+from services.limits.cache_servicer import CacheServicer
 from services.limits.rule_servicer import RateLimitRuleServicer
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, PUBLIC_GRPC_SERVICES
 
@@ -37,6 +38,7 @@ SERVICERS: dict[str, type] = {
     "aggregator.auth.v1.SessionService": SessionServicer,
     "aggregator.auth.v1.AuditLogService": AuditLogServicer,
     "aggregator.auth.v1.OAuthService": OAuthServicer,
+    "aggregator.limits.v1.CacheService": CacheServicer,
     "aggregator.limits.v1.RateLimitRuleService": RateLimitRuleServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,
