@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -35,6 +36,8 @@ class KeySettings:
     # interprets them, docs/reference.md §4).
     scopes: tuple[str, ...] = ()
     cache: bool = False  # its requests use the response cache without asking (docs/limits.md)
+    max_budget_usd: Decimal | None = None  # at most this per budget_period (docs/limits.md, "Budgets")
+    budget_period: str | None = None  # "daily", "monthly" or "total"; set with max_budget_usd
 
     @classmethod
     def from_row(cls, row: Any) -> KeySettings:
@@ -107,6 +110,12 @@ def to_datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
+def decimal_text(value: Decimal) -> str:
+    """A decimal as JSON shows it: no exponent, no trailing zeros ("5", "0.25")."""
+    text = format(value.normalize(), "f")
+    return text
+
+
 def _limits(settings: KeySettings) -> dict[str, int]:
     return {name: value for name in LIMIT_FIELDS if (value := getattr(settings, name)) is not None}
 
@@ -119,6 +128,9 @@ def api_key_message(row: KeyRow, plaintext: str | None = None) -> api_key_pb2.Ap
                                  organization_id=row.organization_id, prefix=row.prefix,
                                  created_at=timestamp(row.created_at), scopes=s.scopes, cache=s.cache,
                                  **_limits(s))
+    if s.max_budget_usd is not None:
+        message.max_budget_usd = decimal_text(s.max_budget_usd)
+        message.budget_period = s.budget_period or ""
     if s.allowed_models is not None:
         message.allowed_models.CopyFrom(list_value(s.allowed_models))
     if s.expires_at is not None:
@@ -136,6 +148,9 @@ def auth_record(row: KeyRow) -> AuthRecord:
     s = row.settings
     principal = auth_service_pb2.Principal(organization_id=row.organization_id, api_key_id=row.id,
                                            role=s.role, scopes=s.scopes, cache=s.cache, **_limits(s))
+    if s.max_budget_usd is not None:
+        principal.max_budget_usd = decimal_text(s.max_budget_usd)
+        principal.budget_period = s.budget_period or ""
     if s.allowed_models is not None:
         principal.allowed_models.CopyFrom(list_value(s.allowed_models))
     ends = row.secret_expires_at()

@@ -23,10 +23,11 @@ DEFAULT_ORGANIZATION = "default"
 
 _KEY_COLUMN_NAMES = ("id", "organization_id", "key_hash", "prefix", "name", "role", "allowed_models",
                      *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at", "scopes",
-                     "previous_key_expires_at", "cache")
+                     "previous_key_expires_at", "cache", "max_budget_usd", "budget_period")
 # The columns an update may set (validation.changes_from_update's keys), with their casts.
 _UPDATABLE = {"name": "", "role": "", "allowed_models": "::text[]", "expires_at": "::timestamptz",
-              "scopes": "::text[]", "cache": "::boolean", **dict.fromkeys(LIMIT_FIELDS, "::integer")}
+              "scopes": "::text[]", "cache": "::boolean", "max_budget_usd": "::numeric", "budget_period": "",
+              **dict.fromkeys(LIMIT_FIELDS, "::integer")}
 _KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
 _K_KEY_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLUMN_NAMES)
 _STORE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -124,11 +125,13 @@ async def insert_key_in(conn: Any, *, organization_id: str, key_hash: str, prefi
     models = None if settings.allowed_models is None else list(settings.allowed_models)
     row = await conn.fetchrow(
         f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
-        f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id, cache) "
+        f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id, cache, max_budget_usd, "
+        f"budget_period) "
         f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[], "
-        f"$14::uuid, $15) RETURNING {_KEY_COLUMNS}",
+        f"$14::uuid, $15, $16, $17) RETURNING {_KEY_COLUMNS}",
         organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
-        settings.expires_at, list(settings.scopes), oauth_client_id, settings.cache)
+        settings.expires_at, list(settings.scopes), oauth_client_id, settings.cache, settings.max_budget_usd,
+        settings.budget_period)
     key = KeyRow.from_row(row)
     await _audit(conn, organization_id, actor, "api_key.create", key.id,
                  {"name": settings.name, "role": settings.role, "prefix": prefix, **(details or {})},
@@ -169,15 +172,17 @@ async def update_key(pool: asyncpg.Pool, organization_id: str, key_id: str, chan
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if not changes:
         return await get_key(pool, organization_id, key_id)
-    columns = list(changes)
-    # Column names come from _UPDATABLE only; every value is a placeholder.
-    assignments = ", ".join(f"{c} = ${i}{_UPDATABLE[c]}" for i, c in enumerate(columns, start=3))
-    values = [list(v) if isinstance(v, tuple) else v for v in changes.values()]
     async with pool.acquire() as conn, conn.transaction():
         # The row as it was, locked until the update commits: the audit row's `before`.
         old = await conn.fetchrow(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1::uuid AND organization_id = $2::uuid "
             "AND revoked_at IS NULL FOR UPDATE", key_id, organization_id)
+        if old is not None:
+            changes = _complete_budget(changes, old)
+        columns = list(changes)
+        # Column names come from _UPDATABLE only; every value is a placeholder.
+        assignments = ", ".join(f"{c} = ${i}{_UPDATABLE[c]}" for i, c in enumerate(columns, start=3))
+        values = [list(v) if isinstance(v, tuple) else v for v in changes.values()]
         row = None if old is None else await conn.fetchrow(
             f"UPDATE api_keys SET {assignments} WHERE id = $1::uuid AND organization_id = $2::uuid "
             f"AND revoked_at IS NULL RETURNING {_KEY_COLUMNS}", key_id, organization_id, *values)
@@ -186,6 +191,18 @@ async def update_key(pool: asyncpg.Pool, organization_id: str, key_id: str, chan
         await _audit(conn, organization_id, actor, "api_key.update", key_id, {"fields": sorted(columns)},
                      before=key_view(KeyRow.from_row(old)), after=key_view(KeyRow.from_row(row)))
     return KeyRow.from_row(row)
+
+
+def _complete_budget(changes: dict[str, Any], old: Any) -> dict[str, Any]:
+    """A budget and its period change together: a new budget keeps the key's period (monthly when
+    it had none), clearing the budget clears the period, and a period needs a budget."""
+    if "max_budget_usd" in changes and "budget_period" not in changes:
+        period = None if changes["max_budget_usd"] is None else (old["budget_period"] or "monthly")
+        return {**changes, "budget_period": period}
+    if changes.get("budget_period") and changes.get("max_budget_usd", old["max_budget_usd"]) is None:
+        raise GatewayError(Reason.INVALID_REQUEST, "budget_period needs a max_budget_usd.",
+                           param="budget_period")
+    return changes
 
 
 async def rotate_key(pool: asyncpg.Pool, organization_id: str, key_id: str, *, key_hash: str, prefix: str,

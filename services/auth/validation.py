@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -86,6 +87,32 @@ def _validate_name(name: str) -> str:
     return name
 
 
+BUDGET_PERIODS = ("daily", "monthly", "total")
+MAX_BUDGET_USD = Decimal("1000000000")
+
+
+def validate_budget(value: Any) -> Decimal:
+    """A budget in USD: a decimal string (or number), positive, at most 10 decimals."""
+    try:
+        amount = Decimal(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+            else Decimal("NaN")
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    exponent = amount.as_tuple().exponent
+    if not amount.is_finite() or amount <= 0 or amount > MAX_BUDGET_USD or not isinstance(exponent, int) \
+            or exponent < -10:
+        raise _invalid("max_budget_usd must be a positive decimal string of at most 10 decimals "
+                       "(\"25.00\"), or null for no budget.", "max_budget_usd")
+    return amount
+
+
+def validate_budget_period(value: str) -> str:
+    if value not in BUDGET_PERIODS:
+        raise _invalid(f"Invalid budget_period {quote(value)}: expected 'daily', 'monthly' or 'total'.",
+                       "budget_period")
+    return value
+
+
 def _validate_limit(field: str, value: int | None) -> int | None:
     if value is not None and not 1 <= value <= MAX_LIMIT:
         raise _invalid(f"{field} must be a positive integer.", field)
@@ -104,16 +131,22 @@ def _validate_expiry(expires_at: datetime | None, now: datetime | None) -> datet
 
 def validate_settings(*, name: str = "", role: str | None = None, allowed_models: Iterable[Any] | None = None,
                       expires_at: datetime | None = None, now: datetime | None = None,
-                      scopes: Iterable[Any] = (), cache: bool = False, **limits: int | None) -> KeySettings:
+                      scopes: Iterable[Any] = (), cache: bool = False, max_budget_usd: Any = None,
+                      budget_period: str | None = None, **limits: int | None) -> KeySettings:
     """Checks every field of a key's settings; raises GatewayError(INVALID_REQUEST) on the first bad one."""
     unknown = set(limits) - set(LIMIT_FIELDS)
     if unknown:
         raise TypeError(f"unknown limit fields: {sorted(unknown)}")
     checked = {field: _validate_limit(field, value) for field, value in limits.items()}
+    budget = None if max_budget_usd is None else validate_budget(max_budget_usd)
+    period = None if budget_period is None else validate_budget_period(budget_period)
+    if period is not None and budget is None:
+        raise _invalid("budget_period needs a max_budget_usd.", "budget_period")
     return KeySettings(name=_validate_name(name), role=validate_role(role),
                        allowed_models=validate_models(allowed_models),
                        expires_at=_validate_expiry(expires_at, now), scopes=validate_scopes(scopes),
-                       cache=bool(cache), **checked)
+                       cache=bool(cache), max_budget_usd=budget,
+                       budget_period=None if budget is None else period or "monthly", **checked)
 
 
 def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
@@ -122,8 +155,11 @@ def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
     models = models_from_list_value(request.allowed_models) if request.HasField("allowed_models") else None
     expires = to_datetime(request.expires_at) if request.HasField("expires_at") else None
     limits = {f: getattr(request, f) if request.HasField(f) else None for f in LIMIT_FIELDS}
+    budget = request.max_budget_usd if request.HasField("max_budget_usd") else None
+    period = request.budget_period if request.HasField("budget_period") else None
     return validate_settings(name=request.name, role=request.role, allowed_models=models, expires_at=expires,
-                             now=now, scopes=request.scopes, cache=request.cache, **limits)
+                             now=now, scopes=request.scopes, cache=request.cache, max_budget_usd=budget,
+                             budget_period=period, **limits)
 
 
 def _nullable(value: struct_pb2.Value) -> Any:
@@ -187,6 +223,13 @@ def changes_from_update(request: api_key_service_pb2.UpdateApiKeyRequest,
             _list_items(request.scopes, "scopes", "permission names"))
     if request.HasField("cache"):
         changes["cache"] = request.cache
+    if request.HasField("max_budget_usd"):
+        budget = _nullable(request.max_budget_usd)
+        changes["max_budget_usd"] = None if budget is None else validate_budget(
+            request.max_budget_usd.string_value if request.max_budget_usd.WhichOneof("kind") == "string_value"
+            else None)
+    if request.HasField("budget_period"):
+        changes["budget_period"] = validate_budget_period(request.budget_period)
     return changes
 
 
