@@ -183,11 +183,12 @@ class UsageRecorder:
         telemetry.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
         telemetry.TOKENS.labels(model, "completion").inc(event.completion_tokens)
         telemetry.COST.labels(model).inc(float(Decimal(event.cost_usd)))
-        if self._limiter is not None and record.admission is not None and record.admission.used:
+        admission = record.admission
+        if self._limiter is not None and admission is not None and (admission.used or admission.generations):
             # A cache hit consumed nothing upstream: its token windows go back to zero.
             tokens = 0 if record.cache_hit else event.prompt_tokens + event.completion_tokens
-            spent = {TOKENS: tokens, COST: micro_usd(Decimal(event.cost_usd))}
-            self._limiter.settle_soon(record.admission, spent)
+            cost = Decimal(event.cost_usd)
+            self._limiter.settle_soon(admission, {TOKENS: tokens, COST: micro_usd(cost)}, cost, tokens)
         if record.organization_id and self._publisher is not None:
             task = asyncio.get_running_loop().create_task(self._publish(event))
             self._pending.add(task)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
@@ -28,6 +29,7 @@ from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
+from services.limits.budgets import key_budget, worst_case_micro
 from services.limits.limiter import Limiter
 from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
@@ -213,12 +215,16 @@ class Pipeline:
         if self.rules is not None:
             windows += rule_windows(await self.rules.for_request(
                 principal.organization_id, principal.api_key_id, principal.user_id, model))
-        if not windows:
+        budget = key_budget(principal, datetime.now(UTC))
+        if not windows and budget is None:
             return
         first = candidates[0] if candidates else None
         guess = estimate(record.prompt_bytes, max_output_tokens, first.input_per_1k if first else "0",
                          first.output_per_1k if first else "0")
-        record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows])
+        budgets = [budget] if budget is not None else []
+        holds = [worst_case_micro(record.prompt_bytes, max_output_tokens, candidates)] if budgets else []
+        record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows], budgets,
+                                                    holds, record.request_id)
         record.headers.extend(record.admission.headers())
 
     @staticmethod

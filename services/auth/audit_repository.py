@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -62,7 +63,8 @@ def client_ip(forwarded_for: str | None, peer: str | None = None) -> str | None:
 
 
 def redact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A copy without secret-shaped keys (at any depth), JSON-ready (datetimes as RFC 3339)."""
+    """A copy without secret-shaped keys (at any depth), JSON-ready (datetimes as RFC 3339, money
+    as an exact decimal string)."""
     if values is None:
         return None
 
@@ -71,6 +73,8 @@ def redact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
             return {str(k): clean(v) for k, v in value.items() if str(k).lower() not in SECRET_FIELDS}
         if isinstance(value, (list, tuple)):
             return [clean(v) for v in value]
+        if isinstance(value, Decimal):
+            return format(value.normalize(), "f")
         return value
 
     return orjson.loads(orjson.dumps(clean(values), option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC))

@@ -74,6 +74,9 @@ class Config:
     # rate_limits.on_redis_error: "open" lets requests pass uncounted while Redis is unreachable,
     # "closed" refuses them with 503 (docs/limits.md).
     rate_limits_fail_open: bool = True
+    # budgets.on_redis_error: "closed" (the default) refuses requests that have a budget with 503
+    # while Redis is unreachable, so a budget is never overspent; "open" lets them pass uncounted.
+    budgets_fail_open: bool = False
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -150,10 +153,13 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
     on_redis_error = (raw.get("rate_limits") or {}).get("on_redis_error", "open")
     if on_redis_error not in ("open", "closed"):
         raise ConfigError("rate_limits.on_redis_error must be 'open' or 'closed'")
+    on_budget_error = (raw.get("budgets") or {}).get("on_redis_error", "closed")
+    if on_budget_error not in ("open", "closed"):
+        raise ConfigError("budgets.on_redis_error must be 'open' or 'closed'")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
-                  rate_limits_fail_open=on_redis_error == "open")
+                  rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open")
 
 
 def config_path(explicit: str | None = None) -> Path:

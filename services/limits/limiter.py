@@ -23,80 +23,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.core.errors import GatewayError, Reason
+from services.limits import scripts
+from services.limits.budgets import HOLD_S, micro
+from services.limits.scripts import TAG
+
+if TYPE_CHECKING:
+    from services.limits.budgets import Budget, SpendStore
 
 log = logging.getLogger(__name__)
 
 STEPS = 60
-TAG = "{rl}"
 REQUESTS, TOKENS, COST = "requests", "tokens", "cost"
 WINDOW_NAMES = {60: "minute", 3600: "hour", 86400: "day"}
 
-# KEYS: one hash per window. ARGV: per window, its limit, length (ms) and the amount to count.
-# Answers {1, now, used_1, reset_1, ...} (used includes this request) or {0, now, i, used_i, wait_i}
-# for the first window i it would overflow (wait -1: the amount alone is over the limit).
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local used, oldest = {}, {}
-for i = 1, #KEYS do
-  local limit, win, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  local step = win / 60
-  local cur = math.floor(now / step)
-  local fields = redis.call('HGETALL', KEYS[i])
-  local sum, buckets, stale = 0, {}, {}
-  for j = 1, #fields, 2 do
-    local idx, v = tonumber(fields[j]), tonumber(fields[j+1])
-    if idx <= cur - 60 then stale[#stale+1] = fields[j] else sum = sum + v; buckets[#buckets+1] = {idx, v} end
-  end
-  if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  if sum + amount > limit then
-    local freed, wait = 0, -1
-    for _, b in ipairs(buckets) do
-      freed = freed + b[2]
-      if sum - freed + amount <= limit then wait = (b[1] + 60) * step - now; break end
-    end
-    return {0, now, i, sum, wait}
-  end
-  used[i] = sum
-  oldest[i] = cur
-  if #buckets > 0 then oldest[i] = buckets[1][1] end
-end
-local out = {1, now}
-for i = 1, #KEYS do
-  local win, amount = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  local step = win / 60
-  local cur = math.floor(now / step)
-  if amount > 0 then redis.call('HINCRBY', KEYS[i], cur, amount) end
-  redis.call('PEXPIRE', KEYS[i], win + step)
-  if amount > 0 and used[i] == 0 then oldest[i] = cur end
-  out[#out+1] = used[i] + amount
-  out[#out+1] = (oldest[i] + 60) * step - now
-end
-return out
-"""
-
-# KEYS: windows to correct (a key may repeat). ARGV: per key, its bucket length (ms), the bucket
-# its request was counted in, and the correction. A bucket that has left its window is not touched.
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  local step, idx, delta = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  if idx > math.floor(now / step) - 60 then
-    local left = redis.call('HINCRBY', KEYS[i], ARGV[3*i-1], delta)
-    if left <= 0 then redis.call('HDEL', KEYS[i], ARGV[3*i-1]) end
-  end
-end
-return 1
-"""
 SETTLE_EVERY_S = 0.2  # corrections are gathered and sent together, at most this late
 
 
@@ -126,6 +75,14 @@ class Admission:
     used: list[int] = field(default_factory=list)
     reset_ms: list[int] = field(default_factory=list)
     admitted_ms: int = 0
+    # Budgets: what each holds for this request (micro-USD) and the generation of its hash.
+    budgets: Sequence[Budget] = ()
+    holds: Sequence[int] = ()
+    generations: list[str] = field(default_factory=list)
+    request_id: str = ""
+
+    def member(self, index: int) -> str:
+        return f"{self.request_id}:{self.holds[index]}"
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """`X-RateLimit-*` for the tightest window (least left, then soonest reset), and OpenAI's
@@ -158,50 +115,85 @@ def _seconds(ms: int) -> int:
 
 
 class Limiter:
-    """Admits requests against their windows; one Redis round trip each."""
+    """Admits requests against their windows and budgets; one Redis round trip each."""
 
-    def __init__(self, redis: aioredis.Redis, *, fail_open: bool = True) -> None:
-        self._admit = redis.register_script(_ADMIT)
-        self._settle = redis.register_script(_SETTLE)
+    def __init__(self, redis: aioredis.Redis, *, fail_open: bool = True, spend: SpendStore | None = None,
+                 budgets_fail_open: bool = False) -> None:
+        self._admit = redis.register_script(scripts.ADMIT)
+        self._seed = redis.register_script(scripts.SEED)
+        self._release = redis.register_script(scripts.RELEASE)
+        self._settle = redis.register_script(scripts.SETTLE)
         self._fail_open = fail_open
+        self._budgets_fail_open = budgets_fail_open
+        self._spend = spend
         self._pending: set[asyncio.Task[None]] = set()
         # (window key, bucket length ms, bucket) -> correction not sent yet
         self._corrections: dict[tuple[str, int, int], int] = {}
+        # budget holds to release: (admission, index, true cost in USD, tokens)
+        self._releases: list[tuple[Admission, int, Decimal, int]] = []
         self._flush_at: asyncio.TimerHandle | None = None
 
-    async def admit(self, windows: Sequence[Window], amounts: Sequence[int]) -> Admission:
-        """Counts the request in every window, or raises RATE_LIMITED (429 with Retry-After) naming
-        the first window it would overflow, counting nothing. While Redis is unreachable the
-        request passes uncounted (`fail_open`, the default) or is refused with 503."""
-        if not windows:
+    async def admit(self, windows: Sequence[Window], amounts: Sequence[int], budgets: Sequence[Budget] = (),
+                    holds: Sequence[int] = (), request_id: str = "") -> Admission:
+        """Counts the request in every window and holds its worst case in every budget, or raises
+        RATE_LIMITED (429 with Retry-After) naming the first window it would overflow, or
+        QUOTA_EXCEEDED (429 insufficient_quota) naming the budget, counting nothing. While Redis is
+        unreachable the request passes uncounted (`fail_open`, the default for rate limits) or is
+        refused with 503 (the default when a budget applies: it must never be overspent)."""
+        if not windows and not budgets:
             return Admission()
-        args: list[int] = []
+        args: list[Any] = [len(windows)]
         for window, amount in zip(windows, amounts, strict=True):
             args += [window.limit, window.window_s * 1000, max(amount, 0)]
+        args.append(len(budgets))
+        for budget, hold in zip(budgets, holds, strict=True):
+            args += [budget.limit, hold, HOLD_S * 1000, f"{request_id}:{hold}", budget.ttl_s]
+        keys = [w.key for w in windows] + [k for b in budgets for k in (b.key, b.holds)]
         try:
-            answer = await self._admit(keys=[w.key for w in windows], args=args)
+            for _ in range(3):  # a budget hash missing is seeded, then the request admitted
+                answer = await self._admit(keys=keys, args=args)
+                values = [v if isinstance(v, bytes) else int(v) for v in answer]
+                if values[0] != 2:
+                    break
+                await self._seed_budget(budgets[int(values[1]) - 1])
         except RedisError as exc:
-            if self._fail_open:
-                log.warning("rate limits not checked, Redis unavailable (%s): failing open",
-                            type(exc).__name__)
+            if (self._budgets_fail_open if budgets else self._fail_open):
+                log.warning("limits not checked, Redis unavailable (%s): failing open", type(exc).__name__)
                 return Admission()
             raise GatewayError(Reason.UNAVAILABLE,
-                               "Rate limits cannot be checked right now. Please retry.") from exc
-        values = [int(v) for v in answer]
+                               "Limits cannot be checked right now. Please retry.") from exc
         if values[0] == 0:
-            raise over_limit(windows[values[2] - 1], amounts[values[2] - 1], values[3], values[4])
-        return Admission(windows, list(amounts), values[2::2], values[3::2], values[1])
+            index = int(values[2]) - 1
+            raise over_limit(windows[index], amounts[index], int(values[3]), int(values[4]))
+        if values[0] == 3:
+            index = int(values[1]) - 1
+            raise over_budget(budgets[index], int(values[2]), holds[index])
+        if values[0] != 1:
+            raise GatewayError(Reason.UNAVAILABLE, "Limits cannot be checked right now. Please retry.")
+        counted = [int(v) for v in values[2:2 + 2 * len(windows)]]
+        generations = [v.decode() if isinstance(v, bytes) else str(v) for v in values[2 + 2 * len(windows):]]
+        return Admission(windows, list(amounts), counted[0::2], counted[1::2], int(values[1]), budgets,
+                         list(holds), generations, request_id)
 
-    def settle_soon(self, admission: Admission, actual: dict[str, int]) -> None:
-        """Corrects estimated windows to the true amounts (`actual` by kind). Corrections are
-        gathered for SETTLE_EVERY_S and sent in one script call: never on a request's path, and
-        one round trip for many requests."""
+    async def _seed_budget(self, budget: Budget) -> None:
+        if self._spend is None:
+            raise RedisError("no spend store to seed a budget from")
+        spent = await self._spend.spent(budget)
+        await self._seed(keys=[budget.key], args=[spent, uuid.uuid4().hex, budget.ttl_s])
+
+    def settle_soon(self, admission: Admission, actual: dict[str, int], cost: Decimal = Decimal(0),
+                    tokens: int = 0) -> None:
+        """Corrects estimated windows to the true amounts (`actual` by kind) and releases the
+        request's budget holds, spending its true `cost`. Gathered for SETTLE_EVERY_S and sent
+        together: never on a request's path, and one round trip for many requests."""
         for window, amount in zip(admission.windows, admission.amounts, strict=True):
             if window.kind in actual and actual[window.kind] != amount:
                 step = window.window_s * 1000 // STEPS
                 bucket = (window.key, step, admission.admitted_ms // step)
                 self._corrections[bucket] = self._corrections.get(bucket, 0) + actual[window.kind] - amount
-        if self._corrections and self._flush_at is None:
+        for index in range(len(admission.generations)):
+            self._releases.append((admission, index, cost, tokens))
+        if (self._corrections or self._releases) and self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(SETTLE_EVERY_S, self._flush_soon)
 
     def _flush_soon(self) -> None:
@@ -212,6 +204,9 @@ class Limiter:
 
     async def _flush(self) -> None:
         corrections, self._corrections = self._corrections, {}
+        releases, self._releases = self._releases, []
+        if releases:
+            await self._release_holds(releases)
         entries = [(key, step, bucket, delta) for (key, step, bucket), delta in corrections.items() if delta]
         if not entries:
             return
@@ -221,14 +216,46 @@ class Limiter:
             log.warning("%d rate-limit corrections lost, Redis unavailable (%s)", len(entries),
                         type(exc).__name__)
 
+    async def _release_holds(self, releases: list[tuple[Admission, int, Decimal, int]]) -> None:
+        """Spend goes to PostgreSQL first, then the holds are released in Redis: a Redis lost in
+        between is re-seeded with it (counted twice in that race: more, never less)."""
+        if self._spend is not None:
+            try:
+                await self._spend.add([(a.budgets[i], cost, tokens) for a, i, cost, tokens in releases])
+            except Exception:  # noqa: BLE001 - Redis still has it until the period ends
+                log.exception("spend of %d requests not persisted", len(releases))
+        keys: list[str] = []
+        args: list[Any] = []
+        for admission, index, cost, _ in releases:
+            budget = admission.budgets[index]
+            keys += [budget.key, budget.holds]
+            args += [admission.generations[index], admission.member(index), admission.holds[index],
+                     micro(cost)]
+        try:
+            await self._release(keys=keys, args=args)
+        except RedisError as exc:
+            log.warning("%d budget holds not released, Redis unavailable (%s); they expire", len(releases),
+                        type(exc).__name__)
+
     async def drain(self) -> None:
-        """Sends the corrections still gathered (graceful stop)."""
+        """Sends the corrections and releases still gathered (graceful stop)."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
         await self._flush()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def over_budget(budget: Budget, used: int, hold: int) -> GatewayError:
+    """429 insufficient_quota naming the budget (no Retry-After: it frees up only as requests in
+    flight settle, or when the period ends)."""
+    return GatewayError(Reason.QUOTA_EXCEEDED, f"Budget exceeded: {budget.label}. ${_usd(used)} is spent or "
+                        f"held by requests in flight, and this request may cost up to ${_usd(hold)}.")
+
+
+def _usd(micro_usd: int) -> str:
+    return format(Decimal(micro_usd) / 1_000_000, "f")
 
 
 def over_limit(window: Window, amount: int, used: int, wait_ms: int) -> GatewayError:

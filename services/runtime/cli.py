@@ -103,6 +103,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ops_port=config.edge.ops_port if config and "edge" in services else 0,
         max_request_bytes=config.edge.max_request_bytes if config else EdgeConfig().max_request_bytes,
         rate_limits_fail_open=config.rate_limits_fail_open if config else True,
+        budgets_fail_open=config.budgets_fail_open if config else False,
         cache_ttls={m.id: m.cache_ttl_s for m in config.models} if config else {},
     )
 

@@ -50,6 +50,7 @@ class WorkerSettings:
     max_request_bytes: int = MAX_REQUEST_BYTES  # edge.max_request_bytes, native gRPC requests too
     rate_limits_fail_open: bool = True  # rate_limits.on_redis_error: open (pass uncounted) or closed (503)
     cache_ttls: dict[str, int] = field(default_factory=dict)  # model id -> response-cache TTL (s)
+    budgets_fail_open: bool = False  # budgets.on_redis_error: closed (503, the default) or open
 
 
 @dataclass
@@ -203,6 +204,7 @@ async def _wire_edge(
     from edge.readiness import cached_probes
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
+    from services.limits.budgets import SpendStore
     from services.limits.limiter import Limiter
     from services.limits.response_cache import ResponseCache
     from services.limits.rules import RuleBook
@@ -210,7 +212,8 @@ async def _wire_edge(
     redis = create_redis(settings.stores.redis_url)
     wiring.closers.append(redis.aclose)
     # Rate limits (docs/limits.md): one Redis round trip per request.
-    limiter = Limiter(redis, fail_open=settings.rate_limits_fail_open)
+    limiter = Limiter(redis, fail_open=settings.rate_limits_fail_open, spend=SpendStore(pool),
+                      budgets_fail_open=settings.budgets_fail_open)
     wiring.closers.append(limiter.drain)
     rules = RuleBook(pool)  # /v1/rate-limit-rules, kept current over NATS
     await rules.subscribe(nc)

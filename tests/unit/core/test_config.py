@@ -199,3 +199,10 @@ def test_rate_limits_fail_open_unless_told_closed() -> None:
     assert not parse_config({"rate_limits": {"on_redis_error": "closed"}}).rate_limits_fail_open
     with pytest.raises(ConfigError, match="on_redis_error"):
         parse_config({"rate_limits": {"on_redis_error": "sometimes"}})
+
+
+def test_budgets_fail_closed_unless_told_open() -> None:
+    assert not parse_config({}).budgets_fail_open
+    assert parse_config({"budgets": {"on_redis_error": "open"}}).budgets_fail_open
+    with pytest.raises(ConfigError, match="budgets.on_redis_error"):
+        parse_config({"budgets": {"on_redis_error": "maybe"}})

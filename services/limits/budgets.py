@@ -1,0 +1,135 @@
+"""Budgets that cannot be overspent (docs/limits.md, "Budgets").
+
+A key's budget (`max_budget_usd` per `budget_period`) is a Redis hash per period,
+`{rl}:budget:key:<key id>:<period start>`, holding `spent` and `held` (micro-USD) and `gen` (which
+seeding of the hash this is), beside a sorted set of holds (`<request id>:<micro-USD>`, scored by
+when the hold expires). A request holds its worst-case cost when it is admitted, in the same
+script and round trip as the rate limits, and is refused (429 `insufficient_quota`) when spent +
+held + its hold would pass the budget; concurrent requests see each other's holds. When it ends
+(answered, failed or cut) its hold is released and its true cost spent.
+
+Spend is durable in PostgreSQL (`rate_limit_tracking`, written before Redis when a request
+settles), and a hash that is missing (a new period, or Redis lost it) is seeded from there before
+it is used, with a new `gen`: a request admitted before a re-seeding settles by adding its true
+cost only. A hold whose worker died expires after HOLD_S and counts as spent at its worst case:
+never an overspend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from services.limits.scripts import TAG
+
+MICRO = Decimal(1_000_000)
+HOLD_S = 15 * 60  # a hold outlives any request (upstream timeout 120 s, streams too)
+_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micro(value: Decimal) -> int:
+    """USD as whole micro-dollars, rounded up: a budget check never errs low."""
+    return math.ceil(value * MICRO)
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """The start of the budget period containing `now` (UTC)."""
+    if period == "daily":
+        return datetime(now.year, now.month, now.day, tzinfo=UTC)
+    if period == "monthly":
+        return datetime(now.year, now.month, 1, tzinfo=UTC)
+    return _EPOCH
+
+
+def period_end(period: str, start: datetime) -> datetime | None:
+    if period == "daily":
+        return start + timedelta(days=1)
+    if period == "monthly":
+        return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget a request is held to."""
+
+    organization_id: str
+    api_key_id: str
+    period: str  # daily | monthly | total
+    start: datetime
+    limit: int  # micro-USD
+    label: str
+
+    @property
+    def key(self) -> str:
+        return f"{TAG}:budget:key:{self.api_key_id}:{int(self.start.timestamp())}"
+
+    @property
+    def holds(self) -> str:
+        return f"{TAG}:holds:key:{self.api_key_id}:{int(self.start.timestamp())}"
+
+    @property
+    def ttl_s(self) -> int:
+        """How long the hash lives: its period and a day more (0: no end)."""
+        end = period_end(self.period, self.start)
+        return 0 if end is None else int((end - self.start).total_seconds()) + 86400
+
+
+def key_budget(principal: Any, now: datetime) -> Budget | None:
+    """The budget of the caller's key, if it has one."""
+    if not principal.api_key_id or not principal.max_budget_usd:
+        return None
+    period = principal.budget_period or "monthly"
+    return Budget(principal.organization_id, principal.api_key_id, period, period_start(period, now),
+                  micro(Decimal(principal.max_budget_usd)),
+                  f"the {period} budget of this API key (${principal.max_budget_usd})")
+
+
+def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequence[Any]) -> int:
+    """The most a request may cost: its prompt (4 characters a token, rounded up) and the most it
+    may generate (its max_tokens, else the model's output limit, else what is left of its context
+    window, else 4096) at the dearest candidate's price."""
+    prompt = math.ceil(prompt_chars / 4)
+    most = 0
+    for candidate in candidates:
+        output = max_output_tokens or candidate.max_output_tokens or max(
+            candidate.context_window - prompt, 0) or 4096
+        cost = (Decimal(prompt) * Decimal(candidate.input_per_1k or "0")
+                + Decimal(output) * Decimal(candidate.output_per_1k or "0")) / 1000
+        most = max(most, micro(cost))
+    return most
+
+
+class SpendStore:
+    """Settled spend per key and budget period in PostgreSQL (`rate_limit_tracking`)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def spent(self, budget: Budget) -> int:
+        """Micro-USD settled in the budget's period."""
+        value = await self._pool.fetchval(
+            "SELECT cost_usd FROM rate_limit_tracking WHERE organization_id = $1::uuid "
+            "AND api_key_id = $2::uuid AND period = $3 AND period_start = $4",
+            budget.organization_id, budget.api_key_id, _PERIODS[budget.period], budget.start)
+        return 0 if value is None else micro(value)
+
+    async def add(self, entries: Sequence[tuple[Budget, Decimal, int]]) -> None:
+        """Adds each (budget, true cost, tokens) to its period's row, in one transaction."""
+        if not entries:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO rate_limit_tracking (organization_id, api_key_id, period, period_start, "
+                "requests, tokens, cost_usd) VALUES ($1::uuid, $2::uuid, $3, $4, 1, $5, $6) "
+                "ON CONFLICT (organization_id, COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'), "
+                "period, period_start) DO UPDATE SET requests = rate_limit_tracking.requests + 1, "
+                "tokens = rate_limit_tracking.tokens + EXCLUDED.tokens, "
+                "cost_usd = rate_limit_tracking.cost_usd + EXCLUDED.cost_usd, updated_at = now()",
+                [(b.organization_id, b.api_key_id, _PERIODS[b.period], b.start, tokens, cost)
+                 for b, cost, tokens in entries])

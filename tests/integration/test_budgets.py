@@ -1,0 +1,135 @@
+"""Budgets on real Valkey and PostgreSQL (services/limits/budgets.py, docs/limits.md "Budgets"):
+concurrent requests of two processes never hold more than the budget, holds settle to the true
+cost, spend is durable in PostgreSQL and seeds a Redis that lost it, a request admitted before a
+re-seeding is counted once, a dead worker's hold counts at its worst case, and Redis away fails
+closed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from services.auth import admin
+from services.core.config import StoreUrls
+from services.core.db import create_pool
+from services.core.errors import GatewayError, Reason
+from services.core.redis import create_redis
+from services.limits import limiter as limiter_module
+from services.limits.budgets import Budget, SpendStore, period_end, period_start
+from services.limits.limiter import Limiter
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+BUDGET = 1_000_000  # $1 in micro-USD
+HOLD = BUDGET // 10
+
+
+@pytest.fixture(scope="module")
+async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(migrated_database_url, max_size=4)
+    yield created
+    await created.close()
+
+
+@pytest.fixture
+async def clients(store_urls: StoreUrls) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    first, second = create_redis(store_urls.redis_url), create_redis(store_urls.redis_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def new_budget(pool: asyncpg.Pool, period: str = "daily") -> Budget:
+    name = f"budget-{uuid.uuid4().hex[:10]}"
+    org_id = await admin.create_org(pool, name)
+    await admin.create_key(pool, os.urandom(32), name, "budgeted")
+    key_id = await pool.fetchval("SELECT id::text FROM api_keys WHERE organization_id = $1::uuid", org_id)
+    return Budget(org_id, key_id, period, period_start(period, datetime.now(UTC)), BUDGET, "the test budget")
+
+
+async def refused(call: object) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+async def test_fifty_concurrent_requests_of_two_processes_never_hold_more_than_the_budget(
+        pool: asyncpg.Pool, clients: tuple[aioredis.Redis, ...]) -> None:
+    budget = await new_budget(pool)
+    limiters = [Limiter(client, spend=SpendStore(pool)) for client in clients]
+    results = await asyncio.gather(*(limiters[i % 2].admit([], [], [budget], [HOLD], f"r{i}")
+                                     for i in range(50)), return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, GatewayError)]
+    assert len(admitted) == 10 and len(errors) == 40
+    assert errors[0].reason is Reason.QUOTA_EXCEEDED and errors[0].http_status == 429
+    assert "the test budget" in errors[0].message and "$1" in errors[0].message
+    # Each settles at its true cost (less than held); what was held comes back.
+    for i, admission in enumerate(admitted):
+        limiters[i % 2].settle_soon(admission, {}, Decimal("0.05"), 10)
+    for limiter in limiters:
+        await limiter.drain()
+    assert await SpendStore(pool).spent(budget) == 10 * 50_000
+    assert int(await clients[0].hget(budget.key, "spent")) == 500_000
+    assert int(await clients[0].hget(budget.key, "held")) == 0
+    more = await asyncio.gather(*(limiters[0].admit([], [], [budget], [HOLD], f"s{i}") for i in range(10)),
+                                return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in more) == 5  # $0.50 left, $0.10 each
+
+
+async def test_a_redis_that_lost_the_budget_is_seeded_from_postgresql(
+        pool: asyncpg.Pool, clients: tuple[aioredis.Redis, ...]) -> None:
+    budget = await new_budget(pool, "monthly")
+    limiter = Limiter(clients[0], spend=SpendStore(pool))
+    first = await limiter.admit([], [], [budget], [HOLD], "a")
+    limiter.settle_soon(first, {}, Decimal("0.7"), 1)
+    await limiter.drain()
+    in_flight = await limiter.admit([], [], [budget], [HOLD], "b")
+    await clients[0].delete(budget.key, budget.holds)  # Redis lost it (a restart, an eviction)
+    # Re-seeded from PostgreSQL: $0.70 spent; the hold of "b" was lost with it.
+    second = await limiter.admit([], [], [budget], [HOLD], "c")
+    assert second.generations != in_flight.generations
+    assert int(await clients[0].hget(budget.key, "spent")) == 700_000
+    # "b" settles into the new hash by its true cost only; "c" releases its hold.
+    limiter.settle_soon(in_flight, {}, Decimal("0.05"), 1)
+    limiter.settle_soon(second, {}, Decimal("0.05"), 1)
+    await limiter.drain()
+    assert int(await clients[0].hget(budget.key, "spent")) == 800_000
+    assert int(await clients[0].hget(budget.key, "held")) == 0
+    assert await SpendStore(pool).spent(budget) == 800_000
+    error = await refused(limiter.admit([], [], [budget], [300_000], "d"))
+    assert error.reason is Reason.QUOTA_EXCEEDED
+    end = period_end("monthly", budget.start)
+    assert end is not None
+    assert 0 < await clients[0].ttl(budget.key) <= (end - budget.start).total_seconds() + 86400
+
+
+async def test_a_dead_workers_hold_counts_at_its_worst_case(
+        pool: asyncpg.Pool, clients: tuple[aioredis.Redis, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = await new_budget(pool)
+    monkeypatch.setattr(limiter_module, "HOLD_S", 0.05)
+    limiter = Limiter(clients[0], spend=SpendStore(pool))
+    await limiter.admit([], [], [budget], [400_000], "dead")  # never settled: its worker died
+    await asyncio.sleep(0.2)
+    await limiter.admit([], [], [budget], [100_000], "next")
+    assert int(await clients[0].hget(budget.key, "spent")) == 400_000
+    assert int(await clients[0].hget(budget.key, "held")) == 100_000
+
+
+async def test_redis_away_fails_closed_for_budgets(pool: asyncpg.Pool) -> None:
+    budget = await new_budget(pool)
+    gone = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    try:
+        error = await refused(Limiter(gone, spend=SpendStore(pool)).admit([], [], [budget], [HOLD], "x"))
+        assert error.reason is Reason.UNAVAILABLE and error.http_status == 503
+        opened = Limiter(gone, spend=SpendStore(pool), budgets_fail_open=True)
+        assert (await opened.admit([], [], [budget], [HOLD], "y")).generations == []
+    finally:
+        await gone.aclose()
