@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -24,7 +25,8 @@ from services.core.errors import GatewayError, Reason
 from services.core.redis import create_redis
 from services.limits import limiter as limiter_module
 from services.limits.budgets import Budget, SpendStore, period_end, period_start
-from services.limits.limiter import Limiter
+from services.limits.limiter import REQUESTS, Limiter, Window
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 BUDGET = 1_000_000  # $1 in micro-USD
@@ -133,3 +135,33 @@ async def test_redis_away_fails_closed_for_budgets(pool: asyncpg.Pool) -> None:
         assert (await opened.admit([], [], [budget], [HOLD], "y")).generations == []
     finally:
         await gone.aclose()
+
+
+async def test_redis_cut_mid_traffic_fails_as_documented_and_loses_no_spend(
+        pool: asyncpg.Pool, store_urls: StoreUrls) -> None:
+    """Budget requests get 503 while Redis is unreachable, rate-limit-only ones pass uncounted;
+    what settled before is still there after, and a Redis that lost it meanwhile is re-seeded."""
+    target = urlsplit(store_urls.redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    port = await proxy.restore()
+    client = create_redis(f"redis://127.0.0.1:{port}{target.path or '/0'}")
+    direct = create_redis(store_urls.redis_url)
+    budget = await new_budget(pool)
+    limiter = Limiter(client, spend=SpendStore(pool))
+    window = Window.of("key", uuid.uuid4().hex, None, REQUESTS, 100, 60, "requests per minute")
+    try:
+        admitted = await limiter.admit([window], [1], [budget], [HOLD], "before")
+        limiter.settle_soon(admitted, {}, Decimal("0.3"), 1)
+        await limiter.drain()
+        await proxy.cut()
+        error = await refused(limiter.admit([window], [1], [budget], [HOLD], "during"))
+        assert error.reason is Reason.UNAVAILABLE and error.http_status == 503
+        assert (await limiter.admit([window], [1])).used == []  # no budget: open, uncounted
+        await direct.delete(budget.key, budget.holds)  # and the restart lost the hash
+        await proxy.restore()
+        again = await limiter.admit([window], [1], [budget], [HOLD], "after")
+        assert int(await direct.hget(budget.key, "spent")) == 300_000 and again.used == [2]
+    finally:
+        await proxy.cut()
+        await client.aclose()
+        await direct.aclose()
