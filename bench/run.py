@@ -6,9 +6,10 @@ generator in its own process: chat without and with streaming, directly against 
 baseline) and through the gateway. Prints a table and writes bench/results/latest.json. Every
 process it started is stopped at the end, on error and on Ctrl-C too.
 
-The gateway phases use a key of their own carrying limits that never bite (`--limits`, the
-default: requests per minute and per day, tokens per minute), so each request pays for its
-rate-limit round trip as a limited customer's would; `--no-limits` uses the unlimited admin key.
+The gateway phases use a key of their own carrying limits and a budget that never bite
+(`--limits`, the default: requests per minute and per day, tokens per minute, a monthly budget),
+so each request pays for its round trip as a limited customer's would; `--no-limits` uses the
+unlimited admin key.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def _post(url: str, key: str, stream: bool) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-# Limits a benchmark cannot reach, so every request is checked and counted but never refused.
+# Limits and a budget a benchmark cannot reach, so every request is checked, counted and held but
+# never refused.
 BENCH_LIMITS = {"rate_limit_per_minute": 10_000_000, "rate_limit_per_day": 1_000_000_000,
-                "tokens_per_minute": 2_000_000_000}
+                "tokens_per_minute": 2_000_000_000, "max_budget_usd": "1000000000",
+                "budget_period": "monthly"}
 
 
 def limited_key(base_url: str, admin_key: str) -> str:
