@@ -74,6 +74,15 @@ def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None
             )
 
 
+def _image_count(operation: Any) -> int:
+    """How many images a request asks for: its `n` (of the JSON body or of the upload's form); 1
+    when absent."""
+    if isinstance(operation, image_pb2.ImageGenerationRequest):
+        return max(operation.n, 1) if operation.HasField("n") else 1
+    value = str((getattr(operation, "fields", {}) or {}).get("n", "1"))
+    return max(int(value), 1) if value.isdigit() else 1
+
+
 def max_output(request: Any) -> int:
     """The most a chat or completion request lets the model generate; 0 when it does not say."""
     for name in ("max_completion_tokens", "max_tokens"):
@@ -203,7 +212,7 @@ class Pipeline:
 
     async def limit(self, principal: auth_pb.Principal, model: str,
                     candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,
-                    max_output_tokens: int = 0) -> None:
+                    max_output_tokens: int = 0, images: int = 0) -> None:
         """Counts the request in every rate-limit window that applies to it (the key's own limits
         and the rules), in one Redis round trip, or raises RATE_LIMITED; the answer's headers tell
         the client where it stands (gathered in `record.headers`; docs/limits.md). Token and cost
@@ -222,7 +231,8 @@ class Pipeline:
         guess = estimate(record.prompt_bytes, max_output_tokens, first.input_per_1k if first else "0",
                          first.output_per_1k if first else "0")
         budgets = [budget] if budget is not None else []
-        holds = [worst_case_micro(record.prompt_bytes, max_output_tokens, candidates)] if budgets else []
+        holds = [worst_case_micro(record.prompt_bytes, max_output_tokens, candidates, images)
+                 for _ in budgets]
         record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows], budgets,
                                                     holds, record.request_id)
         record.headers.extend(record.admission.headers())
@@ -315,7 +325,7 @@ class Pipeline:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
         candidates = await self._candidates(model, fallbacks, "image")
-        await self.limit(principal, model, candidates, record, context)
+        await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 
         async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.ImageResponse:

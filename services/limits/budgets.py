@@ -90,10 +90,11 @@ def key_budget(principal: Any, now: datetime) -> Budget | None:
                   f"the {period} budget of this API key (${principal.max_budget_usd})")
 
 
-def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequence[Any]) -> int:
+def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequence[Any],
+                     images: int = 0) -> int:
     """The most a request may cost: its prompt (4 characters a token, rounded up) and the most it
     may generate (its max_tokens, else the model's output limit, else what is left of its context
-    window, else 4096) at the dearest candidate's price."""
+    window, else 4096), and `images` at a route's per-image price, at the dearest candidate."""
     prompt = math.ceil(prompt_chars / 4)
     most = 0
     for candidate in candidates:
@@ -101,6 +102,9 @@ def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequ
             candidate.context_window - prompt, 0) or 4096
         cost = (Decimal(prompt) * Decimal(candidate.input_per_1k or "0")
                 + Decimal(output) * Decimal(candidate.output_per_1k or "0")) / 1000
+        per_image = str(getattr(candidate, "per_image", None) or "")
+        if images and per_image:
+            cost += images * Decimal(per_image)
         most = max(most, micro(cost))
     return most
 

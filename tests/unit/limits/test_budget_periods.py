@@ -52,3 +52,9 @@ def test_the_hold_is_the_dearest_candidates_worst_case() -> None:
     assert worst_case_micro(400, 0, [cheap]) == micro((Decimal(100) * Decimal("0.001")
                                                        + Decimal(4096) * Decimal("0.002")) / 1000)
     assert micro(Decimal("0.0000001")) == 1  # rounded up: a check never errs low
+
+
+def test_images_are_held_at_their_per_image_price() -> None:
+    dalle = SimpleNamespace(input_per_1k="0", output_per_1k="0", max_output_tokens=0, context_window=0,
+                            per_image="0.04")
+    assert worst_case_micro(100, 0, [dalle], images=3) == micro(Decimal("0.12"))
