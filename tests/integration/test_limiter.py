@@ -99,3 +99,19 @@ async def _refusal(call: object) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
         await call  # type: ignore[misc]
     return caught.value
+
+
+async def test_a_request_costs_one_redis_round_trip(clients: tuple[aioredis.Redis, ...]) -> None:
+    """Every window of a request is checked and counted by one EVALSHA (docs/limits.md)."""
+    limiter = Limiter(clients[0])
+    windows = [window(limit=1000), window(limit=1000, seconds=3600), window(TOKENS, limit=10**9)]
+    await limiter.admit(windows, [1, 1, 10])  # loads the script once (NOSCRIPT, then EVALSHA)
+
+    async def calls() -> int:
+        stats = await clients[1].info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = await calls()
+    for _ in range(20):
+        await limiter.admit(windows, [1, 1, 10])
+    assert await calls() - before == 20
