@@ -29,6 +29,8 @@ from services.limits.scripts import TAG
 MICRO = Decimal(1_000_000)
 HOLD_S = 15 * 60  # a hold outlives any request (upstream timeout 120 s, streams too)
 _PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
+COST_UNIT, TOKENS_UNIT, REQUESTS_UNIT = "cost", "tokens", "requests"
+_COLUMNS = {COST_UNIT: "cost_usd", TOKENS_UNIT: "tokens", REQUESTS_UNIT: "requests"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -56,28 +58,39 @@ def period_end(period: str, start: datetime) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """One budget a request is held to."""
+    """One budget a request is held to: a key's (`api_key_id`) or an organization's quota (no key),
+    counting cost (micro-USD), tokens or requests (`unit`)."""
 
     organization_id: str
-    api_key_id: str
+    api_key_id: str  # "" for an organization's quota
     period: str  # daily | monthly | total
     start: datetime
-    limit: int  # micro-USD
+    limit: int  # in `unit`s; micro-USD for cost
     label: str
+    unit: str = COST_UNIT
+
+    @property
+    def _name(self) -> str:
+        scope = f"key:{self.api_key_id}" if self.api_key_id else f"org:{self.organization_id}"
+        return f"{scope}:{self.unit}:{int(self.start.timestamp())}"
 
     @property
     def key(self) -> str:
-        return f"{TAG}:budget:key:{self.api_key_id}:{int(self.start.timestamp())}"
+        return f"{TAG}:budget:{self._name}"
 
     @property
     def holds(self) -> str:
-        return f"{TAG}:holds:key:{self.api_key_id}:{int(self.start.timestamp())}"
+        return f"{TAG}:holds:{self._name}"
 
     @property
     def ttl_s(self) -> int:
         """How long the hash lives: its period and a day more (0: no end)."""
         end = period_end(self.period, self.start)
         return 0 if end is None else int((end - self.start).total_seconds()) + 86400
+
+    def amount(self, cost: Decimal, tokens: int) -> int:
+        """What a settled request counts in this budget."""
+        return micro(cost) if self.unit == COST_UNIT else tokens if self.unit == TOKENS_UNIT else 1
 
 
 def key_budget(principal: Any, now: datetime) -> Budget | None:
@@ -110,30 +123,47 @@ def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequ
 
 
 class SpendStore:
-    """Settled spend per key and budget period in PostgreSQL (`rate_limit_tracking`)."""
+    """Settled usage per key or organization and budget period in PostgreSQL
+    (`rate_limit_tracking`; an organization's row has no key)."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
     async def spent(self, budget: Budget) -> int:
-        """Micro-USD settled in the budget's period."""
+        """What was settled in the budget's period, in its unit (micro-USD for cost)."""
         value = await self._pool.fetchval(
-            "SELECT cost_usd FROM rate_limit_tracking WHERE organization_id = $1::uuid "
-            "AND api_key_id = $2::uuid AND period = $3 AND period_start = $4",
-            budget.organization_id, budget.api_key_id, _PERIODS[budget.period], budget.start)
-        return 0 if value is None else micro(value)
+            f"SELECT {_COLUMNS[budget.unit]} FROM rate_limit_tracking WHERE organization_id = $1::uuid "
+            "AND api_key_id IS NOT DISTINCT FROM $2::uuid AND period = $3 AND period_start = $4",
+            budget.organization_id, budget.api_key_id or None, _PERIODS[budget.period], budget.start)
+        if value is None:
+            return 0
+        return micro(value) if budget.unit == COST_UNIT else int(value)
 
-    async def add(self, entries: Sequence[tuple[Budget, Decimal, int]]) -> None:
-        """Adds each (budget, true cost, tokens) to its period's row, in one transaction."""
-        if not entries:
+    async def add(self, entries: Sequence[tuple[Sequence[Budget], Decimal, int]]) -> None:
+        """Adds each settled request (its budgets, true cost, tokens) once to every period row its
+        budgets count in, in one transaction."""
+        rows: dict[tuple[str, str, str, datetime], list[Any]] = {}
+        for budgets, cost, tokens in entries:
+            for row in {(b.organization_id, b.api_key_id, b.period, b.start) for b in budgets}:
+                totals = rows.setdefault(row, [0, 0, Decimal(0)])
+                totals[0] += 1
+                totals[1] += tokens
+                totals[2] += cost
+        if not rows:
             return
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO rate_limit_tracking (organization_id, api_key_id, period, period_start, "
-                "requests, tokens, cost_usd) VALUES ($1::uuid, $2::uuid, $3, $4, 1, $5, $6) "
+                "requests, tokens, cost_usd) VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7) "
                 "ON CONFLICT (organization_id, COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'), "
-                "period, period_start) DO UPDATE SET requests = rate_limit_tracking.requests + 1, "
+                "period, period_start) DO UPDATE SET "
+                "requests = rate_limit_tracking.requests + EXCLUDED.requests, "
                 "tokens = rate_limit_tracking.tokens + EXCLUDED.tokens, "
                 "cost_usd = rate_limit_tracking.cost_usd + EXCLUDED.cost_usd, updated_at = now()",
-                [(b.organization_id, b.api_key_id, _PERIODS[b.period], b.start, tokens, cost)
-                 for b, cost, tokens in entries])
+                # In one order everywhere: two workers' batches never deadlock on each other's rows.
+                [(org, key or None, _PERIODS[period], start, n, tokens, cost)
+                 for (org, key, period, start), (n, tokens, cost) in sorted(rows.items(), key=_row_order)])
+
+
+def _row_order(item: tuple[tuple[str, str, str, datetime], list[Any]]) -> tuple[str, str, str, datetime]:
+    return item[0]

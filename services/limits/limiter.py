@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from services.core.errors import GatewayError, Reason
 from services.limits import scripts
-from services.limits.budgets import HOLD_S, micro
+from services.limits.budgets import HOLD_S
 from services.limits.scripts import TAG
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class Admission:
     request_id: str = ""
 
     def member(self, index: int) -> str:
-        return f"{self.request_id}:{self.holds[index]}"
+        return f"{self.request_id}:{self.budgets[index].unit}:{self.holds[index]}"
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """`X-RateLimit-*` for the tightest window (least left, then soonest reset), and OpenAI's
@@ -147,7 +147,7 @@ class Limiter:
             args += [window.limit, window.window_s * 1000, max(amount, 0)]
         args.append(len(budgets))
         for budget, hold in zip(budgets, holds, strict=True):
-            args += [budget.limit, hold, HOLD_S * 1000, f"{request_id}:{hold}", budget.ttl_s]
+            args += [budget.limit, hold, HOLD_S * 1000, f"{request_id}:{budget.unit}:{hold}", budget.ttl_s]
         keys = [w.key for w in windows] + [k for b in budgets for k in (b.key, b.holds)]
         try:
             for _ in range(3):  # a budget hash missing is seeded, then the request admitted
@@ -220,17 +220,18 @@ class Limiter:
         """Spend goes to PostgreSQL first, then the holds are released in Redis: a Redis lost in
         between is re-seeded with it (counted twice in that race: more, never less)."""
         if self._spend is not None:
+            settled = {id(a): (a.budgets, cost, tokens) for a, _, cost, tokens in releases}
             try:
-                await self._spend.add([(a.budgets[i], cost, tokens) for a, i, cost, tokens in releases])
+                await self._spend.add(list(settled.values()))
             except Exception:  # noqa: BLE001 - Redis still has it until the period ends
-                log.exception("spend of %d requests not persisted", len(releases))
+                log.exception("spend of %d requests not persisted", len(settled))
         keys: list[str] = []
         args: list[Any] = []
-        for admission, index, cost, _ in releases:
+        for admission, index, cost, tokens in releases:
             budget = admission.budgets[index]
             keys += [budget.key, budget.holds]
             args += [admission.generations[index], admission.member(index), admission.holds[index],
-                     micro(cost)]
+                     budget.amount(cost, tokens)]
         try:
             await self._release(keys=keys, args=args)
         except RedisError as exc:
