@@ -29,7 +29,14 @@ from services.auth.audit import AuditTrail, audited_check
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
-from services.limits.budgets import key_budget, worst_case_micro
+from services.limits.budgets import (
+    COST_UNIT,
+    REQUESTS_UNIT,
+    TOKENS_UNIT,
+    key_budget,
+    worst_case_micro,
+    worst_case_tokens,
+)
 from services.limits.limiter import Limiter
 from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
@@ -97,12 +104,13 @@ class Pipeline:
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, quotas: Any = None) -> None:
         self.clients = clients
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
         self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
         self.cache = cache  # the response cache (services/limits/response_cache.py); None: no caching
+        self.quotas = quotas  # organization quotas (services/limits/quotas.py QuotaBook), when served
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -224,15 +232,21 @@ class Pipeline:
         if self.rules is not None:
             windows += rule_windows(await self.rules.for_request(
                 principal.organization_id, principal.api_key_id, principal.user_id, model))
-        budget = key_budget(principal, datetime.now(UTC))
-        if not windows and budget is None:
+        now = datetime.now(UTC)
+        budget = key_budget(principal, now)
+        budgets = [budget] if budget is not None else []
+        if self.quotas is not None:
+            for quota in await self.quotas.of(principal.organization_id):
+                budgets += quota.budgets(now)
+        if not windows and not budgets:
             return
         first = candidates[0] if candidates else None
         guess = estimate(record.prompt_bytes, max_output_tokens, first.input_per_1k if first else "0",
                          first.output_per_1k if first else "0")
-        budgets = [budget] if budget is not None else []
-        holds = [worst_case_micro(record.prompt_bytes, max_output_tokens, candidates, images)
-                 for _ in budgets]
+        worst = {COST_UNIT: worst_case_micro(record.prompt_bytes, max_output_tokens, candidates, images),
+                 TOKENS_UNIT: worst_case_tokens(record.prompt_bytes, max_output_tokens, candidates),
+                 REQUESTS_UNIT: 1}
+        holds = [worst[b.unit] for b in budgets]
         record.admission = await self.limiter.admit(windows, [guess.amount(w.kind) for w in windows], budgets,
                                                     holds, record.request_id)
         record.headers.extend(record.admission.headers())

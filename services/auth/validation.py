@@ -91,7 +91,7 @@ BUDGET_PERIODS = ("daily", "monthly", "total")
 MAX_BUDGET_USD = Decimal("1000000000")
 
 
-def validate_budget(value: Any) -> Decimal:
+def validate_budget(value: Any, param: str = "max_budget_usd") -> Decimal:
     """A budget in USD: a decimal string (or number), positive, at most 10 decimals."""
     try:
         amount = Decimal(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) \
@@ -101,8 +101,8 @@ def validate_budget(value: Any) -> Decimal:
     exponent = amount.as_tuple().exponent
     if not amount.is_finite() or amount <= 0 or amount > MAX_BUDGET_USD or not isinstance(exponent, int) \
             or exponent < -10:
-        raise _invalid("max_budget_usd must be a positive decimal string of at most 10 decimals "
-                       "(\"25.00\"), or null for no budget.", "max_budget_usd")
+        raise _invalid(f"{param} must be a positive decimal string of at most 10 decimals "
+                       "(\"25.00\"), or null for none.", param)
     return amount
 
 

@@ -32,6 +32,7 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.auth.v1.AuditLogService",
     "aggregator.auth.v1.OAuthService",
     "aggregator.limits.v1.CacheService",
+    "aggregator.limits.v1.QuotaService",
     "aggregator.limits.v1.RateLimitRuleService",
     "aggregator.analytics.v1.AnalyticsService",
     "aggregator.ops.v1.OpsService",

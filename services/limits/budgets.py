@@ -103,6 +103,13 @@ def key_budget(principal: Any, now: datetime) -> Budget | None:
                   f"the {period} budget of this API key (${principal.max_budget_usd})")
 
 
+def worst_case_tokens(prompt_chars: int, max_output_tokens: int, candidates: Sequence[Any]) -> int:
+    """The most tokens a request may use: its prompt and the most it may generate (as below)."""
+    prompt = math.ceil(prompt_chars / 4)
+    return prompt + max((max_output_tokens or c.max_output_tokens or max(c.context_window - prompt, 0) or 4096
+                         for c in candidates), default=max_output_tokens or 4096)
+
+
 def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequence[Any],
                      images: int = 0) -> int:
     """The most a request may cost: its prompt (4 characters a token, rounded up) and the most it

@@ -126,13 +126,15 @@ def _wire_limits(settings: WorkerSettings, topology: Topology, wiring: Wiring, p
     announced on NATS, and the response cache is Redis keys any process may delete."""
     from services.core.redis import create_redis
     from services.limits.cache_servicer import cache_registration
+    from services.limits.quota_servicer import quota_registration
     from services.limits.response_cache import ResponseCache
     from services.limits.rule_servicer import rate_limit_rule_registration
 
     redis = create_redis(settings.stores.redis_url)
     wiring.closers.append(redis.aclose)
     for registration in (rate_limit_rule_registration(pool, auth.authenticator, auth.trail, nc),
-                         cache_registration(auth.authenticator, ResponseCache(redis), auth.trail)):
+                         cache_registration(auth.authenticator, ResponseCache(redis), auth.trail),
+                         quota_registration(pool, auth.authenticator, auth.trail, nc)):
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
@@ -206,6 +208,7 @@ async def _wire_edge(
     from services.core.redis import create_redis
     from services.limits.budgets import SpendStore
     from services.limits.limiter import Limiter
+    from services.limits.quotas import QuotaBook
     from services.limits.response_cache import ResponseCache
     from services.limits.rules import RuleBook
 
@@ -220,6 +223,10 @@ async def _wire_edge(
     wiring.closers.append(rules.close)
     wiring.on_nats_reconnect.append(rules.invalidate)
     cache = ResponseCache(redis, settings.cache_ttls)  # services/limits/response_cache.py: only when asked
+    quotas = QuotaBook(pool)  # organization quotas, kept current over NATS
+    await quotas.subscribe(nc)
+    wiring.closers.append(quotas.close)
+    wiring.on_nats_reconnect.append(quotas.invalidate)
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)
@@ -246,7 +253,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit, limiter=limiter, rules=rules, cache=cache,
+        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas,
     )
     wiring.serve(
         topology,

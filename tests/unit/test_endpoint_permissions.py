@@ -24,6 +24,7 @@ from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
 from services.core.rpc import PERMISSION_ATTRIBUTE
 from services.limits.cache_servicer import CacheServicer
+from services.limits.quota_servicer import QuotaServicer
 from services.limits.rule_servicer import RateLimitRuleServicer
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, PUBLIC_GRPC_SERVICES
 
@@ -39,6 +40,7 @@ SERVICERS: dict[str, type] = {
     "aggregator.auth.v1.AuditLogService": AuditLogServicer,
     "aggregator.auth.v1.OAuthService": OAuthServicer,
     "aggregator.limits.v1.CacheService": CacheServicer,
+    "aggregator.limits.v1.QuotaService": QuotaServicer,
     "aggregator.limits.v1.RateLimitRuleService": RateLimitRuleServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,

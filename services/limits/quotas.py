@@ -1,0 +1,126 @@
+"""Organization quotas (docs/limits.md, "Quotas"): requests, tokens and cost per UTC day or month,
+enforced as budgets of the organization (services/limits/budgets.py: held when a request is
+admitted, settled to the truth when it ends, durable in `rate_limit_tracking`).
+
+`usage_quotas` holds them (one row per organization and period, no key); `QuotaBook` keeps each
+organization's in memory, dropped on every change announced on NATS (`limits.quotas.changed`),
+so a warm request reads no database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from services.core.nats import unsubscribe_quietly
+from services.limits.budgets import (
+    COST_UNIT,
+    REQUESTS_UNIT,
+    TOKENS_UNIT,
+    Budget,
+    micro,
+    period_start,
+)
+
+log = logging.getLogger(__name__)
+
+SUBJECT = "limits.quotas.changed"
+PERIODS = {"daily": "day", "monthly": "month"}
+_NAMES = {stored: name for name, stored in PERIODS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRow:
+    organization_id: str
+    period: str  # daily | monthly
+    max_requests: int | None
+    max_tokens: int | None
+    max_cost_usd: Decimal | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> QuotaRow:
+        tokens = row["max_tokens"]
+        requests = row["max_requests"]
+        return cls(str(row["organization_id"]), _NAMES[row["period"]],
+                   None if requests is None else int(requests), None if tokens is None else int(tokens),
+                   row["max_cost_usd"])
+
+    def budgets(self, now: datetime) -> list[Budget]:
+        """The quota as budgets of its organization for the period containing `now`."""
+        start = period_start(self.period, now)
+        whose = f"the {self.period} quota of this organization"
+        out = []
+        if self.max_requests is not None:
+            out.append(Budget(self.organization_id, "", self.period, start, self.max_requests,
+                              f"{whose} ({self.max_requests} requests)", REQUESTS_UNIT))
+        if self.max_tokens is not None:
+            out.append(Budget(self.organization_id, "", self.period, start, self.max_tokens,
+                              f"{whose} ({self.max_tokens} tokens)", TOKENS_UNIT))
+        if self.max_cost_usd is not None:
+            out.append(Budget(self.organization_id, "", self.period, start, micro(self.max_cost_usd),
+                              f"{whose} (${self.max_cost_usd})", COST_UNIT))
+        return out
+
+
+async def load_quotas(pool: Any, organization_id: str) -> list[QuotaRow]:
+    rows = await pool.fetch(
+        "SELECT organization_id, period, max_requests, max_tokens, max_cost_usd FROM usage_quotas "
+        "WHERE organization_id = $1::uuid AND api_key_id IS NULL AND enabled AND period IN ('day', 'month') "
+        "ORDER BY period", organization_id)
+    return [QuotaRow.from_row(row) for row in rows]
+
+
+class QuotaBook:
+    """Per process: each organization's quotas, kept `ttl_s` and dropped on every change."""
+
+    def __init__(self, pool: Any, *, ttl_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[float, list[QuotaRow]]] = {}
+        self._generation = 0
+        self._subscription: Any = None
+
+    async def of(self, organization_id: str) -> list[QuotaRow]:
+        hit = self._entries.get(organization_id)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        generation = self._generation
+        quotas = await load_quotas(self._pool, organization_id)
+        if generation == self._generation:  # a change that arrived meanwhile wins
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[organization_id] = (self._clock() + self._ttl_s, quotas)
+        return quotas
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    async def subscribe(self, nc: Any) -> None:
+        async def changed(_msg: Any) -> None:
+            self.invalidate()
+
+        self._subscription = await nc.subscribe(SUBJECT, cb=changed)
+        await nc.flush(timeout=5)
+
+    async def close(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        await unsubscribe_quietly(subscription)
+
+
+async def publish_change(nc: Any | None) -> None:
+    """Tells every process to drop its quotas (they read them again on the next request)."""
+    if nc is None:
+        return
+    try:
+        await nc.publish(SUBJECT, b"")
+        await nc.flush(timeout=1)
+    except Exception as exc:  # noqa: BLE001 - processes still re-read within their TTL
+        log.warning("could not announce a quota change: %s", type(exc).__name__)
