@@ -143,6 +143,7 @@ class Gateway:
     data_dir: Path
     service_token: str = ""  # what internal RPCs on the services' port require
     ops_url: str = ""  # the ops port: /metrics, /healthz, /readyz without a key
+    secret: str = ""  # AGGREGATOR_SECRET: a replica given the same one accepts the same keys
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     envoy: Any = None
 
@@ -156,11 +157,13 @@ class Gateway:
         children.stop_all(list(self.processes.values()), timeout_s=10.0)
 
 
-async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config: Config) -> Gateway:
-    """Prepares the stores and starts the service processes and Envoy; the caller stops it."""
+async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config: Config,
+                        secret: str = "") -> Gateway:
+    """Prepares the stores and starts the service processes and Envoy; the caller stops it. A
+    replica of a running gateway gets its `secret` (and the same stores)."""
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, once
     os.environ["AGGREGATOR_ADMIN_KEY"] = ADMIN_KEY
-    os.environ["AGGREGATOR_SECRET"] = secrets.token_hex(32)
+    os.environ["AGGREGATOR_SECRET"] = secret or secrets.token_hex(32)
     try:
         await prepare_stores(config, stores, data_dir)
     finally:
@@ -183,7 +186,7 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
     ports = {name: free_port() for name in groups}
     token = derive_service_token(parse_secret(os.environ["AGGREGATOR_SECRET"]))
     gateway = Gateway("", "", "", ADMIN_KEY, data_dir, service_token=token,
-                      ops_url=f"http://127.0.0.1:{ops_port}")
+                      ops_url=f"http://127.0.0.1:{ops_port}", secret=os.environ["AGGREGATOR_SECRET"])
     ready_files = {name: data_dir / f"{name}.ready" for name in groups}
     for name, services in groups.items():
         ready_files[name].unlink(missing_ok=True)
