@@ -9,6 +9,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 from services.limits.budgets import key_budget, micro, period_end, period_start, worst_case_micro
+from services.limits.quotas import QuotaRow
 
 
 def principal(budget: str = "5", period: str = "daily") -> SimpleNamespace:
@@ -58,3 +59,13 @@ def test_images_are_held_at_their_per_image_price() -> None:
     dalle = SimpleNamespace(input_per_1k="0", output_per_1k="0", max_output_tokens=0, context_window=0,
                             per_image="0.04")
     assert worst_case_micro(100, 0, [dalle], images=3) == micro(Decimal("0.12"))
+
+
+def test_a_daily_quota_starts_again_at_utc_midnight() -> None:
+    quota = QuotaRow("org", "daily", max_requests=3, max_tokens=None, max_cost_usd=Decimal("2.5"))
+    late = quota.budgets(datetime(2026, 12, 4, 23, 59, 59, tzinfo=UTC))
+    early = quota.budgets(datetime(2026, 12, 5, 0, 0, 0, tzinfo=UTC))
+    assert [(b.unit, b.limit) for b in late] == [("requests", 3), ("cost", 2_500_000)]
+    assert all(not b.api_key_id for b in late)  # the organization's, not a key's
+    assert {b.key for b in late}.isdisjoint({b.key for b in early})
+    assert early[0].start == datetime(2026, 12, 5, tzinfo=UTC)
