@@ -39,6 +39,7 @@ from services.auth.audit_repository import (
     redact,
 )
 from services.auth.permissions import check
+from services.core.consumer import PullConsumer
 from services.core.errors import GatewayError, Reason
 from services.core.events import UsagePublisher
 from services.core.nats import upsert_stream
@@ -226,41 +227,16 @@ def entry_of(event: audit_event_pb2.AuditEvent) -> AuditEntry:
         occurred_at=event.occurred_at.ToDatetime(tzinfo=UTC) if event.HasField("occurred_at") else None)
 
 
-STOP_GRACE_S = 5.0  # how long AuditConsumer.stop waits past one fetch
-
-
-class AuditConsumer:
+class AuditConsumer(PullConsumer):
     """Writes stream AUDIT to `audit_log`: a durable pull consumer (`audit-writer`, shared by every
     auth process), up to `batch` events per transaction, acknowledged after the commit."""
 
+    name = "audit-consumer"
+
     def __init__(self, nc: Client, pool: asyncpg.Pool, *, batch: int = 100, wait_s: float = 1.0) -> None:
+        super().__init__(batch=batch, wait_s=wait_s)
         self._nc = nc
         self._pool = pool
-        self._batch = batch
-        self._wait_s = wait_s
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="audit-consumer")
-
-    async def stop(self) -> None:
-        """Ends the consumer after the batch in hand is written; never waits much past one fetch.
-
-        Cancelling a task inside nats-py's `fetch()` is unreliable: the library may turn the
-        cancellation into a TimeoutError (nats-io/nats.py#373), after which a loop would fetch on
-        forever. So the loop checks a flag after every fetch, and cancelling is only the fallback.
-        """
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        done, _ = await asyncio.wait({task}, timeout=self._wait_s + STOP_GRACE_S)
-        if not done:
-            task.cancel()
-            await asyncio.wait({task}, timeout=STOP_GRACE_S)
 
     async def _subscribe(self) -> Any:
         js = self._nc.jetstream()
@@ -268,25 +244,6 @@ class AuditConsumer:
         return await js.pull_subscribe(
             AUDIT_SUBJECT_PREFIX + ">", durable=AUDIT_CONSUMER, stream=AUDIT_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000))
-
-    async def _run(self) -> None:
-        subscription = None
-        while not self._stopping:
-            try:
-                if subscription is None:
-                    subscription = await self._subscribe()
-                try:
-                    messages = await subscription.fetch(self._batch, timeout=self._wait_s)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                await self.write(messages)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS or PostgreSQL away: unacknowledged events come back
-                if self._stopping:
-                    return
-                log.warning("audit consumer: %s; retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
 
     async def write(self, messages: list[Any]) -> int:
         """Inserts a batch in one transaction, then acknowledges it; answers the rows offered."""

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.auth import audit
 from services.auth.audit import AuditConsumer
+from services.core import consumer as consumer_module
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,7 +32,7 @@ class SwallowingSubscription:
 
 async def test_stop_ends_a_consumer_whose_fetch_swallows_cancellation(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(consumer_module, "STOP_GRACE_S", 0.5)
     consumer = AuditConsumer(nc=None, pool=None, wait_s=0.2)  # type: ignore[arg-type]
     subscription = SwallowingSubscription()
 
