@@ -275,6 +275,16 @@ async def _wire_edge(
     )
 
 
+async def _wire_ledger(wiring: Wiring, pool: Any, nc: Any) -> None:
+    """The usage ledger (services/analytics/ledger.py): every analytics process shares one durable
+    JetStream consumer that writes the request log."""
+    from services.analytics.ledger import Ledger
+
+    ledger = Ledger(nc, pool)
+    await ledger.start()
+    wiring.closers.append(ledger.stop)
+
+
 def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
     from services.analytics.servicer import AnalyticsServicer
     from services.billing.servicer import BillingServicer
@@ -303,8 +313,8 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     pool, nc = await _stores(
         settings,
         wiring,
-        postgres=bool(services & {"auth", "routing", "edge"}),
-        nats=bool(services & {"auth", "routing", "edge"}),
+        postgres=bool(services & {"auth", "routing", "edge", "analytics"}),
+        nats=bool(services & {"auth", "routing", "edge", "analytics"}),
     )
     try:
         if "auth" in services:
@@ -315,6 +325,8 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
             await _wire_adapter(settings, topology, wiring)
         if "edge" in services:
             await _wire_edge(settings, topology, wiring, pool, nc)
+        if "analytics" in services:
+            await _wire_ledger(wiring, pool, nc)
         _wire_later_issues(topology, wiring, services)
     except BaseException:
         await wiring.close()

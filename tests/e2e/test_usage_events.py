@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import asyncpg
 import httpx
 import nats
 import pytest
@@ -100,3 +101,27 @@ async def test_a_stream_cut_by_the_client_is_billed_for_what_was_generated(
     # No usage came from upstream: what reached the client is estimated and billed, never free.
     assert event.completion_tokens >= 1 and event.prompt_tokens >= 1
     assert Decimal(event.cost_usd) > 0 and event.time_to_first_token_ms >= 0
+
+
+async def test_the_ledger_records_each_request_once_at_its_exact_cost(
+        http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """The analytics process's ledger writes the request log from the stream (a few seconds of lag)."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ledger me"}]}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    request_id, usage = response.headers["x-request-id"], response.json()["usage"]
+    deadline = asyncio.get_running_loop().time() + 15
+    row = None
+    while row is None and asyncio.get_running_loop().time() < deadline:
+        row = await pool.fetchrow(
+            "SELECT a.cost_usd, a.prompt_tokens, a.completion_tokens, a.status, "
+            "(SELECT count(*) FROM api_requests r WHERE r.request_id = a.request_id) AS requests "
+            "FROM request_analytics a WHERE a.request_id = $1", request_id)
+        await asyncio.sleep(0.1)
+    assert row is not None, "the request never reached the ledger"
+    assert row["prompt_tokens"] == usage["prompt_tokens"]
+    assert row["completion_tokens"] == usage["completion_tokens"]
+    # gpt-4o-mini's route in tests/e2e/harness.py: $0.0015 and $0.002 per 1k tokens.
+    expected = (Decimal(usage["prompt_tokens"]) * Decimal("0.0015")
+                + Decimal(usage["completion_tokens"]) * Decimal("0.002")) / 1000
+    assert row["cost_usd"] == expected and row["status"] == "succeeded" and row["requests"] == 1
