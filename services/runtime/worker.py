@@ -275,18 +275,38 @@ async def _wire_edge(
     )
 
 
-async def _wire_ledger(wiring: Wiring, pool: Any, nc: Any) -> None:
-    """The usage ledger (services/analytics/ledger.py): every analytics process shares one durable
-    JetStream consumer that writes the request log."""
+async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+    """The usage ledger (services/analytics/ledger.py: every analytics process shares one durable
+    JetStream consumer that writes the request log) and `GET /v1/usage` on top of it."""
+    from aggregator.auth.v1 import auth_service_pb2
+    from edge.clients import ServiceClients
     from services.analytics.ledger import Ledger
+    from services.analytics.servicer import AnalyticsServicer
+    from services.auth.authenticator import missing_key
+    from services.auth.keys import parse_bearer
+    from services.auth.permissions import check
+    from services.core import calls
+    from services.core.rpc import metadata_value
 
     ledger = Ledger(nc, pool)
     await ledger.start()
     wiring.closers.append(ledger.stop)
+    clients = ServiceClients.on(topology.channel_for)
+
+    async def authenticate(context: Any) -> Any:
+        key = parse_bearer(metadata_value(context, "authorization"))
+        if key is None:
+            raise missing_key()
+        answer = await calls.unary(clients.auth.Authenticate,
+                                   auth_service_pb2.AuthenticateRequest(api_key=key))
+        check(answer.principal)  # the permission the running RPC declares
+        return answer.principal
+
+    wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+                 AnalyticsServicer(pool, authenticate), "aggregator.analytics.v1.AnalyticsService")
 
 
 def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
-    from services.analytics.servicer import AnalyticsServicer
     from services.billing.servicer import BillingServicer
 
     if "billing" in services:
@@ -295,13 +315,6 @@ def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[s
             billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
             BillingServicer(),
             "aggregator.billing.v1.BillingService",
-        )
-    if "analytics" in services:
-        wiring.serve(
-            topology,
-            analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-            AnalyticsServicer(),
-            "aggregator.analytics.v1.AnalyticsService",
         )
 
 
@@ -326,7 +339,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
         if "edge" in services:
             await _wire_edge(settings, topology, wiring, pool, nc)
         if "analytics" in services:
-            await _wire_ledger(wiring, pool, nc)
+            await _wire_analytics(topology, wiring, pool, nc)
         _wire_later_issues(topology, wiring, services)
     except BaseException:
         await wiring.close()
