@@ -22,10 +22,9 @@ from services.auth.keys import parse_bearer
 from services.auth.login import AuditHook, LoginThrottle, People
 from services.auth.permissions import PUBLIC, READ_MODELS, check, requires
 from services.auth.sessions import SessionStates, SessionStore
-from services.core.rpc import metadata_value, rpc_method
+from services.core.rpc import metadata_value, rpc_method, send_headers
 from services.core.server import Registration
 
-REQUEST_ID_KEY = "x-request-id"
 UNKNOWN_ADDRESS = "unknown"
 
 
@@ -36,12 +35,6 @@ def client_address(context: Any) -> str:
     peer = getattr(context, "peer", None)
     return client_ip(metadata_value(context, "x-forwarded-for"), peer() if callable(peer) else None) \
         or UNKNOWN_ADDRESS
-
-
-async def _echo_request_id(context: Any) -> None:
-    request_id = metadata_value(context, REQUEST_ID_KEY)
-    if request_id:
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
@@ -56,7 +49,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def Login(self, request: session_service_pb2.LoginRequest,
                     context: Any) -> session_service_pb2.LoginResponse:
         """Tokens for a user's email and password."""
-        await _echo_request_id(context)
+        await send_headers(context)
         return await self._people.login(request.email, request.password, client_address(context))
 
     @rpc_method
@@ -64,7 +57,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def Refresh(self, request: session_service_pb2.RefreshRequest,
                       context: Any) -> session_service_pb2.RefreshResponse:
         """New tokens for a refresh token, which is spent."""
-        await _echo_request_id(context)
+        await send_headers(context)
         return await self._people.refresh(request.refresh_token)
 
     @rpc_method
@@ -72,7 +65,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def Logout(self, request: session_service_pb2.LogoutRequest,
                      context: Any) -> session_service_pb2.LogoutResponse:
         """Ends the session; every process refuses its access tokens within 2 s."""
-        await _echo_request_id(context)
+        await send_headers(context)
         bearer = parse_bearer(metadata_value(context, "authorization"))
         await self._people.logout(request.refresh_token, bearer)
         return session_service_pb2.LogoutResponse(revoked=True)
@@ -82,7 +75,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def GetMe(self, request: session_service_pb2.GetMeRequest,
                     context: Any) -> session_service_pb2.GetMeResponse:
         """The caller (an access token or an API key)."""
-        await _echo_request_id(context)
+        await send_headers(context)
         principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
         check(principal)
         return await self._people.me(principal)

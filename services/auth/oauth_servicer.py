@@ -21,18 +21,8 @@ from services.auth.oauth import OAuthProvider, client_message
 from services.auth.oauth_protocol import NO_STORE, parse_form
 from services.auth.permissions import PUBLIC, READ_MODELS, READ_OAUTH_CLIENTS, WRITE_OAUTH_CLIENTS, requires
 from services.core.errors import HTTP_STATUS_KEY
-from services.core.rpc import metadata_value, rpc_method
+from services.core.rpc import metadata_value, rpc_method, send_headers
 from services.core.server import Registration
-
-REQUEST_ID_KEY = "x-request-id"
-
-
-async def _send_headers(context: Any, *headers: tuple[str, str]) -> None:
-    """Sends the response headers once: the request id Envoy forwarded, and `headers`."""
-    request_id = metadata_value(context, REQUEST_ID_KEY)
-    sent = ((REQUEST_ID_KEY, request_id),) if request_id else ()
-    if sent or headers:
-        await context.send_initial_metadata(sent + headers)
 
 
 def _json_body(values: dict[str, Any]) -> httpbody_pb2.HttpBody:
@@ -49,7 +39,7 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
         self._trail = trail
 
     async def _caller(self, context: Any, *headers: tuple[str, str]) -> Any:
-        await _send_headers(context, *headers)
+        await send_headers(context, *headers)
         return await authorized(self._authenticator, self._trail, context)
 
     @rpc_method
@@ -87,14 +77,14 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
         """A signed-in user approves a client: a 302 to its redirect URI with a code (or an error)."""
         caller = await authorized(self._authenticator, self._trail, context)
         target = await self._provider.authorize(caller, request)
-        await _send_headers(context, (HTTP_STATUS_KEY, "302"), ("location", target), *NO_STORE)
+        await send_headers(context, (HTTP_STATUS_KEY, "302"), ("location", target), *NO_STORE)
         return oauth_service_pb2.AuthorizeResponse(redirect_to=target)
 
     @rpc_method
     @requires(PUBLIC)
     async def Token(self, request: httpbody_pb2.HttpBody, context: Any) -> httpbody_pb2.HttpBody:
         """The token endpoint: a form in, RFC 6749 JSON out."""
-        await _send_headers(context, *NO_STORE)
+        await send_headers(context, *NO_STORE)
         bind_origin(context)
         form = parse_form(request.content_type, request.data)
         return _json_body(await self._provider.token(form, metadata_value(context, "authorization")))
@@ -103,7 +93,7 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
     @requires(PUBLIC)
     async def Revoke(self, request: httpbody_pb2.HttpBody, context: Any) -> httpbody_pb2.HttpBody:
         """RFC 7009 revocation: 200 whether or not the token was live."""
-        await _send_headers(context, *NO_STORE)
+        await send_headers(context, *NO_STORE)
         bind_origin(context)
         form = parse_form(request.content_type, request.data)
         await self._provider.revoke(form, metadata_value(context, "authorization"))

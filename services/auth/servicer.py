@@ -29,16 +29,7 @@ from services.auth.validation import (
     page_size,
     settings_from_create,
 )
-from services.core.rpc import metadata_value, rpc_method
-
-REQUEST_ID_KEY = "x-request-id"
-
-
-async def _echo_request_id(context: Any) -> None:
-    # Envoy forwards the request id it generated; sending it back makes it a response header.
-    request_id = metadata_value(context, REQUEST_ID_KEY)
-    if request_id:
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+from services.core.rpc import rpc_method, send_headers
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
@@ -67,7 +58,7 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         self._trail = trail
 
     async def _admin(self, context: Any) -> Any:
-        await _echo_request_id(context)
+        await send_headers(context)
         # The permission the running RPC declares below; a refusal goes to the audit trail.
         return await authorized(self._authenticator, self._trail, context)
 

@@ -27,10 +27,8 @@ from services.auth.authenticator import Authenticator
 from services.auth.permissions import ADMIN_PLATFORM, READ_USERS, WRITE_USERS, requires
 from services.auth.tenancy import TenancyManager
 from services.auth.tenancy_repository import OrganizationRow, UserRow
-from services.core.rpc import metadata_value, rpc_method
+from services.core.rpc import rpc_method, send_headers
 from services.core.server import Registration
-
-REQUEST_ID_KEY = "x-request-id"
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -62,10 +60,7 @@ class _Authenticated:
         self._trail = trail
 
     async def _caller(self, context: Any) -> Any:
-        # Envoy forwards the request id it generated; sending it back makes it a response header.
-        request_id = metadata_value(context, REQUEST_ID_KEY)
-        if request_id:
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        await send_headers(context)  # the request id, as a response header
         # The permission the running RPC declares; a refusal goes to the audit trail.
         return await authorized(self._authenticator, self._trail, context)
 

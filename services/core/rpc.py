@@ -38,6 +38,18 @@ class InProcessContext:
     """Marker base of the in-process servicer context (see inproc.py)."""
 
 
+REQUEST_ID_KEY = "x-request-id"
+
+
+async def send_headers(context: Any, *headers: tuple[str, str]) -> None:
+    """Sends the response headers of an RPC, once: the request id Envoy generated and forwarded
+    (sent back, it becomes a response header) and `headers`."""
+    request_id = metadata_value(context, REQUEST_ID_KEY)
+    sent = ((REQUEST_ID_KEY, request_id),) if request_id else ()
+    if sent or headers:
+        await context.send_initial_metadata(sent + headers)
+
+
 async def abort(context: Any, error: GatewayError) -> None:
     """Ends the RPC with `error`; never returns."""
     if isinstance(context, InProcessContext):

@@ -18,12 +18,10 @@ from aggregator.limits.v1 import rate_limit_rule_service_pb2_grpc as rules_pb2_g
 from services.auth.audit import AuditTrail, authorized
 from services.auth.authenticator import Authenticator
 from services.auth.permissions import READ_RATE_LIMITS, WRITE_RATE_LIMITS, requires
-from services.core.rpc import metadata_value, rpc_method
+from services.core.rpc import rpc_method, send_headers
 from services.core.server import Registration
 from services.limits.rule_manager import RuleManager
 from services.limits.rule_repository import RuleRow, decimal_str
-
-REQUEST_ID_KEY = "x-request-id"
 
 
 def rule_message(row: RuleRow) -> rules_pb2.RateLimitRule:
@@ -59,10 +57,7 @@ class RateLimitRuleServicer(rules_pb2_grpc.RateLimitRuleServiceServicer):
         self._trail = trail
 
     async def _caller(self, context: Any) -> Any:
-        # Envoy forwards the request id it generated; sending it back makes it a response header.
-        request_id = metadata_value(context, REQUEST_ID_KEY)
-        if request_id:
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        await send_headers(context)  # the request id, as a response header
         # The permission the running RPC declares; a refusal goes to the audit trail.
         return await authorized(self._authenticator, self._trail, context)
 
