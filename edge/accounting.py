@@ -23,7 +23,7 @@ from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
-from services.core.errors import GatewayError
+from services.core.errors import GatewayError, internal_error
 from services.limits.limiter import COST, TOKENS, Admission, Limiter
 from services.limits.policy import micro_usd
 from services.routing.catalog import decimal_str
@@ -159,8 +159,9 @@ class UsageRecorder:
 
     @contextlib.contextmanager
     def recording(self, record: RequestRecord) -> Iterator[RequestRecord]:
-        """Finishes `record` whatever happens inside: failed on a GatewayError, cancelled when the
-        client goes away (CancelledError, or GeneratorExit in a closed stream)."""
+        """Finishes `record` whatever happens inside: failed on a GatewayError, failed as an
+        internal error (500) on any other exception (never recorded as a success), cancelled when
+        the client goes away (CancelledError, or GeneratorExit in a closed stream)."""
         try:
             yield record
         except GatewayError as error:
@@ -168,6 +169,9 @@ class UsageRecorder:
             raise
         except (asyncio.CancelledError, GeneratorExit):
             record.cancel()
+            raise
+        except Exception:
+            record.fail(internal_error())
             raise
         finally:
             self.finish(record)

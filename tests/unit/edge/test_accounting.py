@@ -195,3 +195,13 @@ async def test_metric_labels_come_from_the_catalog_only() -> None:
     # A model routing resolved (it handed out a candidate) is a catalog id: it is the label.
     recorder.finish(record(candidate=candidate(), organization_id=""))
     assert "gpt-4o-mini" in _model_labels()
+
+
+def test_an_unexpected_exception_is_recorded_as_a_failure_never_a_success() -> None:
+    recorder = UsageRecorder(None)
+    rec = record(candidate=candidate())
+    with pytest.raises(KeyError), recorder.recording(rec):
+        raise KeyError("a bug")
+    event = rec.to_event()
+    assert (event.status, event.http_status, event.error_reason) == (
+        ev.REQUEST_STATUS_FAILED, 500, "INTERNAL")
