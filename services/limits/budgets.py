@@ -72,7 +72,7 @@ class Budget:
     @property
     def _name(self) -> str:
         scope = f"key:{self.api_key_id}" if self.api_key_id else f"org:{self.organization_id}"
-        return f"{scope}:{self.unit}:{int(self.start.timestamp())}"
+        return f"{scope}:{self.unit}:{self.period}:{int(self.start.timestamp())}"
 
     @property
     def key(self) -> str:

@@ -149,6 +149,8 @@ class Limiter:
         for budget, hold in zip(budgets, holds, strict=True):
             args += [budget.limit, hold, HOLD_S * 1000, f"{request_id}:{budget.unit}:{hold}", budget.ttl_s]
         keys = [w.key for w in windows] + [k for b in budgets for k in (b.key, b.holds)]
+        if budgets:
+            keys.append(scripts.EXPIRED)
         try:
             for _ in range(3):  # a budget hash missing is seeded, then the request admitted
                 answer = await self._admit(keys=keys, args=args)
@@ -232,6 +234,7 @@ class Limiter:
             keys += [budget.key, budget.holds]
             args += [admission.generations[index], admission.member(index), admission.holds[index],
                      budget.amount(cost, tokens)]
+        keys.append(scripts.EXPIRED)
         try:
             await self._release(keys=keys, args=args)
         except RedisError as exc:

@@ -3,7 +3,8 @@ clock, over keys that all carry the hash tag `{rl}` (one Cluster slot)."""
 
 TAG = "{rl}"  # every limiter key starts with it: one Cluster slot, so a script may touch them all
 
-# KEYS: one hash per window, then two keys per budget (its hash and its holds). ARGV: the number
+# KEYS: one hash per window, then two keys per budget (its hash and its holds), then (with
+# budgets) the registry of expired holds (EXPIRED). ARGV: the number
 # of windows, per window its limit, length (ms) and amount; then per budget its limit, the hold,
 # the hold's lifetime (ms), the hold's member ("<request id>:<hold>") and the hash's TTL (s, 0:
 # none). Answers {1, now, used_1, reset_1, ..., gen_1, ...} (used includes this request), or
@@ -49,12 +50,14 @@ for j = 1, nb do
   local gen = redis.call('HGET', key, 'gen')
   if not gen then return {2, j} end
   gens[j] = gen
-  -- Holds whose worker died count as spent at their worst case.
+  -- Holds whose worker died count as spent at their worst case, and are noted in the registry
+  -- (the last key) for the reconciler to correct to their true cost once the ledger has it.
   local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
   for _, member in ipairs(expired) do
     local amount = tonumber(string.match(member, ':(%d+)$')) or 0
     redis.call('HINCRBY', key, 'held', -amount)
     redis.call('HINCRBY', key, 'spent', amount)
+    redis.call('HSET', KEYS[#KEYS], key .. '|' .. member, gen .. '|' .. now)
   end
   if #expired > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
   local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
@@ -93,13 +96,14 @@ if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
 
-# KEYS: per settled budget hold, its hash and its holds. ARGV: per hold, the generation it was
+# KEYS: per settled budget hold, its hash and its holds, then the registry of expired holds.
+# ARGV: per hold, the generation it was
 # admitted in, its member, its amount and the true cost (micro-USD). A hold still there is
 # released and the true cost spent; a hold that expired (counted as spent at its amount) is
 # corrected to the true cost; in a hash seeded since (Redis lost the one it was held in), only the
 # true cost is added; with no hash at all, PostgreSQL already has it for the next seeding.
 RELEASE = """
-for j = 1, #KEYS / 2 do
+for j = 1, (#KEYS - 1) / 2 do
   local key, holds = KEYS[2*j - 1], KEYS[2*j]
   local gen, member = ARGV[4*j - 3], ARGV[4*j - 2]
   local hold, cost = tonumber(ARGV[4*j - 1]), tonumber(ARGV[4*j])
@@ -108,7 +112,8 @@ for j = 1, #KEYS / 2 do
     if redis.call('ZREM', holds, member) == 1 then
       redis.call('HINCRBY', key, 'held', -hold)
       redis.call('HINCRBY', key, 'spent', cost)
-    else
+    elseif redis.call('HDEL', KEYS[#KEYS], key .. '|' .. member) == 1 then
+      -- Expired (counted at its worst case) and not reconciled yet: the truth replaces it.
       redis.call('HINCRBY', key, 'spent', cost - hold)
     end
   elseif current then
@@ -129,6 +134,20 @@ for i = 1, #KEYS do
     local left = redis.call('HINCRBY', KEYS[i], ARGV[3*i-1], delta)
     if left <= 0 then redis.call('HDEL', KEYS[i], ARGV[3*i-1]) end
   end
+end
+return 1
+"""
+
+# The registry of expired holds: field "<budget hash>|<member>", value "<generation>|<when, ms>".
+EXPIRED = TAG + ":expired"
+
+# KEYS: a budget's hash, the registry. ARGV: the registry field, the hold's generation, its amount
+# and the true amount. Corrects an expired hold to the truth, once (the release of a worker that
+# was only slow may have done it already); answers 1 when it did.
+RECONCILE = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[2] then
+  redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[4]) - tonumber(ARGV[3]))
 end
 return 1
 """

@@ -209,6 +209,7 @@ async def _wire_edge(
     from services.limits.budgets import SpendStore
     from services.limits.limiter import Limiter
     from services.limits.quotas import QuotaBook
+    from services.limits.reconcile import Reconciler
     from services.limits.response_cache import ResponseCache
     from services.limits.rules import RuleBook
 
@@ -223,6 +224,9 @@ async def _wire_edge(
     wiring.closers.append(rules.close)
     wiring.on_nats_reconnect.append(rules.invalidate)
     cache = ResponseCache(redis, settings.cache_ttls)  # services/limits/response_cache.py: only when asked
+    reconciler = Reconciler(redis, pool)  # expired holds of dead workers, from the ledger
+    await reconciler.start()
+    wiring.closers.append(reconciler.stop)
     quotas = QuotaBook(pool)  # organization quotas, kept current over NATS
     await quotas.subscribe(nc)
     wiring.closers.append(quotas.close)

@@ -26,6 +26,7 @@ from services.core.redis import create_redis
 from services.limits import limiter as limiter_module
 from services.limits.budgets import Budget, SpendStore, period_end, period_start
 from services.limits.limiter import REQUESTS, Limiter, Window
+from services.limits.reconcile import Reconciler
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -165,3 +166,50 @@ async def test_redis_cut_mid_traffic_fails_as_documented_and_loses_no_spend(
         await proxy.cut()
         await client.aclose()
         await direct.aclose()
+
+
+async def expire(limiter: Limiter, budget: Budget, hold: int, request_id: str) -> None:
+    """A hold whose worker dies, then expires on the next admission."""
+    await limiter.admit([], [], [budget], [hold], request_id)
+    await asyncio.sleep(0.2)
+    nudge = await limiter.admit([], [], [budget], [1], f"nudge-{uuid.uuid4()}")
+    limiter.settle_soon(nudge, {}, Decimal(0), 0)
+    await limiter.drain()
+
+
+async def ledger_row(pool: asyncpg.Pool, budget: Budget, request_id: str, cost: str) -> None:
+    """The dead worker's usage event, as the ledger writes it once its outbox is replayed."""
+    await pool.execute(
+        "INSERT INTO request_analytics (request_id, organization_id, api_key_id, endpoint, public_model, "
+        "status, http_status, prompt_tokens, completion_tokens, cost_usd) VALUES ($1, $2::uuid, $3::uuid, "
+        "'chat.completions', 'gpt-4o-mini', 'succeeded', 200, 10, 20, $4)",
+        request_id, budget.organization_id, budget.api_key_id, Decimal(cost))
+
+
+async def test_a_dead_workers_hold_is_reconciled_with_the_ledger_once(
+        pool: asyncpg.Pool, clients: tuple[aioredis.Redis, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = await new_budget(pool)
+    monkeypatch.setattr(limiter_module, "HOLD_S", 0.05)
+    limiter = Limiter(clients[0], spend=SpendStore(pool))
+    reconciler = Reconciler(clients[0], pool)
+    dead = f"dead-{uuid.uuid4()}"
+    await expire(limiter, budget, 400_000, dead)
+    assert int(await clients[0].hget(budget.key, "spent")) == 400_000  # its worst case, for now
+    assert await reconciler.run_once() == 0  # the ledger does not have it yet
+    await ledger_row(pool, budget, dead, "0.12")
+    assert await reconciler.run_once() == 1
+    assert int(await clients[0].hget(budget.key, "spent")) == 120_000  # the truth
+    assert await SpendStore(pool).spent(budget) == 120_000
+    assert await reconciler.run_once() == 0  # once only
+
+    # A worker that was only slow settles after its hold expired: it corrects, the reconciler not.
+    slow = await limiter.admit([], [], [budget], [300_000], f"slow-{uuid.uuid4()}")
+    await asyncio.sleep(0.2)
+    nudge = await limiter.admit([], [], [budget], [1], f"nudge-{uuid.uuid4()}")
+    limiter.settle_soon(nudge, {}, Decimal(0), 0)
+    limiter.settle_soon(slow, {}, Decimal("0.05"), 30)
+    await limiter.drain()
+    await ledger_row(pool, budget, slow.request_id, "0.05")
+    assert await reconciler.run_once() == 0
+    assert int(await clients[0].hget(budget.key, "spent")) == 170_000
