@@ -27,6 +27,9 @@ from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
 log = logging.getLogger(__name__)
 
 LEDGER_CONSUMER = "ledger-writer"
+# Between batches smaller than a full one: a request reaches the ledger at most about this much
+# later, and each transaction carries many requests rather than one (docs/architecture.md §4).
+LINGER_S = 1.0
 TABLES = ("api_requests", "api_responses", "request_analytics")
 _STATUS = {ev.REQUEST_STATUS_SUCCEEDED: "succeeded", ev.REQUEST_STATUS_FAILED: "failed",
            ev.REQUEST_STATUS_CANCELLED: "cancelled"}
@@ -115,9 +118,10 @@ class Ledger(PullConsumer):
 
     name = "usage-ledger"
 
-    def __init__(self, nc: Client, pool: asyncpg.Pool, *, batch: int = 200, wait_s: float = 1.0,
-                 durable: str = LEDGER_CONSUMER, subject: str = USAGE_SUBJECT_PREFIX + ">") -> None:
-        super().__init__(batch=batch, wait_s=wait_s)
+    def __init__(self, nc: Client, pool: asyncpg.Pool, *, batch: int = 500, wait_s: float = 1.0,
+                 linger_s: float = LINGER_S, durable: str = LEDGER_CONSUMER,
+                 subject: str = USAGE_SUBJECT_PREFIX + ">") -> None:
+        super().__init__(batch=batch, wait_s=wait_s, linger_s=linger_s)
         self._nc = nc
         self._pool = pool
         self._durable = durable

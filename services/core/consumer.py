@@ -25,9 +25,12 @@ class PullConsumer:
 
     name = "consumer"
 
-    def __init__(self, *, batch: int = 100, wait_s: float = 1.0) -> None:
+    def __init__(self, *, batch: int = 100, wait_s: float = 1.0, linger_s: float = 0.0) -> None:
         self._batch = batch
         self._wait_s = wait_s
+        # After a batch smaller than `batch`, wait this long before the next fetch, so that under
+        # steady traffic batches grow (fewer, larger transactions) at the price of that much lag.
+        self._linger_s = linger_s
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -69,6 +72,8 @@ class PullConsumer:
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 await self.write(messages)
+                if self._linger_s and len(messages) < self._batch and not self._stopping:
+                    await asyncio.sleep(self._linger_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS or PostgreSQL away: unacknowledged events come back
