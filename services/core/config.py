@@ -77,6 +77,8 @@ class Config:
     # budgets.on_redis_error: "closed" (the default) refuses requests that have a budget with 503
     # while Redis is unreachable, so a budget is never overspent; "open" lets them pass uncounted.
     budgets_fail_open: bool = False
+    # retention: days kept (services/analytics/retention.py): request logs, analytics, audit log.
+    retention_days: tuple[int, int, int] = (90, 730, 7 * 365)
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -156,10 +158,16 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
     on_budget_error = (raw.get("budgets") or {}).get("on_redis_error", "closed")
     if on_budget_error not in ("open", "closed"):
         raise ConfigError("budgets.on_redis_error must be 'open' or 'closed'")
+    retention_raw = raw.get("retention") or {}
+    retention = tuple(int(retention_raw.get(name, default)) for name, default in (
+        ("request_logs_days", 90), ("analytics_days", 730), ("audit_days", 7 * 365)))
+    if any(days < 1 for days in retention):
+        raise ConfigError("retention: every period must be at least 1 day")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
-                  rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open")
+                  rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open",
+                  retention_days=(retention[0], retention[1], retention[2]))
 
 
 def config_path(explicit: str | None = None) -> Path:

@@ -51,6 +51,7 @@ class WorkerSettings:
     rate_limits_fail_open: bool = True  # rate_limits.on_redis_error: open (pass uncounted) or closed (503)
     cache_ttls: dict[str, int] = field(default_factory=dict)  # model id -> response-cache TTL (s)
     budgets_fail_open: bool = False  # budgets.on_redis_error: closed (503, the default) or open
+    retention_days: tuple[int, int, int] = (90, 730, 7 * 365)  # request logs, analytics, audit log
 
 
 @dataclass
@@ -279,12 +280,14 @@ async def _wire_edge(
     )
 
 
-async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any,
+                          nc: Any) -> None:
     """The usage ledger (services/analytics/ledger.py: every analytics process shares one durable
-    JetStream consumer that writes the request log) and `GET /v1/usage` on top of it."""
+    JetStream consumer that writes the request log), its retention job, and `GET /v1/usage`."""
     from aggregator.auth.v1 import auth_service_pb2
     from edge.clients import ServiceClients
     from services.analytics.ledger import Ledger
+    from services.analytics.retention import Retention, RetentionJob
     from services.analytics.servicer import AnalyticsServicer
     from services.auth.authenticator import missing_key
     from services.auth.keys import parse_bearer
@@ -295,6 +298,9 @@ async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any, nc: Any
     ledger = Ledger(nc, pool)
     await ledger.start()
     wiring.closers.append(ledger.stop)
+    retention = RetentionJob(pool, Retention(*settings.retention_days))
+    await retention.start()
+    wiring.closers.append(retention.stop)
     clients = ServiceClients.on(topology.channel_for)
 
     async def authenticate(context: Any) -> Any:
@@ -343,7 +349,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
         if "edge" in services:
             await _wire_edge(settings, topology, wiring, pool, nc)
         if "analytics" in services:
-            await _wire_analytics(topology, wiring, pool, nc)
+            await _wire_analytics(settings, topology, wiring, pool, nc)
         _wire_later_issues(topology, wiring, services)
     except BaseException:
         await wiring.close()

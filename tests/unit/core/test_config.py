@@ -206,3 +206,10 @@ def test_budgets_fail_closed_unless_told_open() -> None:
     assert parse_config({"budgets": {"on_redis_error": "open"}}).budgets_fail_open
     with pytest.raises(ConfigError, match="budgets.on_redis_error"):
         parse_config({"budgets": {"on_redis_error": "maybe"}})
+
+
+def test_retention_defaults_and_bounds() -> None:
+    assert parse_config({}).retention_days == (90, 730, 7 * 365)
+    assert parse_config({"retention": {"request_logs_days": 30}}).retention_days == (30, 730, 7 * 365)
+    with pytest.raises(ConfigError, match="retention"):
+        parse_config({"retention": {"analytics_days": 0}})
