@@ -24,9 +24,9 @@ from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
 from services.core.errors import GatewayError, internal_error
+from services.core.money import decimal_str
 from services.limits.limiter import COST, TOKENS, Admission, Limiter
 from services.limits.policy import micro_usd
-from services.routing.catalog import decimal_str
 
 log = logging.getLogger(__name__)
 THOUSAND = Decimal(1000)

@@ -19,9 +19,9 @@ from aggregator.analytics.v1 import analytics_service_pb2 as pb
 from aggregator.analytics.v1 import analytics_service_pb2_grpc
 from aggregator.auth.v1 import auth_service_pb2
 from services.auth.permissions import ADMIN_PLATFORM, READ_USAGE, check, requires
-from services.auth.records import decimal_text
 from services.auth.validation import key_id
 from services.core.errors import GatewayError, Reason, quote
+from services.core.money import decimal_str
 from services.core.rpc import rpc_method
 
 MAX_DAYS = 366
@@ -92,7 +92,7 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
             requests, prompt = _count(row["requests"]), _count(row["prompt"])
             completion, cost = _count(row["completion"]), row["cost"] or Decimal(0)
             item = pb.UsageRow(requests=requests, prompt_tokens=prompt, completion_tokens=completion,
-                               total_tokens=min(prompt + completion, _INT32), cost_usd=decimal_text(cost))
+                               total_tokens=min(prompt + completion, _INT32), cost_usd=decimal_str(cost))
             setattr(item, {"day": "date", "model": "model", "key": "api_key_id"}[group], row["grouped"])
             if group != "model" and request.model:
                 item.model = request.model
@@ -101,5 +101,5 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
                                                     completions + completion, spent + cost)
         answer.totals.CopyFrom(pb.UsageTotals(
             requests=_count(counted), prompt_tokens=_count(prompts), completion_tokens=_count(completions),
-            total_tokens=_count(prompts + completions), cost_usd=decimal_text(spent)))
+            total_tokens=_count(prompts + completions), cost_usd=decimal_str(spent)))
         return answer

@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from services.auth.records import KeyRow
+from services.core.money import decimal_str
 
 # Keys never written to the trail, whatever a caller passes (docs/architecture.md §2.11).
 SECRET_FIELDS = frozenset({"key", "key_hash", "previous_key_hash", "password", "password_hash", "secret",
@@ -74,7 +75,7 @@ def redact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if isinstance(value, (list, tuple)):
             return [clean(v) for v in value]
         if isinstance(value, Decimal):
-            return format(value.normalize(), "f")
+            return decimal_str(value)
         return value
 
     return orjson.loads(orjson.dumps(clean(values), option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC))

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from aggregator.auth.v1 import api_key_pb2, auth_service_pb2
+from services.core.money import decimal_str
 
 ROLES = ("admin", "member")
 # The optional per-key limits, named alike in the table, the records and every message.
@@ -110,12 +111,6 @@ def to_datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-def decimal_text(value: Decimal) -> str:
-    """A decimal as JSON shows it: no exponent, no trailing zeros ("5", "0.25")."""
-    text = format(value.normalize(), "f")
-    return text
-
-
 def _limits(settings: KeySettings) -> dict[str, int]:
     return {name: value for name in LIMIT_FIELDS if (value := getattr(settings, name)) is not None}
 
@@ -129,7 +124,7 @@ def api_key_message(row: KeyRow, plaintext: str | None = None) -> api_key_pb2.Ap
                                  created_at=timestamp(row.created_at), scopes=s.scopes, cache=s.cache,
                                  **_limits(s))
     if s.max_budget_usd is not None:
-        message.max_budget_usd = decimal_text(s.max_budget_usd)
+        message.max_budget_usd = decimal_str(s.max_budget_usd)
         message.budget_period = s.budget_period or ""
     if s.allowed_models is not None:
         message.allowed_models.CopyFrom(list_value(s.allowed_models))
@@ -149,7 +144,7 @@ def auth_record(row: KeyRow) -> AuthRecord:
     principal = auth_service_pb2.Principal(organization_id=row.organization_id, api_key_id=row.id,
                                            role=s.role, scopes=s.scopes, cache=s.cache, **_limits(s))
     if s.max_budget_usd is not None:
-        principal.max_budget_usd = decimal_text(s.max_budget_usd)
+        principal.max_budget_usd = decimal_str(s.max_budget_usd)
         principal.budget_period = s.budget_period or ""
     if s.allowed_models is not None:
         principal.allowed_models.CopyFrom(list_value(s.allowed_models))

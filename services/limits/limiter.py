@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.core.errors import GatewayError, Reason
+from services.core.money import decimal_str
 from services.limits import scripts
 from services.limits.budgets import HOLD_S
 from services.limits.scripts import TAG
@@ -259,7 +260,7 @@ def over_budget(budget: Budget, used: int, hold: int) -> GatewayError:
 
 
 def _usd(micro_usd: int) -> str:
-    return format(Decimal(micro_usd) / 1_000_000, "f")
+    return decimal_str(Decimal(micro_usd) / 1_000_000)
 
 
 def over_limit(window: Window, amount: int, used: int, wait_ms: int) -> GatewayError:

@@ -15,10 +15,10 @@ from services.auth.audit import AuditTrail, authorized, bind_origin
 from services.auth.audit_repository import actor_of
 from services.auth.authenticator import Authenticator
 from services.auth.permissions import ADMIN_PLATFORM, READ_USAGE, requires
-from services.auth.records import decimal_text
 from services.auth.repository import _audit
 from services.auth.validation import key_id, validate_budget
 from services.core.errors import GatewayError, Reason, quote
+from services.core.money import decimal_str
 from services.core.rpc import rpc_method
 from services.core.server import Registration
 from services.limits.budgets import period_end, period_start
@@ -52,17 +52,17 @@ async def quota_message(pool: asyncpg.Pool, quota: QuotaRow, now: datetime) -> q
     message = quota_service_pb2.Quota(
         object="quota", organization_id=quota.organization_id, period=quota.period,
         used=quota_service_pb2.QuotaUsage(requests=min(requests, _MAX_INT32), tokens=min(tokens, _MAX_INT32),
-                                          cost_usd=decimal_text(cost)),
+                                          cost_usd=decimal_str(cost)),
         remaining=quota_service_pb2.QuotaUsage(
             requests=max((quota.max_requests or 0) - requests, 0),
             tokens=max((quota.max_tokens or 0) - tokens, 0),
-            cost_usd=decimal_text(max((quota.max_cost_usd or Decimal(0)) - cost, Decimal(0)))))
+            cost_usd=decimal_str(max((quota.max_cost_usd or Decimal(0)) - cost, Decimal(0)))))
     if quota.max_requests is not None:
         message.max_requests = quota.max_requests
     if quota.max_tokens is not None:
         message.max_tokens = quota.max_tokens
     if quota.max_cost_usd is not None:
-        message.max_cost_usd = decimal_text(quota.max_cost_usd)
+        message.max_cost_usd = decimal_str(quota.max_cost_usd)
     end = period_end(quota.period, start)
     if end is not None:
         message.resets_at.FromDatetime(end)

@@ -18,6 +18,7 @@ import asyncpg
 
 from services.auth.repository import _audit
 from services.core.errors import GatewayError, Reason, quote
+from services.core.money import decimal_str
 
 SCOPES = ("key", "user", "organization", "model", "global")
 PLATFORM_SCOPES = frozenset({"model", "global"})  # rules that span every organization
@@ -28,12 +29,6 @@ _COLUMNS = ("id, scope, organization_id, api_key_id, user_id, model, window_seco
             "max_tokens, max_cost_usd, enabled, created_at")
 # The rules an organization's requests may meet: its own and those spanning every organization.
 _APPLICABLE = "enabled AND (organization_id = $1::uuid OR organization_id IS NULL)"
-
-
-def decimal_str(value: Decimal) -> str:
-    """An exact decimal as a plain string without exponent or trailing zeros: 2.5."""
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True, slots=True)

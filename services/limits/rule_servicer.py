@@ -18,10 +18,11 @@ from aggregator.limits.v1 import rate_limit_rule_service_pb2_grpc as rules_pb2_g
 from services.auth.audit import AuditTrail, authorized
 from services.auth.authenticator import Authenticator
 from services.auth.permissions import READ_RATE_LIMITS, WRITE_RATE_LIMITS, requires
+from services.core.money import decimal_str
 from services.core.rpc import rpc_method, send_headers
 from services.core.server import Registration
 from services.limits.rule_manager import RuleManager
-from services.limits.rule_repository import RuleRow, decimal_str
+from services.limits.rule_repository import RuleRow
 
 
 def rule_message(row: RuleRow) -> rules_pb2.RateLimitRule:

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core.errors import GatewayError, Reason, quote
-
-
-def decimal_str(value: Decimal) -> str:
-    """An exact decimal as a plain string without exponent or trailing zeros: 0.00015."""
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
 
 # Which model types serve an endpoint's kind: legacy completions also run on chat models (as
 # vLLM and other OpenAI-compatible servers allow); adapters refuse where the provider cannot.

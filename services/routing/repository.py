@@ -9,7 +9,8 @@ import asyncpg
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core.config import Config
-from services.routing.catalog import Catalog, CatalogModel, decimal_str
+from services.core.money import decimal_str
+from services.routing.catalog import Catalog, CatalogModel
 
 
 async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:

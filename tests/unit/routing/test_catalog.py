@@ -9,7 +9,8 @@ import pytest
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core.errors import GatewayError, Reason
-from services.routing.catalog import Catalog, CatalogModel, decimal_str
+from services.core.money import decimal_str
+from services.routing.catalog import Catalog, CatalogModel
 
 
 def candidate(public: str, provider: str, upstream: str, price_in: str = "0.001", price_out: str = "0.002",
