@@ -28,9 +28,9 @@ from services.limits.scripts import TAG
 
 MICRO = Decimal(1_000_000)
 HOLD_S = 15 * 60  # a hold outlives any request (upstream timeout 120 s, streams too)
-_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
+# A budget period as rate_limit_tracking names it.
+STORED_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
 COST_UNIT, TOKENS_UNIT, REQUESTS_UNIT = "cost", "tokens", "requests"
-_COLUMNS = {COST_UNIT: "cost_usd", TOKENS_UNIT: "tokens", REQUESTS_UNIT: "requests"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -90,7 +90,12 @@ class Budget:
 
     def amount(self, cost: Decimal, tokens: int) -> int:
         """What a settled request counts in this budget."""
-        return micro(cost) if self.unit == COST_UNIT else tokens if self.unit == TOKENS_UNIT else 1
+        return unit_amount(self.unit, cost, tokens)
+
+
+def unit_amount(unit: str, cost: Decimal, tokens: int) -> int:
+    """What a request of this true cost and tokens counts in a budget of `unit`."""
+    return micro(cost) if unit == COST_UNIT else tokens if unit == TOKENS_UNIT else 1
 
 
 def key_budget(principal: Any, now: datetime) -> Budget | None:
@@ -136,15 +141,23 @@ class SpendStore:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
+    async def settled(self, organization_id: str, api_key_id: str, period: str,
+                      start: datetime) -> tuple[int, int, Decimal]:
+        """Requests, tokens and cost settled in a period of a key (or of the organization, with no
+        key)."""
+        row = await self._pool.fetchrow(
+            "SELECT requests, tokens, cost_usd FROM rate_limit_tracking WHERE organization_id = $1::uuid "
+            "AND api_key_id IS NOT DISTINCT FROM $2::uuid AND period = $3 AND period_start = $4",
+            organization_id, api_key_id or None, STORED_PERIODS[period], start)
+        if row is None:
+            return 0, 0, Decimal(0)
+        return int(row["requests"]), int(row["tokens"]), row["cost_usd"]
+
     async def spent(self, budget: Budget) -> int:
         """What was settled in the budget's period, in its unit (micro-USD for cost)."""
-        value = await self._pool.fetchval(
-            f"SELECT {_COLUMNS[budget.unit]} FROM rate_limit_tracking WHERE organization_id = $1::uuid "
-            "AND api_key_id IS NOT DISTINCT FROM $2::uuid AND period = $3 AND period_start = $4",
-            budget.organization_id, budget.api_key_id or None, _PERIODS[budget.period], budget.start)
-        if value is None:
-            return 0
-        return micro(value) if budget.unit == COST_UNIT else int(value)
+        requests, tokens, cost = await self.settled(budget.organization_id, budget.api_key_id, budget.period,
+                                                    budget.start)
+        return micro(cost) if budget.unit == COST_UNIT else tokens if budget.unit == TOKENS_UNIT else requests
 
     async def add(self, entries: Sequence[tuple[Sequence[Budget], Decimal, int]]) -> None:
         """Adds each settled request (its budgets, true cost, tokens) once to every period row its
@@ -159,17 +172,24 @@ class SpendStore:
         if not rows:
             return
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                "INSERT INTO rate_limit_tracking (organization_id, api_key_id, period, period_start, "
-                "requests, tokens, cost_usd) VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (organization_id, COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'), "
-                "period, period_start) DO UPDATE SET "
-                "requests = rate_limit_tracking.requests + EXCLUDED.requests, "
-                "tokens = rate_limit_tracking.tokens + EXCLUDED.tokens, "
-                "cost_usd = rate_limit_tracking.cost_usd + EXCLUDED.cost_usd, updated_at = now()",
-                # In one order everywhere: two workers' batches never deadlock on each other's rows.
-                [(org, key or None, _PERIODS[period], start, n, tokens, cost)
-                 for (org, key, period, start), (n, tokens, cost) in sorted(rows.items(), key=_row_order)])
+            # In one order everywhere: two workers' batches never deadlock on each other's rows.
+            await conn.executemany(_ADD, [(org, key or None, STORED_PERIODS[period], start, n, tokens, cost)
+                                          for (org, key, period, start), (n, tokens, cost)
+                                          in sorted(rows.items(), key=_row_order)])
+
+    async def add_row(self, organization_id: str, api_key_id: str, period: str, start: datetime, *,
+                      requests: int = 0, tokens: int = 0, cost: Decimal = Decimal(0)) -> None:
+        """Adds amounts to one period row (the reconciler's correction of a dead worker's request)."""
+        await self._pool.execute(_ADD, organization_id, api_key_id or None, STORED_PERIODS[period], start,
+                                 requests, tokens, cost)
+
+
+_ADD = ("INSERT INTO rate_limit_tracking (organization_id, api_key_id, period, period_start, requests, "
+        "tokens, cost_usd) VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (organization_id, COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'), "
+        "period, period_start) DO UPDATE SET requests = rate_limit_tracking.requests + EXCLUDED.requests, "
+        "tokens = rate_limit_tracking.tokens + EXCLUDED.tokens, "
+        "cost_usd = rate_limit_tracking.cost_usd + EXCLUDED.cost_usd, updated_at = now()")
 
 
 def _row_order(item: tuple[tuple[str, str, str, datetime], list[Any]]) -> tuple[str, str, str, datetime]:

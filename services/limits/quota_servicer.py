@@ -21,7 +21,7 @@ from services.core.errors import GatewayError, Reason, quote
 from services.core.money import decimal_str
 from services.core.rpc import rpc_method
 from services.core.server import Registration
-from services.limits.budgets import period_end, period_start
+from services.limits.budgets import SpendStore, period_end, period_start
 from services.limits.quotas import PERIODS, QuotaRow, load_quotas, publish_change
 
 _MAX_INT32 = 2_147_483_647
@@ -43,12 +43,7 @@ def _limit(request: Any, field: str) -> int | None:
 async def quota_message(pool: asyncpg.Pool, quota: QuotaRow, now: datetime) -> quota_service_pb2.Quota:
     """A quota with what its current period's settled requests used and what remains."""
     start = period_start(quota.period, now)
-    row = await pool.fetchrow(
-        "SELECT requests, tokens, cost_usd FROM rate_limit_tracking WHERE organization_id = $1::uuid "
-        "AND api_key_id IS NULL AND period = $2 AND period_start = $3", quota.organization_id,
-        PERIODS[quota.period], start)
-    requests, tokens, cost = (0, 0, Decimal(0)) if row is None else (
-        row["requests"], row["tokens"], row["cost_usd"])
+    requests, tokens, cost = await SpendStore(pool).settled(quota.organization_id, "", quota.period, start)
     message = quota_service_pb2.Quota(
         object="quota", organization_id=quota.organization_id, period=quota.period,
         used=quota_service_pb2.QuotaUsage(requests=min(requests, _MAX_INT32), tokens=min(tokens, _MAX_INT32),

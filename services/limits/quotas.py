@@ -21,6 +21,7 @@ from services.core.nats import unsubscribe_quietly
 from services.limits.budgets import (
     COST_UNIT,
     REQUESTS_UNIT,
+    STORED_PERIODS,
     TOKENS_UNIT,
     Budget,
     micro,
@@ -30,7 +31,7 @@ from services.limits.budgets import (
 log = logging.getLogger(__name__)
 
 SUBJECT = "limits.quotas.changed"
-PERIODS = {"daily": "day", "monthly": "month"}
+PERIODS = {name: stored for name, stored in STORED_PERIODS.items() if name != "total"}  # quotas reset
 _NAMES = {stored: name for name, stored in PERIODS.items()}
 
 

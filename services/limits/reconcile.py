@@ -24,15 +24,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.limits import scripts
-from services.limits.budgets import COST_UNIT, REQUESTS_UNIT, TOKENS_UNIT, micro
+from services.limits.budgets import COST_UNIT, REQUESTS_UNIT, TOKENS_UNIT, SpendStore, unit_amount
 
 log = logging.getLogger(__name__)
 
 EVERY_S = 10.0
 GIVE_UP_S = 3600.0
 BATCH = 200
-_COLUMNS = {COST_UNIT: "cost_usd", TOKENS_UNIT: "tokens", REQUESTS_UNIT: "requests"}
-_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
 
 
 class Reconciler:
@@ -92,7 +90,7 @@ class Reconciler:
                 if time.time() * 1000 - noted_ms > GIVE_UP_S * 1000:
                     await self._redis.hdel(scripts.EXPIRED, field)  # the worst case stays counted
                 continue
-            true = _amount(row, unit, micro(row["cost_usd"]))
+            true = unit_amount(unit, Decimal(row["cost_usd"]), int(row["tokens"]))
             try:
                 done = await self._reconcile(keys=[budget_key, scripts.EXPIRED],
                                              args=[field, generation, hold, true])
@@ -109,17 +107,8 @@ class Reconciler:
         # {rl}:budget:<key|org>:<id>:<unit>:<period>:<start>
         parts = budget_key.split(":")
         scope, period, start = parts[2], parts[5], datetime.fromtimestamp(int(parts[6]), UTC)
-        key = row["key"] if scope == "key" else None
-        amount = _amount(row, unit, Decimal(row["cost_usd"]))
-        column = _COLUMNS[unit]
-        await self._pool.execute(
-            f"INSERT INTO rate_limit_tracking (organization_id, api_key_id, period, period_start, {column}) "
-            "VALUES ($1::uuid, $2::uuid, $3, $4, $5) "
-            "ON CONFLICT (organization_id, COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'), "
-            f"period, period_start) DO UPDATE SET {column} = rate_limit_tracking.{column} "
-            f"+ EXCLUDED.{column}, updated_at = now()", row["org"], key, _PERIODS[period], start, amount)
-
-
-def _amount(row: Any, unit: str, cost: Any) -> Any:
-    """What a ledger row counts in a budget of `unit` (`cost` as the caller wants it)."""
-    return cost if unit == COST_UNIT else int(row["tokens"]) if unit == TOKENS_UNIT else 1
+        await SpendStore(self._pool).add_row(
+            row["org"], row["key"] if scope == "key" else "", period, start,
+            requests=1 if unit == REQUESTS_UNIT else 0,
+            tokens=int(row["tokens"]) if unit == TOKENS_UNIT else 0,
+            cost=Decimal(row["cost_usd"]) if unit == COST_UNIT else Decimal(0))
