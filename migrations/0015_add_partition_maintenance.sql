@@ -29,3 +29,15 @@ BEGIN
     RETURN created;
 END;
 $$;
+
+-- The relative form of 0003 becomes a call of the one above, so one loop creates partitions.
+CREATE OR REPLACE FUNCTION ensure_monthly_partitions(table_name text, months_ahead integer, months_behind integer DEFAULT 0)
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    IF months_ahead < 0 OR months_behind < 0 THEN
+        RAISE EXCEPTION 'months_ahead and months_behind must not be negative';
+    END IF;
+    RETURN ensure_monthly_partitions_from(table_name, now() - make_interval(months => months_behind),
+                                          months_ahead + months_behind);
+END;
+$$;
