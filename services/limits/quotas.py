@@ -9,7 +9,6 @@ so a warm request reads no database.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.core.nats import unsubscribe_quietly
 from services.limits.budgets import (
     COST_UNIT,
     REQUESTS_UNIT,
@@ -27,8 +25,8 @@ from services.limits.budgets import (
     micro,
     period_start,
 )
-
-log = logging.getLogger(__name__)
+from services.limits.org_book import OrganizationBook
+from services.limits.org_book import publish_change as announce
 
 SUBJECT = "limits.quotas.changed"
 PERIODS = {name: stored for name, stored in STORED_PERIODS.items() if name != "total"}  # quotas reset
@@ -76,52 +74,15 @@ async def load_quotas(pool: Any, organization_id: str) -> list[QuotaRow]:
     return [QuotaRow.from_row(row) for row in rows]
 
 
-class QuotaBook:
-    """Per process: each organization's quotas, kept `ttl_s` and dropped on every change."""
+class QuotaBook(OrganizationBook[list[QuotaRow]]):
+    """Per process: each organization's quotas (services/limits/org_book.py)."""
 
     def __init__(self, pool: Any, *, ttl_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._pool = pool
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._entries: dict[str, tuple[float, list[QuotaRow]]] = {}
-        self._generation = 0
-        self._subscription: Any = None
-
-    async def of(self, organization_id: str) -> list[QuotaRow]:
-        hit = self._entries.get(organization_id)
-        if hit is not None and hit[0] > self._clock():
-            return hit[1]
-        generation = self._generation
-        quotas = await load_quotas(self._pool, organization_id)
-        if generation == self._generation:  # a change that arrived meanwhile wins
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            self._entries[organization_id] = (self._clock() + self._ttl_s, quotas)
-        return quotas
-
-    def invalidate(self) -> None:
-        self._generation += 1
-        self._entries.clear()
-
-    async def subscribe(self, nc: Any) -> None:
-        async def changed(_msg: Any) -> None:
-            self.invalidate()
-
-        self._subscription = await nc.subscribe(SUBJECT, cb=changed)
-        await nc.flush(timeout=5)
-
-    async def close(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        await unsubscribe_quietly(subscription)
+        super().__init__(lambda organization_id: load_quotas(pool, organization_id), SUBJECT, ttl_s=ttl_s,
+                         clock=clock)
 
 
 async def publish_change(nc: Any | None) -> None:
     """Tells every process to drop its quotas (they read them again on the next request)."""
-    if nc is None:
-        return
-    try:
-        await nc.publish(SUBJECT, b"")
-        await nc.flush(timeout=1)
-    except Exception as exc:  # noqa: BLE001 - processes still re-read within their TTL
-        log.warning("could not announce a quota change: %s", type(exc).__name__)
+    await announce(nc, SUBJECT)

@@ -7,29 +7,24 @@ database. A change of the rules (rule_manager.py) is published on the core NATS 
 `limits.rules.changed` (`publish_change`); every process's rule book subscribed to it forgets
 what it cached when the message arrives, so a change applies everywhere within 2 seconds. Core
 NATS is at-most-once: a process that misses the message (disconnected) still sees the change
-within `ttl_s`, and forgets everything on a NATS reconnect (call `invalidate`). This is the
-pattern of services/auth/sessions.py and services/auth/invalidation.py.
+within `ttl_s`, and forgets everything on a NATS reconnect (call `invalidate`). The caching is
+services/limits/org_book.py's, which the organization quotas use too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from services.core.nats import unsubscribe_quietly
 from services.limits import rule_repository as store
+from services.limits.org_book import OrganizationBook
+from services.limits.org_book import publish_change as announce
 from services.limits.rule_repository import RuleRow
 
-log = logging.getLogger(__name__)
-
 SUBJECT = "limits.rules.changed"
-FLUSH_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,92 +62,25 @@ def applies(spec: LimitSpec, organization_id: str, api_key_id: str, user_id: str
     return spec.scope == "global"
 
 
-class RuleBook:
-    """Per process: the enabled rules of each organization seen, kept `ttl_s` (at most
-    `max_organizations` of them, least recently used first out) and dropped on every change."""
+class RuleBook(OrganizationBook[tuple[LimitSpec, ...]]):
+    """Per process: the enabled rules of each organization seen (services/limits/org_book.py)."""
 
     def __init__(self, pool: Any, *, ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
                  max_organizations: int = 10_000) -> None:
-        self._pool = pool
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._max_organizations = max_organizations
-        # organization id -> (until when it holds, its rules and those spanning every organization)
-        self._entries: OrderedDict[str, tuple[float, tuple[LimitSpec, ...]]] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[tuple[LimitSpec, ...]]] = {}
-        self._generation = 0
-        self._subscription: Any = None
+        async def load(organization_id: str) -> tuple[LimitSpec, ...]:
+            return tuple(spec_of(row) for row in await store.applicable_rules(pool, organization_id))
+
+        super().__init__(load, SUBJECT, ttl_s=ttl_s, clock=clock, max_organizations=max_organizations)
 
     async def for_request(self, organization_id: str, api_key_id: str, user_id: str,
                           model: str) -> list[LimitSpec]:
         """Every enabled rule that applies: key rules of this key, user rules of this user,
         organization rules of this organization, model rules whose target is `model`, global
         rules (a rule with `model` set applies only to that model)."""
-        rules = await self._rules_of(organization_id)
+        rules = await self.of(organization_id)
         return [spec for spec in rules if applies(spec, organization_id, api_key_id, user_id, model)]
-
-    async def _rules_of(self, organization_id: str) -> tuple[LimitSpec, ...]:
-        hit = self._entries.get(organization_id)
-        if hit is not None and hit[0] > self._clock():
-            self._entries.move_to_end(organization_id)
-            return hit[1]
-        # Concurrent cold requests of one organization share one query.
-        pending = self._loading.get(organization_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._load(organization_id))
-            self._loading[organization_id] = pending
-            pending.add_done_callback(lambda done: self._loaded(organization_id, done))
-        # Shielded: a cancelled request does not cancel the query others wait for.
-        return await asyncio.shield(pending)
-
-    def _loaded(self, organization_id: str, done: asyncio.Future[tuple[LimitSpec, ...]]) -> None:
-        if self._loading.get(organization_id) is done:
-            del self._loading[organization_id]
-        if not done.cancelled() and done.exception() is not None:
-            log.debug("loading the rate-limit rules of %s failed", organization_id)
-
-    async def _load(self, organization_id: str) -> tuple[LimitSpec, ...]:
-        generation = self._generation
-        specs = tuple(spec_of(row) for row in await store.applicable_rules(self._pool, organization_id))
-        # Rules read before a change arrived answer this request but are not kept.
-        if generation == self._generation:
-            self._entries[organization_id] = (self._clock() + self._ttl_s, specs)
-            self._entries.move_to_end(organization_id)
-            while len(self._entries) > self._max_organizations:
-                self._entries.popitem(last=False)
-        return specs
-
-    def invalidate(self) -> None:
-        """Forgets every organization's rules: a rule changed, or NATS reconnected (changes may
-        have been missed)."""
-        self._generation += 1
-        self._entries.clear()
-        self._loading.clear()  # a query under way may predate the change: the next request asks again
-
-    async def subscribe(self, nc: Any) -> None:
-        """Invalidates on every message on SUBJECT."""
-        self._subscription = await nc.subscribe(SUBJECT, cb=self._on_event)
-        await nc.flush(timeout=FLUSH_TIMEOUT_S * 5)
-
-    async def _on_event(self, msg: Any) -> None:
-        del msg  # any message means "the rules changed"
-        self.invalidate()
-
-    async def close(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        await unsubscribe_quietly(subscription)
 
 
 async def publish_change(nc: Any | None) -> bool:
-    """Tells every process that the rules changed; False (logged, never raised) when NATS is absent
-    or unreachable: the change is stored, and other processes see it within their `ttl_s`."""
-    if nc is None:
-        return False
-    try:
-        await nc.publish(SUBJECT, b"")
-        # Flushing makes "published" mean "handed to the server", so the 2 s promise holds.
-        await nc.flush(timeout=FLUSH_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - any NATS failure degrades to TTL-bounded staleness
-        log.warning("could not publish a rate-limit rule change: %s", type(exc).__name__)
-        return False
-    return True
+    """Tells every process that the rules changed (org_book.publish_change)."""
+    return await announce(nc, SUBJECT)
