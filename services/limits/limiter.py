@@ -83,7 +83,7 @@ class Admission:
     request_id: str = ""
 
     def member(self, index: int) -> str:
-        return f"{self.request_id}:{self.budgets[index].unit}:{self.holds[index]}"
+        return hold_member(self.request_id, self.budgets[index], self.holds[index])
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """`X-RateLimit-*` for the tightest window (least left, then soonest reset), and OpenAI's
@@ -109,6 +109,11 @@ class Admission:
                         (f"x-ratelimit-remaining-{kind}", str(max(window.limit - used, 0))),
                         (f"x-ratelimit-reset-{kind}", f"{_seconds(reset)}s")]
         return tuple(out)
+
+
+def hold_member(request_id: str, budget: Budget, hold: int) -> str:
+    """A hold as its budget's sorted set names it (the reconciler parses it back)."""
+    return f"{request_id}:{budget.unit}:{hold}"
 
 
 def _seconds(ms: int) -> int:
@@ -148,7 +153,7 @@ class Limiter:
             args += [window.limit, window.window_s * 1000, max(amount, 0)]
         args.append(len(budgets))
         for budget, hold in zip(budgets, holds, strict=True):
-            args += [budget.limit, hold, HOLD_S * 1000, f"{request_id}:{budget.unit}:{hold}", budget.ttl_s]
+            args += [budget.limit, hold, HOLD_S * 1000, hold_member(request_id, budget, hold), budget.ttl_s]
         keys = [w.key for w in windows] + [k for b in budgets for k in (b.key, b.holds)]
         if budgets:
             keys.append(scripts.EXPIRED)
