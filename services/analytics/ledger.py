@@ -37,24 +37,33 @@ TABLES = ("api_requests", "api_responses", "request_analytics")
 _STATUS = {ev.REQUEST_STATUS_SUCCEEDED: "succeeded", ev.REQUEST_STATUS_FAILED: "failed",
            ev.REQUEST_STATUS_CANCELLED: "cancelled"}
 
-_REQUESTS = (
-    "INSERT INTO api_requests (request_id, organization_id, api_key_id, endpoint, public_model, stream, "
-    "created_at, user_id, client_ip, user_agent, body) SELECT * FROM unnest($1::text[], $2::uuid[], "
-    "$3::uuid[], $4::text[], $5::text[], $6::boolean[], $7::timestamptz[], $8::uuid[], $9::inet[], "
-    "$10::text[], $11::jsonb[]) ON CONFLICT (request_id, created_at) DO NOTHING")
-_RESPONSE_COLUMNS = (
-    "request_id, organization_id, provider, upstream_model, status, http_status, error_reason, "
-    "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cache_creation_tokens, cost_usd, "
-    "latency_ms, time_to_first_token_ms, attempts, created_at, finish_reason, images")
-_RESPONSE_TYPES = ("$1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], "
-                   "$8::int[], $9::int[], $10::int[], $11::int[], $12::int[], $13::numeric[], $14::int[], "
-                   "$15::int[], $16::int[], $17::timestamptz[], $18::text[], $19::int[]")
-_RESPONSES = (f"INSERT INTO api_responses ({_RESPONSE_COLUMNS}, body) SELECT * FROM "
-              f"unnest({_RESPONSE_TYPES}, $20::jsonb[]) ON CONFLICT (request_id, created_at) DO NOTHING")
-_ANALYTICS = (
-    f"INSERT INTO request_analytics ({_RESPONSE_COLUMNS}, api_key_id, endpoint, public_model, stream, "
-    f"cache_hit, user_id) SELECT * FROM unnest({_RESPONSE_TYPES}, $20::uuid[], $21::text[], $22::text[], "
-    "$23::boolean[], $24::boolean[], $25::uuid[]) ON CONFLICT (request_id, created_at) DO NOTHING")
+
+def _insert(table: str, columns: list[tuple[str, str]]) -> str:
+    """One INSERT of a whole batch: a column array per parameter, unnested into rows; a replayed
+    request changes nothing. Bodies travel as text and become jsonb in SQL, since asyncpg would
+    read a JSON array inside a jsonb[] parameter as one more dimension."""
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{'text' if kind == 'jsonb' else kind}[]"
+                       for i, (_, kind) in enumerate(columns, start=1))
+    values = ", ".join(f"{name}::jsonb" if kind == "jsonb" else name for name, kind in columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names}) "
+            "ON CONFLICT (request_id, created_at) DO NOTHING")
+
+
+_RESPONSE = [("request_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
+             ("upstream_model", "text"), ("status", "text"), ("http_status", "int"), ("error_reason", "text"),
+             ("prompt_tokens", "int"), ("completion_tokens", "int"), ("cached_tokens", "int"),
+             ("reasoning_tokens", "int"), ("cache_creation_tokens", "int"), ("cost_usd", "numeric"),
+             ("latency_ms", "int"), ("time_to_first_token_ms", "int"), ("attempts", "int"),
+             ("created_at", "timestamptz"), ("finish_reason", "text"), ("images", "int")]
+_REQUESTS = _insert("api_requests", [
+    ("request_id", "text"), ("organization_id", "uuid"), ("api_key_id", "uuid"), ("endpoint", "text"),
+    ("public_model", "text"), ("stream", "boolean"), ("created_at", "timestamptz"), ("user_id", "uuid"),
+    ("client_ip", "inet"), ("user_agent", "text"), ("body", "jsonb")])
+_RESPONSES = _insert("api_responses", [*_RESPONSE, ("body", "jsonb")])
+_ANALYTICS = _insert("request_analytics", [
+    *_RESPONSE, ("api_key_id", "uuid"), ("endpoint", "text"), ("public_model", "text"), ("stream", "boolean"),
+    ("cache_hit", "boolean"), ("user_id", "uuid")])
 
 
 def _uuid(value: str) -> str | None:
