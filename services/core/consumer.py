@@ -1,8 +1,9 @@
 """A durable JetStream pull consumer that writes batches and acknowledges them after the write:
 the audit trail (services/auth/audit.py) and the usage ledger (services/analytics/ledger.py).
 
-A batch that fails to be written is not acknowledged, so JetStream delivers it again (after the
-consumer's ack wait); writers are idempotent by event id, so a batch written twice changes
+A batch that fails to be written is not acknowledged: it is handed back at once (`nak`), so
+JetStream delivers it again a second later, or after the consumer's ack wait when the consumer
+itself died or NATS is away; writers are idempotent by event id, so a batch written twice changes
 nothing. Several processes share one durable consumer and JetStream spreads the batches.
 """
 
@@ -64,6 +65,7 @@ class PullConsumer:
     async def _run(self) -> None:
         subscription = None
         while not self._stopping:
+            messages: list[Any] = []
             try:
                 if subscription is None:
                     subscription = await self._subscribe()
@@ -80,7 +82,18 @@ class PullConsumer:
                 if self._stopping:
                     return
                 log.warning("%s: %s; retrying", self.name, type(exc).__name__)
+                await _hand_back(messages)
                 await asyncio.sleep(1.0)
+
+
+async def _hand_back(messages: list[Any]) -> None:
+    """Asks JetStream to deliver an unwritten batch again now rather than after the ack wait;
+    where NATS is away too, the ack wait brings it back all the same."""
+    for message in messages:
+        try:
+            await message.nak()
+        except Exception:  # noqa: BLE001 - best effort: redelivery happens anyway
+            return
 
 
 def stop_grace() -> float:

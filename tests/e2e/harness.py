@@ -147,6 +147,12 @@ class Gateway:
     secret: str = ""  # AGGREGATOR_SECRET: a replica given the same one accepts the same keys
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     envoy: Any = None
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)  # argv, env
+
+    def respawn(self, name: str) -> None:
+        """Starts service process `name` again, as it was started (after a test killed it)."""
+        argv, env = self.commands[name]
+        self.processes[name] = children.spawn(argv, env=env, log_path=self.data_dir / "logs" / f"{name}.log")
 
     def log(self, name: str) -> str:
         path = self.data_dir / "logs" / f"{name}.log"
@@ -159,9 +165,11 @@ class Gateway:
 
 
 async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config: Config,
-                        secret: str = "") -> Gateway:
+                        secret: str = "", groups: dict[str, tuple[str, ...]] | None = None) -> Gateway:
     """Prepares the stores and starts the service processes and Envoy; the caller stops it. A
-    replica of a running gateway gets its `secret` (and the same stores)."""
+    replica of a running gateway gets its `secret` (and the same stores). `groups` names the
+    processes and their services instead of `topology`; the one hosting `edge` must host every
+    gRPC service Envoy routes to."""
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, once
     os.environ["AGGREGATOR_ADMIN_KEY"] = ADMIN_KEY
     os.environ["AGGREGATOR_SECRET"] = secret or secrets.token_hex(32)
@@ -183,7 +191,8 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
     ops_port = free_port()
     document = {**config_document(config), "edge": {"ops_port": ops_port}}
     config_path.write_text(yaml.safe_dump(document))  # noqa: ASYNC240
-    groups = {"all": ("all",)} if topology == "all" else SPLIT
+    custom = groups is not None
+    groups = groups or ({"all": ("all",)} if topology == "all" else SPLIT)
     ports = {name: free_port() for name in groups}
     token = derive_service_token(parse_secret(os.environ["AGGREGATOR_SECRET"]))
     gateway = Gateway("", "", "", ADMIN_KEY, data_dir, service_token=token,
@@ -206,15 +215,17 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
             data_dir=data_dir,
             remotes=remotes,
         )
+        gateway.commands[name] = (list(argv), env)
         gateway.processes[name] = children.spawn(argv, env=env, log_path=data_dir / "logs" / f"{name}.log")
     try:
         children.wait_ready(
             gateway.processes, list(ready_files.values()), timeout_s=60, logs=data_dir / "logs"
         )
-        front = "all" if topology == "all" else "edge"
+        front = ("all" if topology == "all" else "edge") if not custom else next(
+            name for name, services in groups.items() if "edge" in services)
         routes = (
             None
-            if topology == "all"
+            if topology == "all" or custom
             else {
                 "aggregator.auth.v1.": [("127.0.0.1", ports["auth"])],
                 # Organizations and users are served by the auth process (services/runtime/worker.py).
