@@ -72,11 +72,13 @@ async def invoice_month(pool: asyncpg.Pool, period: str, now: datetime) -> list[
         f"SELECT DISTINCT ON (s.organization_id) s.organization_id, {columns} FROM subscriptions s "
         "JOIN billing_plans p ON p.id = s.plan_id WHERE s.created_at < $2 "
         "AND (s.canceled_at IS NULL OR s.canceled_at > $1) "
-        "AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.organization_id = s.organization_id AND i.period = $3) "
+        "AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.organization_id = s.organization_id "
+        "AND i.period = $3) "
         "ORDER BY s.organization_id, s.created_at DESC", start, end, period)
     made = []
     for row in subscribed:
-        invoice = await _invoice_one(pool, str(row["organization_id"]), Plan.from_row(row), period, start, end)
+        organization = str(row["organization_id"])
+        invoice = await _invoice_one(pool, organization, Plan.from_row(row), period, start, end)
         if invoice is not None:
             made.append(invoice)
     if made:
@@ -91,8 +93,8 @@ async def _invoice_one(pool: asyncpg.Pool, organization_id: str, plan: Plan, per
         lines = charges(plan, usage, await month_credits(conn, organization_id, start, end))
         invoice = await conn.fetchval(
             "INSERT INTO invoices (organization_id, period, period_start, period_end, plan_id, plan_name, "
-            "plan_kind, requests, tokens, cost_usd, total_usd) VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7, "
-            "$8, $9, $10, $11) ON CONFLICT (organization_id, period) DO NOTHING RETURNING id",
+            "plan_kind, requests, tokens, cost_usd, total_usd) "
+            "VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7, $8, $9, $10, $11) ON CONFLICT (organization_id, period) DO NOTHING RETURNING id",
             organization_id, period, start, end, plan.id, plan.name, plan.kind, usage.requests, usage.tokens,
             usage.cost_usd, total(lines))
         if invoice is None:  # another run made it meanwhile
@@ -138,8 +140,8 @@ async def get_invoice(pool: asyncpg.Pool, organization_id: str, invoice_id: str)
                                   "AND organization_id = $2::uuid", invoice_id, organization_id)
         if row is None:
             return None
-        lines = await conn.fetch("SELECT kind, description, quantity, unit_price, amount_usd FROM invoice_lines "
-                                 "WHERE invoice_id = $1 ORDER BY position", row["id"])
+        lines = await conn.fetch("SELECT kind, description, quantity, unit_price, amount_usd "
+                                 "FROM invoice_lines WHERE invoice_id = $1 ORDER BY position", row["id"])
     return Invoice(row, [Line(r["kind"], r["description"], r["quantity"], r["unit_price"]) for r in lines],
                    [r["amount_usd"] for r in lines])
 
@@ -158,7 +160,8 @@ async def list_invoices(pool: asyncpg.Pool, organization_id: str, after: str | N
         "SELECT id FROM invoices WHERE organization_id = $1::uuid "
         "AND ($2::timestamptz IS NULL OR (period_start, id) < ($2, $3::uuid)) "
         "ORDER BY period_start DESC, id DESC LIMIT $4", organization_id,
-        None if cursor is None else cursor["period_start"], None if cursor is None else cursor["id"], limit + 1)
+        None if cursor is None else cursor["period_start"], None if cursor is None else cursor["id"],
+        limit + 1)
     page = []
     for row in rows[:limit]:
         invoice = await get_invoice(pool, organization_id, str(row["id"]))

@@ -41,8 +41,8 @@ def amount(value: str | Decimal | int, param: str, *, places: int = 10, positive
     if (not parsed.is_finite() or parsed < 0 or (positive and parsed == 0) or parsed > MAX_USD
             or not isinstance(exponent, int) or exponent < -places):
         kind = "a positive" if positive else "a non-negative"
-        raise _invalid(f"{param} must be {kind} decimal of at most {places} decimals; got {quote(str(value))}.",
-                       param)
+        raise _invalid(f"{param} must be {kind} decimal of at most {places} decimals; "
+                       f"got {quote(str(value))}.", param)
     return parsed
 
 
@@ -143,7 +143,8 @@ async def purchased(conn: Any, organization_id: str) -> Decimal:
 async def credit_spent(pool: asyncpg.Pool, organization_id: str) -> Decimal:
     """What settled requests drew from the organization's prepaid credits (requests in flight are
     not included)."""
-    _, _, cost = await SpendStore(pool).settled(organization_id, "", "total", period_start("total", datetime.now(UTC)))
+    start = period_start("total", datetime.now(UTC))
+    _, _, cost = await SpendStore(pool).settled(organization_id, "", "total", start)
     return cost
 
 

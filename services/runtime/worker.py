@@ -284,16 +284,9 @@ async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: 
                           nc: Any) -> None:
     """The usage ledger (services/analytics/ledger.py: every analytics process shares one durable
     JetStream consumer that writes the request log), its retention job, and `GET /v1/usage`."""
-    from aggregator.auth.v1 import auth_service_pb2
-    from edge.clients import ServiceClients
     from services.analytics.ledger import Ledger
     from services.analytics.retention import Retention, RetentionJob
     from services.analytics.servicer import AnalyticsServicer
-    from services.auth.authenticator import missing_key
-    from services.auth.keys import parse_bearer
-    from services.auth.permissions import check
-    from services.core import calls
-    from services.core.rpc import metadata_value
 
     ledger = Ledger(nc, pool)
     await ledger.start()
@@ -301,6 +294,22 @@ async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: 
     retention = RetentionJob(pool, Retention(*settings.retention_days))
     await retention.start()
     wiring.closers.append(retention.stop)
+    wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+                 AnalyticsServicer(pool, _authenticate_through_auth(topology)),
+                 "aggregator.analytics.v1.AnalyticsService")
+
+
+def _authenticate_through_auth(topology: Topology) -> Callable[[Any], Awaitable[Any]]:
+    """Authenticates a public RPC's caller through the auth service (wherever it runs) and checks
+    the permission the running RPC declares; answers the principal."""
+    from aggregator.auth.v1 import auth_service_pb2
+    from edge.clients import ServiceClients
+    from services.auth.authenticator import missing_key
+    from services.auth.keys import parse_bearer
+    from services.auth.permissions import check
+    from services.core import calls
+    from services.core.rpc import metadata_value
+
     clients = ServiceClients.on(topology.channel_for)
 
     async def authenticate(context: Any) -> Any:
@@ -312,20 +321,25 @@ async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: 
         check(answer.principal)  # the permission the running RPC declares
         return answer.principal
 
-    wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-                 AnalyticsServicer(pool, authenticate), "aggregator.analytics.v1.AnalyticsService")
+    return authenticate
 
 
-def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
+async def _wire_billing(topology: Topology, wiring: Wiring, pool: Any) -> None:
+    """The internal BillingService, the public BillingAccountService (`/v1/billing/...`) and the
+    monthly invoice job (docs/billing.md)."""
+    from aggregator.billing.v1 import billing_account_service_pb2_grpc
+    from services.billing.account_servicer import BillingAccountServicer
+    from services.billing.invoicing import InvoiceJob
     from services.billing.servicer import BillingServicer
 
-    if "billing" in services:
-        wiring.serve(
-            topology,
-            billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
-            BillingServicer(),
-            "aggregator.billing.v1.BillingService",
-        )
+    wiring.serve(topology, billing_service_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(),
+                 "aggregator.billing.v1.BillingService")
+    wiring.serve(topology, billing_account_service_pb2_grpc.add_BillingAccountServiceServicer_to_server,
+                 BillingAccountServicer(pool, _authenticate_through_auth(topology)),
+                 "aggregator.billing.v1.BillingAccountService")
+    invoices = InvoiceJob(pool)
+    await invoices.start()
+    wiring.closers.append(invoices.stop)
 
 
 async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
@@ -336,7 +350,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     pool, nc = await _stores(
         settings,
         wiring,
-        postgres=bool(services & {"auth", "routing", "edge", "analytics"}),
+        postgres=bool(services & {"auth", "routing", "edge", "analytics", "billing"}),
         nats=bool(services & {"auth", "routing", "edge", "analytics"}),
     )
     try:
@@ -350,7 +364,8 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
             await _wire_edge(settings, topology, wiring, pool, nc)
         if "analytics" in services:
             await _wire_analytics(settings, topology, wiring, pool, nc)
-        _wire_later_issues(topology, wiring, services)
+        if "billing" in services:
+            await _wire_billing(topology, wiring, pool)
     except BaseException:
         await wiring.close()
         raise
