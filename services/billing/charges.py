@@ -44,8 +44,8 @@ class Plan:
     @classmethod
     def from_row(cls, row: Any) -> Plan:
         return cls(str(row["id"]), row["name"], row["kind"], row["monthly_fee_usd"],
-                   int(row["included_requests"]), int(row["included_tokens"]), row["overage_per_1k_tokens"], row["overage_per_1k_requests"],
-                   row["markup_percent"])
+                   int(row["included_requests"]), int(row["included_tokens"]), row["overage_per_1k_tokens"],
+                   row["overage_per_1k_requests"], row["markup_percent"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,8 @@ async def _invoice_one(pool: asyncpg.Pool, organization_id: str, plan: Plan, per
         invoice = await conn.fetchval(
             "INSERT INTO invoices (organization_id, period, period_start, period_end, plan_id, plan_name, "
             "plan_kind, requests, tokens, cost_usd, total_usd) "
-            "VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7, $8, $9, $10, $11) ON CONFLICT (organization_id, period) DO NOTHING RETURNING id",
+            "VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7, $8, $9, $10, $11) "
+            "ON CONFLICT (organization_id, period) DO NOTHING RETURNING id",
             organization_id, period, start, end, plan.id, plan.name, plan.kind, usage.requests, usage.tokens,
             usage.cost_usd, total(lines))
         if invoice is None:  # another run made it meanwhile

@@ -52,7 +52,8 @@ def invoice_message(invoice: Invoice) -> pb.Invoice:
     message = pb.Invoice(
         object="invoice", id=str(row["id"]), organization_id=str(row["organization_id"]),
         period=row["period"], status=row["status"], currency=row["currency"], plan_name=row["plan_name"],
-        plan_kind=row["plan_kind"], usage=usage_message(Usage(row["requests"], row["tokens"], row["cost_usd"])),
+        plan_kind=row["plan_kind"],
+        usage=usage_message(Usage(row["requests"], row["tokens"], row["cost_usd"])),
         lines=[line_message(line, amount) for line, amount in lines],
         total_usd=cents(row["total_usd"]))
     message.period_start.FromDatetime(row["period_start"])
