@@ -136,15 +136,9 @@ class Invoice:
 
 async def get_invoice(pool: asyncpg.Pool, organization_id: str, invoice_id: str) -> Invoice | None:
     """The organization's invoice with this id (None for another organization's)."""
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1::uuid "
-                                  "AND organization_id = $2::uuid", invoice_id, organization_id)
-        if row is None:
-            return None
-        lines = await conn.fetch("SELECT kind, description, quantity, unit_price, amount_usd "
-                                 "FROM invoice_lines WHERE invoice_id = $1 ORDER BY position", row["id"])
-    return Invoice(row, [Line(r["kind"], r["description"], r["quantity"], r["unit_price"]) for r in lines],
-                   [r["amount_usd"] for r in lines])
+    row = await pool.fetchrow(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1::uuid "
+                              "AND organization_id = $2::uuid", invoice_id, organization_id)
+    return None if row is None else (await _with_lines(pool, [row]))[0]
 
 
 async def list_invoices(pool: asyncpg.Pool, organization_id: str, after: str | None,
@@ -158,17 +152,25 @@ async def list_invoices(pool: asyncpg.Pool, organization_id: str, after: str | N
         if cursor is None:
             raise GatewayError(Reason.NOT_FOUND, f"No invoice found with id {quote(after)}.", param="after")
     rows = await pool.fetch(
-        "SELECT id FROM invoices WHERE organization_id = $1::uuid "
+        f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE organization_id = $1::uuid "
         "AND ($2::timestamptz IS NULL OR (period_start, id) < ($2, $3::uuid)) "
         "ORDER BY period_start DESC, id DESC LIMIT $4", organization_id,
         None if cursor is None else cursor["period_start"], None if cursor is None else cursor["id"],
         limit + 1)
-    page = []
-    for row in rows[:limit]:
-        invoice = await get_invoice(pool, organization_id, str(row["id"]))
-        if invoice is not None:
-            page.append(invoice)
-    return page, len(rows) > limit
+    return await _with_lines(pool, rows[:limit]), len(rows) > limit
+
+
+async def _with_lines(pool: asyncpg.Pool, rows: list[Any]) -> list[Invoice]:
+    """The invoices of `rows` with their lines, read in one query."""
+    lines: dict[Any, list[Any]] = {row["id"]: [] for row in rows}
+    if lines:
+        for line in await pool.fetch(
+                "SELECT invoice_id, kind, description, quantity, unit_price, amount_usd FROM invoice_lines "
+                "WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id, position", list(lines)):
+            lines[line["invoice_id"]].append(line)
+    return [Invoice(row, [Line(r["kind"], r["description"], r["quantity"], r["unit_price"])
+                          for r in lines[row["id"]]], [r["amount_usd"] for r in lines[row["id"]]])
+            for row in rows]
 
 
 async def roll_periods(pool: asyncpg.Pool, now: datetime) -> None:
