@@ -23,6 +23,7 @@ from services.core.errors import GatewayError, Reason, quote
 from services.limits.budgets import SpendStore, period_start
 
 MAX_USD = Decimal("1000000000")
+MAX_MARKUP_PERCENT = Decimal(100_000)
 PLAN_COLUMNS = ("id, name, kind, monthly_fee_usd, included_requests, included_tokens, overage_per_1k_tokens, "
                 "overage_per_1k_requests, markup_percent")
 
@@ -71,6 +72,8 @@ async def create_plan(pool: asyncpg.Pool, name: str, *, kind: str = "subscriptio
         if count < 0:
             raise _invalid(f"{param} must not be negative.", param)
     markup = amount(markup_percent, "markup_percent", places=4)
+    if markup >= MAX_MARKUP_PERCENT:  # NUMERIC(9, 4)
+        raise _invalid(f"markup_percent must be below {MAX_MARKUP_PERCENT}.", "markup_percent")
     try:
         return str(await pool.fetchval(
             "INSERT INTO billing_plans (name, description, kind, monthly_fee_usd, included_requests, "

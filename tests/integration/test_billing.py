@@ -143,6 +143,14 @@ async def test_prepaid_credits_are_the_organization_budget_the_limiter_enforces(
     org = await admin.create_org(pool, "hobby")
     await plans.create_plan(pool, "payg", kind="prepaid")
     await plans.create_plan(pool, "monthly", monthly_fee_usd="5")
+    for bad in ({"kind": "weekly"}, {"markup_percent": "100000"}, {"monthly_fee_usd": "-1"},
+                {"included_tokens": -1}, {"overage_per_1k_tokens": "0.00000000001"}):
+        with pytest.raises(GatewayError) as refused:
+            await plans.create_plan(pool, "bad", **bad)  # type: ignore[arg-type]
+        assert refused.value.reason is Reason.INVALID_REQUEST and refused.value.param == next(iter(bad))
+    with pytest.raises(GatewayError) as taken:
+        await plans.create_plan(pool, "payg")
+    assert taken.value.param == "name"
     with pytest.raises(GatewayError) as unsubscribed:
         await plans.top_up(pool, org, "5")
     assert unsubscribed.value.param == "org"
