@@ -1,1 +1,1 @@
-"""The billing service: budgets, quotas, reservations and the ledger (a later issue)."""
+"""The billing service: plans, subscriptions, invoices and prepaid credits (docs/billing.md)."""

@@ -1,5 +1,6 @@
-"""BillingService. Every RPC answers UNIMPLEMENTED until the quotas and billing issue lands; the
-pipeline's reservation step is the seam where it plugs in."""
+"""BillingService (internal). ReserveCost and SettleCost answer UNIMPLEMENTED: they are superseded
+by the limiter's budget holds, taken in the edge's one Redis round trip (docs/limits.md "Budgets",
+docs/billing.md §5), and stay in the proto only because removing RPCs breaks `buf breaking`."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from services.core.rpc import rpc_method
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
-    """Reservations and settlements: not implemented yet."""
+    """Reservations and settlements: superseded by the limiter's budget holds."""
 
     @rpc_method
     async def ReserveCost(self, request: pb.ReserveCostRequest, context: Any) -> pb.ReserveCostResponse:
-        raise GatewayError(Reason.UNIMPLEMENTED, "Cost reservations are not implemented yet.")
+        raise GatewayError(Reason.UNIMPLEMENTED, "Cost reservations are made by the edge's budget holds.")
 
     @rpc_method
     async def SettleCost(self, request: pb.SettleCostRequest, context: Any) -> pb.SettleCostResponse:
-        raise GatewayError(Reason.UNIMPLEMENTED, "Cost settlements are not implemented yet.")
+        raise GatewayError(Reason.UNIMPLEMENTED, "Cost settlements are made by the edge's budget holds.")

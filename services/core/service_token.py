@@ -35,6 +35,7 @@ PUBLIC_GRPC_SERVICES = (
     "aggregator.limits.v1.QuotaService",
     "aggregator.limits.v1.RateLimitRuleService",
     "aggregator.analytics.v1.AnalyticsService",
+    "aggregator.billing.v1.BillingAccountService",
     "aggregator.ops.v1.OpsService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",

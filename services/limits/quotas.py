@@ -4,7 +4,10 @@ admitted, settled to the truth when it ends, durable in `rate_limit_tracking`).
 
 `usage_quotas` holds them (one row per organization and period, no key); `QuotaBook` keeps each
 organization's in memory, dropped on every change announced on NATS (`limits.quotas.changed`),
-so a warm request reads no database.
+so a warm request reads no database. A `total` row is an organization's prepaid credits
+(docs/billing.md "Prepaid credits", services/billing/plans.py): a cost budget that never resets,
+whose limit is the credits bought; it is enforced like the others but set by billing, not by
+`PUT /v1/organizations/{id}/quotas`, and not listed by `GET /v1/quotas`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from services.limits.org_book import publish_change as announce
 
 SUBJECT = "limits.quotas.changed"
 PERIODS = {name: stored for name, stored in STORED_PERIODS.items() if name != "total"}  # quotas reset
-_NAMES = {stored: name for name, stored in PERIODS.items()}
+_NAMES = {stored: name for name, stored in STORED_PERIODS.items()}
+CREDITS = "total"  # the period of an organization's prepaid credit budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,10 @@ class QuotaRow:
     def budgets(self, now: datetime) -> list[Budget]:
         """The quota as budgets of its organization for the period containing `now`."""
         start = period_start(self.period, now)
+        if self.period == CREDITS:
+            bought = self.max_cost_usd or Decimal(0)
+            return [Budget(self.organization_id, "", self.period, start, micro(bought),
+                           f"the prepaid credits of this organization (${bought} bought)", COST_UNIT)]
         whose = f"the {self.period} quota of this organization"
         out = []
         if self.max_requests is not None:
@@ -66,21 +74,22 @@ class QuotaRow:
         return out
 
 
-async def load_quotas(pool: Any, organization_id: str) -> list[QuotaRow]:
+async def load_quotas(pool: Any, organization_id: str, *, credits: bool = False) -> list[QuotaRow]:
+    """The organization's daily and monthly quotas, and with `credits` its prepaid credit budget."""
     rows = await pool.fetch(
         "SELECT organization_id, period, max_requests, max_tokens, max_cost_usd FROM usage_quotas "
-        "WHERE organization_id = $1::uuid AND api_key_id IS NULL AND enabled AND period IN ('day', 'month') "
-        "ORDER BY period", organization_id)
+        "WHERE organization_id = $1::uuid AND api_key_id IS NULL AND enabled AND (period IN ('day', 'month') "
+        "OR ($2 AND period = 'total')) ORDER BY period", organization_id, credits)
     return [QuotaRow.from_row(row) for row in rows]
 
 
 class QuotaBook(OrganizationBook[list[QuotaRow]]):
-    """Per process: each organization's quotas (services/limits/org_book.py)."""
+    """Per process: each organization's quotas and prepaid credits (services/limits/org_book.py)."""
 
     def __init__(self, pool: Any, *, ttl_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(lambda organization_id: load_quotas(pool, organization_id), SUBJECT, ttl_s=ttl_s,
-                         clock=clock)
+        super().__init__(lambda organization_id: load_quotas(pool, organization_id, credits=True), SUBJECT,
+                         ttl_s=ttl_s, clock=clock)
 
 
 async def publish_change(nc: Any | None) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.core.config import ConfigError, EdgeConfig, StoreUrls, config_path, data_dir, load_config
 
@@ -66,7 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("--org", default="default")
     key.add_argument("--name", default="")
     key.add_argument("--role", default="member", choices=("admin", "member"))
+    _billing_parsers(admin_sub)
     return parser
+
+
+def _billing_parsers(admin_sub: Any) -> None:
+    """`admin create-plan | subscribe | top-up | invoice` (docs/billing.md)."""
+    plan = admin_sub.add_parser("create-plan", help="create a billing plan")
+    plan.add_argument("name")
+    plan.add_argument("--kind", default="subscription", choices=("subscription", "prepaid"))
+    plan.add_argument("--monthly-fee", default="0", help="USD per month, a decimal")
+    plan.add_argument("--included-requests", type=int, default=0)
+    plan.add_argument("--included-tokens", type=int, default=0)
+    plan.add_argument("--overage-per-1k-tokens", default="0", help="USD per 1,000 tokens past the included")
+    plan.add_argument("--overage-per-1k-requests", default="0", help="USD per 1,000 requests over")
+    plan.add_argument("--markup-percent", default="0", help="percent of the provider cost")
+    plan.add_argument("--description", default="")
+    subscribe = admin_sub.add_parser("subscribe", help="put an organization on a plan from now on")
+    subscribe.add_argument("--org", default="default")
+    subscribe.add_argument("--plan", required=True)
+    top_up = admin_sub.add_parser("top-up", help="add prepaid credits to an organization")
+    top_up.add_argument("--org", default="default")
+    top_up.add_argument("--amount", required=True, help="USD, whole cents")
+    top_up.add_argument("--note", default="")
+    invoice = admin_sub.add_parser("invoice", help="invoice a month that has ended (idempotent)")
+    invoice.add_argument("--period", required=True, help="YYYY-MM (UTC)")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -151,7 +176,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _cmd_admin(args: argparse.Namespace) -> int:
     from services.runtime.admin_cli import run_admin
 
-    return asyncio.run(run_admin(args, _store_url("DATABASE_URL", args), data_dir(args.data_dir)))
+    try:  # billing changes are announced to running gateways when NATS is known
+        nats_url: str | None = _store_url("NATS_URL", args)
+    except ConfigError:
+        nats_url = None
+    return asyncio.run(run_admin(args, _store_url("DATABASE_URL", args), data_dir(args.data_dir),
+                                 nats_url=nats_url))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -304,9 +304,18 @@ async def _wire_ledger(settings: WorkerSettings, wiring: Wiring, pool: Any, nc: 
 
 async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any) -> None:
     """`GET /v1/usage` and the analytics reports, read from the request log."""
+    from services.analytics.servicer import AnalyticsServicer
+
+    wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+                 AnalyticsServicer(pool, _authenticate_through_auth(topology)),
+                 "aggregator.analytics.v1.AnalyticsService")
+
+
+def _authenticate_through_auth(topology: Topology) -> Callable[[Any], Awaitable[Any]]:
+    """Authenticates a public RPC's caller through the auth service (wherever it runs) and checks
+    the permission the running RPC declares; answers the principal."""
     from aggregator.auth.v1 import auth_service_pb2
     from edge.clients import ServiceClients
-    from services.analytics.servicer import AnalyticsServicer
     from services.auth.authenticator import missing_key
     from services.auth.keys import parse_bearer
     from services.auth.permissions import check
@@ -324,20 +333,25 @@ async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any) -> None
         check(answer.principal)  # the permission the running RPC declares
         return answer.principal
 
-    wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-                 AnalyticsServicer(pool, authenticate), "aggregator.analytics.v1.AnalyticsService")
+    return authenticate
 
 
-def _wire_later_issues(topology: Topology, wiring: Wiring, services: frozenset[str]) -> None:
+async def _wire_billing(topology: Topology, wiring: Wiring, pool: Any) -> None:
+    """The internal BillingService, the public BillingAccountService (`/v1/billing/...`) and the
+    monthly invoice job (docs/billing.md)."""
+    from aggregator.billing.v1 import billing_account_service_pb2_grpc
+    from services.billing.account_servicer import BillingAccountServicer
+    from services.billing.invoicing import InvoiceJob
     from services.billing.servicer import BillingServicer
 
-    if "billing" in services:
-        wiring.serve(
-            topology,
-            billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
-            BillingServicer(),
-            "aggregator.billing.v1.BillingService",
-        )
+    wiring.serve(topology, billing_service_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(),
+                 "aggregator.billing.v1.BillingService")
+    wiring.serve(topology, billing_account_service_pb2_grpc.add_BillingAccountServiceServicer_to_server,
+                 BillingAccountServicer(pool, _authenticate_through_auth(topology)),
+                 "aggregator.billing.v1.BillingAccountService")
+    invoices = InvoiceJob(pool)
+    await invoices.start()
+    wiring.closers.append(invoices.stop)
 
 
 async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
@@ -348,7 +362,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     pool, nc = await _stores(
         settings,
         wiring,
-        postgres=bool(services & {"auth", "routing", "edge", "analytics", "ledger"}),
+        postgres=bool(services & {"auth", "routing", "edge", "analytics", "ledger", "billing"}),
         nats=bool(services & {"auth", "routing", "edge", "ledger"}),
     )
     try:
@@ -364,7 +378,8 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
             await _wire_ledger(settings, wiring, pool, nc)
         if "analytics" in services:
             await _wire_analytics(topology, wiring, pool)
-        _wire_later_issues(topology, wiring, services)
+        if "billing" in services:
+            await _wire_billing(topology, wiring, pool)
     except BaseException:
         await wiring.close()
         raise

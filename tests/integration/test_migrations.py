@@ -20,6 +20,7 @@ TABLES = {
     "api_responses", "request_analytics", "rate_limit_rules", "usage_quotas", "rate_limit_tracking",
     "billing_plans", "subscriptions", "usage_billing", "audit_log", "schema_migrations",
     "signing_keys", "auth_sessions", "refresh_tokens", "oauth_clients", "oauth_codes",
+    "invoices", "invoice_lines", "credit_purchases",
 }
 PARTITIONED = ("api_requests", "api_responses", "request_analytics")
 # Columns other services rely on (their SQL names them).
@@ -36,6 +37,12 @@ REQUIRED_COLUMNS = {
     "audit_log": {"id", "organization_id", "actor", "action", "target", "details", "created_at", "ip",
                   "request_id", "before", "after", "event_id"},
     "api_requests": {"request_id", "created_at"},
+    "billing_plans": {"id", "name", "kind", "monthly_fee_usd", "included_requests", "included_tokens",
+                      "overage_per_1k_tokens", "overage_per_1k_requests", "markup_percent", "active"},
+    "invoices": {"id", "organization_id", "period", "period_start", "period_end", "total_usd", "created_at"},
+    "invoice_lines": {"invoice_id", "position", "kind", "description", "quantity", "unit_price",
+                      "amount_usd"},
+    "credit_purchases": {"id", "organization_id", "amount_usd", "created_at"},
     "rate_limit_rules": {"id", "scope", "organization_id", "api_key_id", "user_id", "model", "window_seconds",
                          "max_requests", "max_tokens", "max_cost_usd", "enabled", "created_by", "created_at"},
 }

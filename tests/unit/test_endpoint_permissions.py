@@ -22,6 +22,7 @@ from services.auth.oauth_servicer import OAuthServicer
 from services.auth.permissions import ADMIN_PLATFORM, PERMISSIONS, PUBLIC, PUBLIC_SERVICES
 from services.auth.servicer import ApiKeyServicer
 from services.auth.tenancy_servicer import OrganizationServicer, UserServicer
+from services.billing.account_servicer import BillingAccountServicer
 from services.core.rpc import PERMISSION_ATTRIBUTE
 from services.limits.cache_servicer import CacheServicer
 from services.limits.quota_servicer import QuotaServicer
@@ -43,6 +44,7 @@ SERVICERS: dict[str, type] = {
     "aggregator.limits.v1.QuotaService": QuotaServicer,
     "aggregator.limits.v1.RateLimitRuleService": RateLimitRuleServicer,
     "aggregator.analytics.v1.AnalyticsService": AnalyticsServicer,
+    "aggregator.billing.v1.BillingAccountService": BillingAccountServicer,
     "aggregator.ops.v1.OpsService": OpsServicer,
 }
 VERBS = ("get", "put", "post", "delete", "patch")
