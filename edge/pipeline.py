@@ -143,7 +143,8 @@ class Pipeline:
         at.FromNanoseconds(int(created_at * 1e9))
         answer = await calls.unary(
             self.clients.routing.ResolveRoute,
-            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type, at=at),
+            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type,
+                                           at=at),
         )
         return list(answer.candidates)
 
@@ -169,7 +170,8 @@ class Pipeline:
         principal = await self.authenticate(context, record)
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), model_type, record.created_at)
+        candidates = await self._candidates(request.model, list(request.models), model_type,
+                                            record.created_at)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
         lookup = self.cache.lookup(context, principal, request) if self.cache is not None else None
@@ -310,7 +312,8 @@ class Pipeline:
         principal = await self.authenticate(context, record)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), "embedding", record.created_at)
+        candidates = await self._candidates(request.model, list(request.models), "embedding",
+                                            record.created_at)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 

@@ -16,7 +16,8 @@ MAX_INTEGER_DIGITS = 10
 _LIMIT = Decimal(10) ** MAX_INTEGER_DIGITS
 # The start of a route's undated prices: in effect since before any request.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-TOKEN_KEYS = ("input_per_1k", "output_per_1k", "cached_input_per_1k", "cache_write_per_1k", "reasoning_per_1k")
+TOKEN_KEYS = ("input_per_1k", "output_per_1k", "cached_input_per_1k", "cache_write_per_1k",
+              "reasoning_per_1k")
 
 
 class PriceError(ValueError):

@@ -73,8 +73,9 @@ class CatalogModel:
         """The model with each candidate priced as in effect at `instant`."""
         if not self.timelines:
             return self
-        return CatalogModel(self.id, self.type, self.context_window, self.created, tuple(
-            priced(c, timeline, instant) for c, timeline in zip(self.candidates, self.timelines, strict=True)))
+        candidates = zip(self.candidates, self.timelines, strict=True)
+        return CatalogModel(self.id, self.type, self.context_window, self.created,
+                            tuple(priced(c, timeline, instant) for c, timeline in candidates))
 
     def to_proto(self) -> model_pb2.Model:
         first = self.candidates[0]

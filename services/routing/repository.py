@@ -138,7 +138,8 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
         )
     timelines: dict[tuple[str, str, str], list[Prices]] = {}
     for row in price_rows:
-        timelines.setdefault((row["public_id"], row["name"], row["upstream_model"]), []).append(_price_row(row))
+        route = (row["public_id"], row["name"], row["upstream_model"])
+        timelines.setdefault(route, []).append(_price_row(row))
     grouped: dict[str, list[Any]] = {}
     for row in rows:
         if (row["public_id"], row["name"], row["upstream_model"]) not in timelines:

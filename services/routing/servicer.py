@@ -46,7 +46,8 @@ class RoutingServicer(routing_service_pb2_grpc.RoutingServiceServicer):
     @rpc_method
     async def ResolveRoute(self, request: pb.ResolveRouteRequest, context: Any) -> pb.ResolveRouteResponse:
         at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else None
-        candidates = self._catalog.resolve(request.model, list(request.fallback_models), request.model_type, at)
+        candidates = self._catalog.resolve(request.model, list(request.fallback_models), request.model_type,
+                                           at)
         return pb.ResolveRouteResponse(candidates=candidates)
 
     @rpc_method
