@@ -37,14 +37,21 @@ async def _sync_prices(conn: asyncpg.Connection, model_id: Any, provider_id: Any
     the route's first sync; if the file's price in effect now differs from the stored one, the
     file's takes effect now."""
     key = (model_id, provider_id, route.model)
-    await conn.execute("DELETE FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
-                       "AND upstream_model = $3 AND effective_from > $4", *key, now)
-    stored = [_price_row(r) for r in await conn.fetch(
+    rows = [_price_row(r) for r in await conn.fetch(
         f"SELECT effective_from, {_PRICE_COLUMNS} FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
         "AND upstream_model = $3 ORDER BY effective_from", *key)]
+    stored = [p for p in rows if p.effective_from <= now]
     timeline = route.timeline()
     past = [p for p in timeline if p.effective_from <= now]
-    rows = [p for p in timeline if p.effective_from > now]
+    coming = [p for p in timeline if p.effective_from > now]
+    # Prices still to come are the file's: stale ones go, identical ones stay as they are.
+    stale = [p.effective_from for p in rows[len(stored):]
+             if not any(p.effective_from == c.effective_from and p.same_prices(c) for c in coming)]
+    if stale:
+        await conn.execute("DELETE FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
+                           "AND upstream_model = $3 AND effective_from = ANY($4::timestamptz[])", *key, stale)
+    kept = {p.effective_from for p in rows[len(stored):]} - set(stale)
+    rows = [p for p in coming if p.effective_from not in kept]
     if not stored:
         rows += past  # the route's first sync records its whole configured past
     elif not in_effect(timeline, now).same_prices(stored[-1]):
