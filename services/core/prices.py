@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 # The catalog keeps prices as numeric(20, 10) (migrations/0002, 0017): ten digits before the
-# point and ten after. A price it cannot keep exactly is refused, never rounded (docs/pricing.md §3).
+# point and ten after. A price it cannot keep exactly is refused, never rounded (docs/pricing.md §4).
 MAX_DECIMALS = 10
 MAX_INTEGER_DIGITS = 10
 _LIMIT = Decimal(10) ** MAX_INTEGER_DIGITS
