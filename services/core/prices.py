@@ -4,7 +4,7 @@ price sets so that a price change takes effect at its instant without rewriting 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -136,6 +136,30 @@ def in_effect(timeline: tuple[Prices, ...], at: datetime) -> Prices:
             break
         current = prices
     return current
+
+
+def history_changes(stored: list[Prices], timeline: tuple[Prices, ...],
+                    now: datetime) -> tuple[list[datetime], list[Prices]]:
+    """What a catalog sync at `now` changes in a route's stored price history (oldest first) for
+    the config file's `timeline`: the starts of the stored rows to delete, and the rows to add.
+
+    Never rewrites the past (docs/pricing.md §2): prices that have not taken effect are the file's
+    (stale ones go, identical ones stay untouched); a row that has taken effect is never changed or
+    deleted, and none is added before `now` except on the route's first sync, which records the
+    whole configured timeline; if the file's price in effect now differs from the last stored one
+    that took effect, the file's takes effect at `now`."""
+    taken = [p for p in stored if p.effective_from <= now]
+    coming = [p for p in timeline if p.effective_from > now]
+    pending = [p for p in stored if p.effective_from > now]
+    stale = [p.effective_from for p in pending
+             if not any(p.effective_from == c.effective_from and p.same_prices(c) for c in coming)]
+    kept = {p.effective_from for p in pending} - set(stale)
+    added = [p for p in timeline if p.effective_from <= now] if not taken else []
+    current = in_effect(timeline, now)
+    if taken and not current.same_prices(taken[-1]):
+        added.append(replace(current, effective_from=now))
+    added += [p for p in coming if p.effective_from not in kept]
+    return stale, added
 
 
 def of_candidate(candidate: Any) -> Prices:

@@ -12,7 +12,7 @@ from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
 from services.core.config import Config, RouteConfig
 from services.core.money import decimal_str
-from services.core.prices import Prices, in_effect
+from services.core.prices import Prices, history_changes
 from services.routing.catalog import Catalog, CatalogModel
 
 log = logging.getLogger(__name__)
@@ -31,36 +31,19 @@ def _price_row(row: Any) -> Prices:
 
 async def _sync_prices(conn: asyncpg.Connection, model_id: Any, provider_id: Any, route: RouteConfig,
                        now: datetime) -> None:
-    """Brings a route's price history in line with the config file without rewriting the past
-    (docs/pricing.md §2): prices that have not taken effect yet are replaced by the file's; a row
-    that has taken effect is never changed or deleted, and none is added before `now` except on
-    the route's first sync; if the file's price in effect now differs from the stored one, the
-    file's takes effect now."""
+    """Brings a route's stored price history in line with the config file without rewriting the
+    past (`history_changes`, docs/pricing.md §2)."""
     key = (model_id, provider_id, route.model)
-    rows = [_price_row(r) for r in await conn.fetch(
+    stored = [_price_row(r) for r in await conn.fetch(
         f"SELECT effective_from, {_PRICE_COLUMNS} FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
         "AND upstream_model = $3 ORDER BY effective_from", *key)]
-    stored = [p for p in rows if p.effective_from <= now]
-    timeline = route.timeline()
-    past = [p for p in timeline if p.effective_from <= now]
-    coming = [p for p in timeline if p.effective_from > now]
-    # Prices still to come are the file's: stale ones go, identical ones stay as they are.
-    stale = [p.effective_from for p in rows[len(stored):]
-             if not any(p.effective_from == c.effective_from and p.same_prices(c) for c in coming)]
+    stale, added = history_changes(stored, route.timeline(), now)
     if stale:
         await conn.execute("DELETE FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
                            "AND upstream_model = $3 AND effective_from = ANY($4::timestamptz[])", *key, stale)
-    kept = {p.effective_from for p in rows[len(stored):]} - set(stale)
-    rows = [p for p in coming if p.effective_from not in kept]
-    if not stored:
-        rows += past  # the route's first sync records its whole configured past
-    elif not in_effect(timeline, now).same_prices(stored[-1]):
-        current = in_effect(timeline, now)
-        rows.append(Prices(current.input_per_1k, current.output_per_1k, current.cached_input_per_1k,
-                           current.cache_write_per_1k, current.reasoning_per_1k, current.per_image, now))
     await conn.executemany(_INSERT_PRICE, [
         (*key, p.effective_from, p.input_per_1k, p.output_per_1k, p.cached_input_per_1k, p.cache_write_per_1k,
-         p.reasoning_per_1k, p.per_image) for p in rows])
+         p.reasoning_per_1k, p.per_image) for p in added])
 
 
 async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:

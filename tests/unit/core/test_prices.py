@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from services.core.config import ConfigError, parse_config
-from services.core.prices import EPOCH, in_effect
+from services.core.prices import EPOCH, Prices, history_changes, in_effect
 
 
 def config(**route: Any) -> dict[str, Any]:
@@ -129,3 +129,36 @@ def test_a_date_without_a_time_is_refused() -> None:
     """)
     with pytest.raises(ConfigError, match=r"routes\[0\].prices\[0\]: effective_from must be an RFC 3339"):
         parse_config(document)
+
+
+def history(*starts_and_prices: tuple[datetime, str]) -> list[Any]:
+    return [Prices(Decimal(p), Decimal(1), Decimal(p), Decimal(p), Decimal(1), None, at)
+            for at, p in starts_and_prices]
+
+
+JAN, JUN, NOW, LATER = (datetime(2026, m, 1, tzinfo=UTC) for m in (1, 6, 9, 12))
+
+
+def test_a_first_sync_records_the_whole_configured_timeline() -> None:
+    line = tuple(history((EPOCH, "3"), (JAN, "2"), (LATER, "1")))
+    assert history_changes([], line, NOW) == ([], list(line))
+
+
+def test_a_resync_of_the_same_file_changes_nothing() -> None:
+    line = tuple(history((EPOCH, "3"), (JAN, "2"), (LATER, "1")))
+    assert history_changes(list(line), line, NOW) == ([], [])
+
+
+def test_the_past_is_never_rewritten_and_a_changed_price_starts_now() -> None:
+    stored = history((EPOCH, "3"), (JAN, "2"), (LATER, "1"))
+    # The file rewrites January, adds June after the fact and moves the coming price.
+    line = tuple(history((EPOCH, "3"), (JAN, "2.5"), (JUN, "2.2"), (LATER, "0.5")))
+    stale, added = history_changes(stored, line, NOW)
+    assert stale == [LATER]
+    assert [(p.effective_from, p.input_per_1k) for p in added] == [
+        (NOW, Decimal("2.2")), (LATER, Decimal("0.5"))]
+
+
+def test_a_coming_price_that_leaves_the_file_is_dropped() -> None:
+    stored = history((EPOCH, "3"), (LATER, "1"))
+    assert history_changes(stored, tuple(history((EPOCH, "3"))), NOW) == ([LATER], [])
