@@ -205,6 +205,7 @@ async def _wire_edge(
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
     from edge.readiness import cached_probes
+    from services.analytics.bodies import StoredBodies
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
     from services.limits.budgets import SpendStore
@@ -232,6 +233,10 @@ async def _wire_edge(
     await quotas.subscribe(nc)
     wiring.closers.append(quotas.close)
     wiring.on_nats_reconnect.append(quotas.invalidate)
+    stored_bodies = StoredBodies(pool)  # organizations keeping bodies in the request log
+    await stored_bodies.subscribe(nc)
+    wiring.closers.append(stored_bodies.close)
+    wiring.on_nats_reconnect.append(stored_bodies.invalidate)
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)
@@ -258,7 +263,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas,
+        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas, stored_bodies=stored_bodies,
     )
     wiring.serve(
         topology,
