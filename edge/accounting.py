@@ -26,6 +26,7 @@ from services.analytics import bodies
 from services.core import telemetry
 from services.core.errors import GatewayError, internal_error
 from services.core.money import decimal_str
+from services.core.prices import of_candidate
 from services.limits.limiter import COST, TOKENS, Admission, Limiter
 from services.limits.policy import micro_usd
 
@@ -45,15 +46,33 @@ def estimate_tokens(text_chars: int) -> int:
 
 
 def price(
-    candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int, images: int = 0
+    candidate: route_pb2.RouteCandidate, prompt_tokens: int, completion_tokens: int, images: int = 0,
+    usage: chat_pb2.Usage | None = None,
 ) -> Decimal:
-    """Exact cost in USD of the tokens (and images, where the route prices them) at the candidate's price."""
+    """Exact cost in USD at the candidate's prices, every token class at its own (docs/pricing.md §1).
+
+    Every adapter reports usage in OpenAI's convention: `prompt_tokens` counts every prompt token,
+    with the ones read from the provider's cache (`cached_tokens`) and written to it
+    (`cache_creation_tokens`, Anthropic's `cache_creation_input_tokens`) as parts of it, and
+    `completion_tokens` counts reasoning tokens as a part. So the cost is
+    (prompt - cached - cache_write) x input + cached x cached_input + cache_write x cache_write
+    + (completion - reasoning) x output + reasoning x reasoning, per 1k, + images x per_image.
+    Parts larger than their whole (a provider's inconsistent report) are capped, never negative."""
+    prices = of_candidate(candidate)
+    cached = cache_write = reasoning = 0
+    if usage is not None:
+        cached = min(max(usage.prompt_tokens_details.cached_tokens, 0), prompt_tokens)
+        cache_write = min(max(usage.prompt_tokens_details.cache_creation_tokens, 0), prompt_tokens - cached)
+        reasoning = min(max(usage.completion_tokens_details.reasoning_tokens, 0), completion_tokens)
     cost = (
-        Decimal(prompt_tokens) * Decimal(candidate.input_per_1k)
-        + Decimal(completion_tokens) * Decimal(candidate.output_per_1k)
+        (prompt_tokens - cached - cache_write) * prices.input_per_1k
+        + cached * prices.cached_input_per_1k
+        + cache_write * prices.cache_write_per_1k
+        + (completion_tokens - reasoning) * prices.output_per_1k
+        + reasoning * prices.reasoning_per_1k
     ) / THOUSAND
-    if images and candidate.per_image:
-        cost += images * Decimal(candidate.per_image)
+    if images and prices.per_image is not None:
+        cost += images * prices.per_image
     return cost
 
 
@@ -130,7 +149,7 @@ class RequestRecord:
             prompt = estimate_tokens(self.prompt_bytes) if self.upstream_answered else 0
             completion = self.content_events
         cost = (
-            price(self.candidate, prompt, completion, self.images)
+            price(self.candidate, prompt, completion, self.images, usage)
             if self.candidate is not None and not self.cache_hit
             else Decimal(0)
         )

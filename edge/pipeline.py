@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
@@ -159,11 +159,15 @@ class Pipeline:
             record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
-        self, model: str, fallbacks: list[str], model_type: str
+        self, model: str, fallbacks: list[str], model_type: str, created_at: float
     ) -> list[route_pb2.RouteCandidate]:
+        """The candidates, priced as in effect when the request arrived (docs/pricing.md §3)."""
+        at = timestamp_pb2.Timestamp()
+        at.FromNanoseconds(int(created_at * 1e9))
         answer = await calls.unary(
             self.clients.routing.ResolveRoute,
-            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type),
+            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type,
+                                           at=at),
         )
         return list(answer.candidates)
 
@@ -190,7 +194,8 @@ class Pipeline:
         self.keep_request(record, request)
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), model_type)
+        candidates = await self._candidates(request.model, list(request.models), model_type,
+                                            record.created_at)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
         lookup = self.cache.lookup(context, principal, request) if self.cache is not None else None
@@ -336,7 +341,8 @@ class Pipeline:
         self.keep_request(record, request)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
-        candidates = await self._candidates(request.model, list(request.models), "embedding")
+        candidates = await self._candidates(request.model, list(request.models), "embedding",
+                                            record.created_at)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 
@@ -372,7 +378,7 @@ class Pipeline:
         if not model:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
-        candidates = await self._candidates(model, fallbacks, "image")
+        candidates = await self._candidates(model, fallbacks, "image", record.created_at)
         await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 

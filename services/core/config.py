@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from services.core.limits import MAX_REQUEST_BYTES
+from services.core.prices import PriceError, Prices, route_timeline
 
 PROVIDER_KINDS = ("openai", "anthropic", "google", "cohere", "openai_compatible")
 MODEL_TYPES = ("chat", "completion", "embedding", "image")
@@ -37,6 +38,14 @@ class RouteConfig:
     input_per_1k: Decimal
     output_per_1k: Decimal
     per_image: Decimal | None = None  # image models priced per image rather than by tokens
+    # Every price set of the route in order of its start, the route's own keys first (in effect
+    # since ever): docs/pricing.md. Empty: the route's own input, output and image prices only.
+    prices: tuple[Prices, ...] = ()
+
+    def timeline(self) -> tuple[Prices, ...]:
+        """The route's price sets, oldest first."""
+        return self.prices or (Prices(self.input_per_1k, self.output_per_1k, self.input_per_1k,
+                                      self.input_per_1k, self.output_per_1k, self.per_image),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +103,6 @@ class Config:
         return frozenset(p.api_key_env for p in self.providers if p.api_key_env)
 
 
-def _decimal(value: Any, where: str) -> Decimal:
-    try:
-        # str() first: a YAML float such as 0.00015 must not pass through binary floating point.
-        price = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ConfigError(f"{where}: not a decimal price: {value!r}") from exc
-    if not price.is_finite() or price < 0:  # finiteness first: ordering a NaN raises InvalidOperation
-        raise ConfigError(f"{where}: price must be a finite non-negative number")
-    return price
-
-
 def parse_config(raw: dict[str, Any] | None) -> Config:
     """Validates a parsed config file; raises ConfigError naming the first bad entry."""
     raw = raw or {}
@@ -141,12 +139,13 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
                 raise ConfigError(f"{rwhere}: unknown provider {r.get('provider')!r}")
             if not r.get("model"):
                 raise ConfigError(f"{rwhere}: model is required")
-            if "input_per_1k" not in r or "output_per_1k" not in r:
-                # An unpriced model is an error, never $0 (docs/architecture.md §2.5).
-                raise ConfigError(f"{rwhere}: input_per_1k and output_per_1k are required")
-            per_image = _decimal(r["per_image"], rwhere) if r.get("per_image") is not None else None
-            routes.append(RouteConfig(r["provider"], str(r["model"]), _decimal(r["input_per_1k"], rwhere),
-                                      _decimal(r["output_per_1k"], rwhere), per_image))
+            try:
+                timeline = route_timeline(r, rwhere)
+            except PriceError as exc:
+                raise ConfigError(str(exc)) from exc
+            base = timeline[0]
+            routes.append(RouteConfig(r["provider"], str(r["model"]), base.input_per_1k, base.output_per_1k,
+                                      base.per_image, timeline))
         if not routes:
             raise ConfigError(f"{where}: at least one route is required")
         max_output = int(m.get("max_output_tokens") or 0)

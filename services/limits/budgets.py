@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from services.core.prices import of_candidate
 from services.limits.scripts import TAG
 
 MICRO = Decimal(1_000_000)
@@ -119,17 +120,20 @@ def worst_case_micro(prompt_chars: int, max_output_tokens: int, candidates: Sequ
                      images: int = 0) -> int:
     """The most a request may cost: its prompt (4 characters a token, rounded up) and the most it
     may generate (its max_tokens, else the model's output limit, else what is left of its context
-    window, else 4096), and `images` at a route's per-image price, at the dearest candidate."""
+    window, else 4096), and `images` at a route's per-image price, at the dearest candidate. Each
+    token is priced at the dearest class it may turn out to be (prompt tokens: input, cache read
+    or cache write; completion tokens: output or reasoning; docs/pricing.md §1), so the hold stays
+    an upper bound of the true cost."""
     prompt = math.ceil(prompt_chars / 4)
     most = 0
     for candidate in candidates:
+        prices = of_candidate(candidate)
         output = max_output_tokens or candidate.max_output_tokens or max(
             candidate.context_window - prompt, 0) or 4096
-        cost = (Decimal(prompt) * Decimal(candidate.input_per_1k or "0")
-                + Decimal(output) * Decimal(candidate.output_per_1k or "0")) / 1000
-        per_image = str(getattr(candidate, "per_image", None) or "")
-        if images and per_image:
-            cost += images * Decimal(per_image)
+        cost = (prompt * max(prices.input_per_1k, prices.cached_input_per_1k, prices.cache_write_per_1k)
+                + output * max(prices.output_per_1k, prices.reasoning_per_1k)) / 1000
+        if images and prices.per_image is not None:
+            cost += images * prices.per_image
         most = max(most, micro(cost))
     return most
 

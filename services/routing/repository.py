@@ -2,24 +2,61 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from aggregator.openai.v1 import model_pb2
 from aggregator.routing.v1 import route_pb2
-from services.core.config import Config
+from services.core.config import Config, RouteConfig
 from services.core.money import decimal_str
+from services.core.prices import Prices, history_changes
 from services.routing.catalog import Catalog, CatalogModel
+
+log = logging.getLogger(__name__)
+_PRICE_COLUMNS = ("input_per_1k, output_per_1k, cached_input_per_1k, cache_write_per_1k, reasoning_per_1k, "
+                  "per_image")
+_INSERT_PRICE = (
+    f"INSERT INTO route_prices (model_id, provider_id, upstream_model, effective_from, {_PRICE_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    "ON CONFLICT (model_id, provider_id, upstream_model, effective_from) DO NOTHING")
+
+
+def _price_row(row: Any) -> Prices:
+    return Prices(row["input_per_1k"], row["output_per_1k"], row["cached_input_per_1k"],
+                  row["cache_write_per_1k"], row["reasoning_per_1k"], row["per_image"], row["effective_from"])
+
+
+async def _sync_prices(conn: asyncpg.Connection, model_id: Any, provider_id: Any, route: RouteConfig,
+                       now: datetime) -> None:
+    """Brings a route's stored price history in line with the config file without rewriting the
+    past (`history_changes`, docs/pricing.md §2)."""
+    key = (model_id, provider_id, route.model)
+    stored = [_price_row(r) for r in await conn.fetch(
+        f"SELECT effective_from, {_PRICE_COLUMNS} FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
+        "AND upstream_model = $3 ORDER BY effective_from", *key)]
+    stale, added = history_changes(stored, route.timeline(), now)
+    if stale:
+        await conn.execute("DELETE FROM route_prices WHERE model_id = $1 AND provider_id = $2 "
+                           "AND upstream_model = $3 AND effective_from = ANY($4::timestamptz[])", *key, stale)
+    await conn.executemany(_INSERT_PRICE, [
+        (*key, p.effective_from, p.input_per_1k, p.output_per_1k, p.cached_input_per_1k, p.cache_write_per_1k,
+         p.reasoning_per_1k, p.per_image) for p in added])
 
 
 async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
     """Makes the catalog tables match the config file, in one transaction.
 
     Providers and models absent from the file are disabled, not deleted: request logs and bills
-    keep pointing at them.
+    keep pointing at them. Prices are kept with their history (`_sync_prices`).
     """
     async with pool.acquire() as conn, conn.transaction():
+        # Serializes concurrent syncs (several `up` on one database): each sees the other's rows.
+        await conn.execute("LOCK TABLE route_prices IN SHARE ROW EXCLUSIVE MODE")
+        # One instant for the whole sync, taken once the lock is held.
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         await conn.execute("UPDATE providers SET enabled = false, updated_at = now()")
         provider_ids: dict[str, Any] = {}
         for p in config.providers:
@@ -58,6 +95,11 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
                     for i, r in enumerate(m.routes)
                 ],
             )
+            # A route repeated in a model is served once, as its first occurrence (catalog.resolve),
+            # and its price history is kept once, by model, provider and upstream model.
+            first = {(r.provider, r.model): r for r in reversed(m.routes)}
+            for r in first.values():
+                await _sync_prices(conn, model_id, provider_ids[r.provider], r, now)
 
 
 async def load_catalog(pool: asyncpg.Pool) -> Catalog:
@@ -77,8 +119,24 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
                WHERE m.enabled
                ORDER BY m.created_at, m.public_id, e.position"""
         )
+        price_rows = await conn.fetch(
+            f"""SELECT m.public_id, p.name, r.upstream_model, r.effective_from, {_PRICE_COLUMNS}
+                FROM route_prices r
+                JOIN models m ON m.id = r.model_id AND m.enabled
+                JOIN providers p ON p.id = r.provider_id AND p.enabled
+                ORDER BY r.effective_from"""
+        )
+    timelines: dict[tuple[str, str, str], list[Prices]] = {}
+    for row in price_rows:
+        route = (row["public_id"], row["name"], row["upstream_model"])
+        timelines.setdefault(route, []).append(_price_row(row))
     grouped: dict[str, list[Any]] = {}
     for row in rows:
+        if (row["public_id"], row["name"], row["upstream_model"]) not in timelines:
+            # Never served free (docs/architecture.md §2.5): a route without a price is left out.
+            log.error("catalog: route %s/%s of model %s has no price; not served", row["name"],
+                      row["upstream_model"], row["public_id"])
+            continue
         grouped.setdefault(row["public_id"], []).append(row)
     models = []
     for public_id, routes in grouped.items():
@@ -99,9 +157,9 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
             )
             for r in routes
         )
-        models.append(
-            CatalogModel(public_id, first["type"], first["context_window"], first["created"], candidates)
-        )
+        models.append(CatalogModel(
+            public_id, first["type"], first["context_window"], first["created"], candidates,
+            tuple(tuple(timelines[(public_id, r["name"], r["upstream_model"])]) for r in routes)))
     return Catalog(
         models, [model_pb2.Provider(id=p["name"], object="provider", kind=p["kind"]) for p in providers]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,9 @@ class RoutingServicer(routing_service_pb2_grpc.RoutingServiceServicer):
 
     @rpc_method
     async def ResolveRoute(self, request: pb.ResolveRouteRequest, context: Any) -> pb.ResolveRouteResponse:
-        candidates = self._catalog.resolve(request.model, list(request.fallback_models), request.model_type)
+        at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else None
+        candidates = self._catalog.resolve(request.model, list(request.fallback_models), request.model_type,
+                                           at)
         return pb.ResolveRouteResponse(candidates=candidates)
 
     @rpc_method

@@ -61,6 +61,16 @@ def _vendor_catalog(vendors: dict[str, Any]) -> tuple[list[dict[str, Any]], list
             "routes": [{"provider": "anthropic", "model": "claude-sonnet-4-5", **price}],
         },
         {
+            # Every token class at its own price (tests/e2e/test_pricing.py), and a price to come.
+            "id": "claude-cached",
+            "type": "chat",
+            "max_output_tokens": 1024,
+            "routes": [{"provider": "anthropic", "model": "claude-haiku-4-5", **price,
+                        "cached_input_per_1k": "0.0003", "cache_write_per_1k": "0.00375",
+                        "prices": [{"effective_from": "2999-01-01T00:00:00Z", "input_per_1k": "1",
+                                    "output_per_1k": "1"}]}],
+        },
+        {
             "id": "gemini",
             "type": "chat",
             "routes": [{"provider": "google", "model": "gemini-2.5-flash", **price}],

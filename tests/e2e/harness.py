@@ -18,6 +18,7 @@ import yaml
 
 from services.auth.secret_files import parse_secret
 from services.core.config import Config, StoreUrls, parse_config
+from services.core.prices import TOKEN_KEYS, Prices
 from services.core.service_token import derive_service_token
 from services.runtime import children
 from services.runtime.envoy import render_bootstrap
@@ -104,6 +105,11 @@ def gateway_config(
     )
 
 
+def _prices(prices: Prices) -> dict[str, str]:
+    return {key: str(getattr(prices, key)) for key in (*TOKEN_KEYS, "per_image")
+            if getattr(prices, key) is not None}
+
+
 def config_document(config: Config) -> dict[str, Any]:
     """The config file that parses to `config` (service processes read it: provider key names)."""
     return {
@@ -121,9 +127,9 @@ def config_document(config: Config) -> dict[str, Any]:
                     {
                         "provider": r.provider,
                         "model": r.model,
-                        "input_per_1k": str(r.input_per_1k),
-                        "output_per_1k": str(r.output_per_1k),
-                        **({"per_image": str(r.per_image)} if r.per_image is not None else {}),
+                        **_prices(r.timeline()[0]),
+                        "prices": [{"effective_from": p.effective_from.isoformat(), **_prices(p)}
+                                   for p in r.timeline()[1:]],
                     }
                     for r in m.routes
                 ],

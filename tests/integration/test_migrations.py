@@ -19,7 +19,7 @@ TABLES = {
     "organizations", "users", "api_keys", "providers", "models", "provider_endpoints", "api_requests",
     "api_responses", "request_analytics", "rate_limit_rules", "usage_quotas", "rate_limit_tracking",
     "billing_plans", "subscriptions", "usage_billing", "audit_log", "schema_migrations",
-    "signing_keys", "auth_sessions", "refresh_tokens", "oauth_clients", "oauth_codes",
+    "signing_keys", "auth_sessions", "refresh_tokens", "oauth_clients", "oauth_codes", "route_prices",
     "invoices", "invoice_lines", "credit_purchases",
 }
 PARTITIONED = ("api_requests", "api_responses", "request_analytics")
