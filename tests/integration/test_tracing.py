@@ -19,9 +19,8 @@ from aggregator.adapter.v1 import adapter_service_pb2_grpc
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
 from aggregator.auth.v1 import auth_service_pb2_grpc
 from aggregator.openai.v1 import chat_pb2, openai_service_pb2_grpc
-from aggregator.routing.v1 import route_pb2
+from aggregator.routing.v1 import route_pb2, routing_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
-from aggregator.routing.v1 import routing_service_pb2_grpc
 from edge.accounting import UsageRecorder
 from edge.clients import ServiceClients
 from edge.openai_servicer import OpenAIServicer

@@ -130,6 +130,7 @@ def test_the_ledger_observes_each_events_lag() -> None:
 
 def test_the_pending_count_comes_from_the_jetstream_acknowledgement_subject() -> None:
     # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.<pending>
-    message = Msg(None, subject="usage.org", reply="$JS.ACK.USAGE.ledger-writer.1.42.40.1700000000000000000.17")
+    reply = "$JS.ACK.USAGE.ledger-writer.1.42.40.1700000000000000000.17"
+    message = Msg(None, subject="usage.org", reply=reply)
     assert pending_after(message) == 17
     assert pending_after(Msg(None, subject="usage.org", reply="")) == 0  # not from JetStream
