@@ -3,13 +3,18 @@ bounded labels, and the places that feed them (errors, upstream latency, store p
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.events.v1 import usage_event_pb2 as ev
 from edge.accounting import RequestRecord, UsageRecorder
@@ -134,3 +139,39 @@ def test_the_pending_count_comes_from_the_jetstream_acknowledgement_subject() ->
     message = Msg(None, subject="usage.org", reply=reply)
     assert pending_after(message) == 17
     assert pending_after(Msg(None, subject="usage.org", reply="")) == 0  # not from JetStream
+
+
+_WORKER = """
+import sys
+from services.core import telemetry
+store, up, outbox = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+telemetry.STORE_UP.labels(store).set(up)
+telemetry.OUTBOX_EVENTS.labels("usage").set(outbox)
+telemetry.ERRORS.labels("UPSTREAM_ERROR", "upstream_error").inc()
+telemetry.UPSTREAM_LATENCY.labels("acme", "ok").observe(0.2)
+"""
+_RENDER = ("import sys; from services.core import telemetry; "
+           "sys.stdout.buffer.write(telemetry.render_metrics())")
+
+
+def test_workers_metrics_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
+    """Under `aggregator up` each worker is a process (PROMETHEUS_MULTIPROC_DIR): any one renders
+    every worker's series, counters summed, the outbox gauge at its largest, a store's state the
+    latest written."""
+    repo = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    for args in (["postgres", "1", "3"], ["postgres", "0", "5"]):  # the second worker writes last
+        subprocess.run([sys.executable, "-c", _WORKER, *args], env=env, check=True, timeout=120)
+    rendered = subprocess.run([sys.executable, "-c", _RENDER], env=env, check=True, timeout=120,
+                              capture_output=True).stdout.decode()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(rendered) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    assert value("aggregator_errors_total", reason="UPSTREAM_ERROR", type="upstream_error") == 2
+    assert value("aggregator_upstream_response_seconds_count", provider="acme", outcome="ok") == 2
+    assert value("aggregator_outbox_events", outbox="usage") == 5
+    assert value("aggregator_store_up", store="postgres") == 0
