@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
+from services.analytics import bodies
 from services.core import telemetry
 from services.core.errors import GatewayError, internal_error
 from services.core.money import decimal_str
@@ -84,6 +85,22 @@ class RequestRecord:
     http_status: int = 200
     error_reason: str = ""
     error_type: str = ""  # the OpenAI error `type` of error_reason (services/core/errors.py)
+    finish_reason: str = ""  # the first choice's, from the event that carried it
+    user_id: str = ""
+    client_ip: str = ""
+    user_agent: str = ""
+    # Bodies, only for an organization that opted in (services/analytics/bodies.py).
+    store_bodies: bool = False
+    request_body: bytes = b""
+    response_chunks: list[bytes] = field(default_factory=list)
+
+    def response_body(self) -> bytes:
+        """What the client received, as JSON: the answer, or a stream's chunks as an array."""
+        if not self.response_chunks:
+            return b""
+        if not self.stream and len(self.response_chunks) == 1:
+            return bodies.bounded(self.response_chunks[0])
+        return bodies.stream_body(self.response_chunks)
 
     @property
     def metric_model(self) -> str:
@@ -148,6 +165,12 @@ class RequestRecord:
             attempts=self.attempts,
             images=self.images,
             cache_hit=self.cache_hit,
+            finish_reason=self.finish_reason,
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            user_id=self.user_id,
+            request_body=self.request_body,
+            response_body=self.response_body() if self.store_bodies else b"",
         )
 
 

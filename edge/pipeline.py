@@ -16,6 +16,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
+from google.protobuf import json_format
+
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.auth.v1 import auth_service_pb2 as auth_pb
 from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2, image_pb2
@@ -25,7 +28,10 @@ from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
+from services.analytics import bodies
+from services.analytics.bodies import StoredBodies
 from services.auth.audit import AuditTrail, audited_check
+from services.auth.audit_repository import client_ip
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
@@ -104,13 +110,15 @@ class Pipeline:
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
-                 cache: ResponseCache | None = None, quotas: Any = None) -> None:
+                 cache: ResponseCache | None = None, quotas: Any = None,
+                 stored_bodies: StoredBodies | None = None) -> None:
         self.clients = clients
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
         self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
         self.cache = cache  # the response cache (services/limits/response_cache.py); None: no caching
         self.quotas = quotas  # organization quotas (services/limits/quotas.py QuotaBook), when served
+        self.stored_bodies = stored_bodies  # who keeps bodies in the request log (analytics/bodies.py)
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -119,7 +127,12 @@ class Pipeline:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
         request_id = metadata_value(context, "x-request-id") or uuid.uuid4().hex
         telemetry.request_id_var.set(request_id)
-        return RequestRecord(request_id=request_id, endpoint=endpoint, public_model=model, stream=stream)
+        forwarded = metadata_value(context, "x-forwarded-for")
+        peer = None if forwarded or not hasattr(context, "peer") else context.peer()
+        ip = client_ip(forwarded, peer)
+        agent = (metadata_value(context, "user-agent") or "")[:512]
+        return RequestRecord(request_id=request_id, endpoint=endpoint, public_model=model, stream=stream,
+                             client_ip=ip or "", user_agent=agent)
 
     async def authenticate(self, context: Any, record: RequestRecord | None = None) -> auth_pb.Principal:
         """The caller's principal, once it is known to hold the permission the running RPC declares
@@ -129,9 +142,21 @@ class Pipeline:
         answer = await calls.unary(self.clients.auth.Authenticate, auth_pb.AuthenticateRequest(api_key=key))
         audited_check(self.audit, answer.principal, context)
         if record is not None:
-            record.organization_id = answer.principal.organization_id
-            record.api_key_id = answer.principal.api_key_id
+            principal = answer.principal
+            record.organization_id = principal.organization_id
+            record.api_key_id = principal.api_key_id
+            record.user_id = principal.user_id
+            if self.stored_bodies is not None and principal.organization_id:
+                record.store_bodies = await self.stored_bodies.of(principal.organization_id)
         return answer.principal
+
+    @staticmethod
+    def keep_request(record: RequestRecord, request: Any) -> None:
+        """Keeps the request body for the request log, where the organization opted in."""
+        if record.store_bodies:
+            document = (json_format.MessageToDict(request, preserving_proto_field_name=True)
+                        if hasattr(request, "DESCRIPTOR") else dict(getattr(request, "fields", {})))
+            record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
         self, model: str, fallbacks: list[str], model_type: str
@@ -162,6 +187,7 @@ class Pipeline:
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Streams the first candidate whose first event arrives; failures before it fall through."""
         principal = await self.authenticate(context, record)
+        self.keep_request(record, request)
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), model_type)
@@ -270,6 +296,10 @@ class Pipeline:
         record.upstream_answered = True
         if event.HasField("usage"):
             record.usage = event.usage
+        if event.finish_reason:
+            record.finish_reason = event.finish_reason
+        if record.store_bodies and event.body:
+            record.response_chunks.append(event.body)
         if event.has_content:
             record.content_events += 1
             if record.first_token_at is None:
@@ -304,6 +334,7 @@ class Pipeline:
     ) -> adapter_pb.EmbedResponse:
         """The embeddings of the first candidate that answers."""
         principal = await self.authenticate(context, record)
+        self.keep_request(record, request)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), "embedding")
@@ -323,6 +354,8 @@ class Pipeline:
 
         answer = await self._first_answer(candidates, record, call)
         record.usage = answer.usage
+        if record.store_bodies:
+            record.response_chunks.append(answer.body)
         await self.send_headers(context, record)
         return answer
 
@@ -336,6 +369,7 @@ class Pipeline:
     ) -> adapter_pb.ImageResponse:
         """Images from the first candidate that answers: a generation, an edit or a variation."""
         principal = await self.authenticate(context, record)
+        self.keep_request(record, operation)
         if not model:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
@@ -356,5 +390,7 @@ class Pipeline:
         if answer.HasField("usage"):
             record.usage = answer.usage
         record.images = answer.images
+        if record.store_bodies:
+            record.response_chunks.append(answer.body)
         await self.send_headers(context, record)
         return answer

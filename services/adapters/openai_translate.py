@@ -119,14 +119,24 @@ def _carries_content(choices: Any, part: str | None, fields: tuple[str, ...]) ->
     return False
 
 
+def _finish_reason(choices: Any) -> str:
+    """The first choice's finish_reason, for the request log; empty when there is none."""
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        if isinstance(reason, str):
+            return reason[:64]
+    return ""
+
+
 def completion_event(raw: bytes, target: Target, latency_ms: int, *,
                      content: ChoiceContent = CHAT_CONTENT) -> adapter_service_pb2.ChatResponse:
     """The one event of a non-streamed completion (`content` says where its output lives)."""
     obj = parse_object(raw)
     _stamp(obj, target, latency_ms)
-    has_content = _carries_content(obj.get("choices"), content.whole, content.fields)
+    choices = obj.get("choices")
+    has_content = _carries_content(choices, content.whole, content.fields)
     event = adapter_service_pb2.ChatResponse(body=orjson.dumps(obj), latency_ms=latency_ms,
-                                             has_content=has_content)
+                                             has_content=has_content, finish_reason=_finish_reason(choices))
     if isinstance(obj.get("usage"), dict):
         event.usage.CopyFrom(usage_to_proto(obj["usage"]))
     return event
@@ -160,7 +170,9 @@ def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *, client_
             return event
     _stamp(obj, target, latency_ms)
     event.body = orjson.dumps(obj)
-    event.has_content = _carries_content(obj.get("choices"), content.chunk, content.fields)
+    choices = obj.get("choices")
+    event.has_content = _carries_content(choices, content.chunk, content.fields)
+    event.finish_reason = _finish_reason(choices)
     return event
 
 

@@ -10,6 +10,7 @@ written. An event that cannot be decoded is logged and acknowledged: it could ne
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from aggregator.events.v1 import usage_event_pb2 as ev
+from services.analytics import bodies
+from services.analytics.bodies import Redact
 from services.core import telemetry
 from services.core.consumer import PullConsumer
 from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
@@ -35,27 +38,37 @@ TABLES = ("api_requests", "api_responses", "request_analytics")
 _STATUS = {ev.REQUEST_STATUS_SUCCEEDED: "succeeded", ev.REQUEST_STATUS_FAILED: "failed",
            ev.REQUEST_STATUS_CANCELLED: "cancelled"}
 
-_REQUESTS = (
-    "INSERT INTO api_requests (request_id, organization_id, api_key_id, endpoint, public_model, stream, "
-    "created_at) SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], "
-    "$6::boolean[], $7::timestamptz[]) ON CONFLICT (request_id, created_at) DO NOTHING")
-_RESPONSE_COLUMNS = (
-    "request_id, organization_id, provider, upstream_model, status, http_status, error_reason, "
-    "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cache_creation_tokens, cost_usd, "
-    "latency_ms, time_to_first_token_ms, attempts, created_at")
-_RESPONSE_TYPES = ("$1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], "
-                   "$8::int[], $9::int[], $10::int[], $11::int[], $12::int[], $13::numeric[], $14::int[], "
-                   "$15::int[], $16::int[], $17::timestamptz[]")
-_RESPONSES = (f"INSERT INTO api_responses ({_RESPONSE_COLUMNS}) SELECT * FROM unnest({_RESPONSE_TYPES}) "
-              "ON CONFLICT (request_id, created_at) DO NOTHING")
-_ANALYTICS = (
-    f"INSERT INTO request_analytics ({_RESPONSE_COLUMNS}, api_key_id, endpoint, public_model, stream, "
-    f"cache_hit) SELECT * FROM unnest({_RESPONSE_TYPES}, $18::uuid[], $19::text[], $20::text[], "
-    "$21::boolean[], $22::boolean[]) ON CONFLICT (request_id, created_at) DO NOTHING")
+
+def _insert(table: str, columns: list[tuple[str, str]]) -> str:
+    """One INSERT of a whole batch: a column array per parameter, unnested into rows; a replayed
+    request changes nothing. Bodies travel as text and become jsonb in SQL, since asyncpg would
+    read a JSON array inside a jsonb[] parameter as one more dimension."""
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{'text' if kind == 'jsonb' else kind}[]"
+                       for i, (_, kind) in enumerate(columns, start=1))
+    values = ", ".join(f"{name}::jsonb" if kind == "jsonb" else name for name, kind in columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names}) "
+            "ON CONFLICT (request_id, created_at) DO NOTHING")
+
+
+_RESPONSE = [("request_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
+             ("upstream_model", "text"), ("status", "text"), ("http_status", "int"), ("error_reason", "text"),
+             ("prompt_tokens", "int"), ("completion_tokens", "int"), ("cached_tokens", "int"),
+             ("reasoning_tokens", "int"), ("cache_creation_tokens", "int"), ("cost_usd", "numeric"),
+             ("latency_ms", "int"), ("time_to_first_token_ms", "int"), ("attempts", "int"),
+             ("created_at", "timestamptz"), ("finish_reason", "text"), ("images", "int")]
+_REQUESTS = _insert("api_requests", [
+    ("request_id", "text"), ("organization_id", "uuid"), ("api_key_id", "uuid"), ("endpoint", "text"),
+    ("public_model", "text"), ("stream", "boolean"), ("created_at", "timestamptz"), ("user_id", "uuid"),
+    ("client_ip", "inet"), ("user_agent", "text"), ("body", "jsonb")])
+_RESPONSES = _insert("api_responses", [*_RESPONSE, ("body", "jsonb")])
+_ANALYTICS = _insert("request_analytics", [
+    *_RESPONSE, ("api_key_id", "uuid"), ("endpoint", "text"), ("public_model", "text"), ("stream", "boolean"),
+    ("cache_hit", "boolean"), ("user_id", "uuid")])
 
 
 def _uuid(value: str) -> str | None:
-    return value or None
+    return value if value and _is_uuid(value) else None
 
 
 def _is_uuid(value: str) -> bool:
@@ -66,6 +79,13 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+def _ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
+
+
 def _cost(value: str) -> Decimal:
     try:
         cost = Decimal(value or "0")
@@ -74,13 +94,17 @@ def _cost(value: str) -> Decimal:
     return cost if cost.is_finite() else Decimal(0)
 
 
-def columns(events: list[ev.UsageEvent]) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
-    """The column arrays of the three tables for a batch of events."""
+def columns(events: list[ev.UsageEvent], redact: Redact = bodies.redact
+            ) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
+    """The column arrays of the three tables for a batch of events; bodies pass through `redact`."""
     created = [e.created_at.ToDatetime(tzinfo=UTC) if e.HasField("created_at") else datetime.now(UTC)
                for e in events]
+    users = [_uuid(e.user_id) for e in events]
     requests = [[e.request_id for e in events], [e.organization_id for e in events],
                 [_uuid(e.api_key_id) for e in events], [e.endpoint for e in events],
-                [e.public_model for e in events], [e.stream for e in events], created]
+                [e.public_model for e in events], [e.stream for e in events], created, users,
+                [_ip(e.client_ip) for e in events], [e.user_agent[:512] or None for e in events],
+                [bodies.stored_json(e.request_body, redact) for e in events]]
     responses = [[e.request_id for e in events], [e.organization_id for e in events],
                  [e.provider for e in events], [e.upstream_model for e in events],
                  [_STATUS.get(e.status, "failed") for e in events], [e.http_status for e in events],
@@ -89,15 +113,18 @@ def columns(events: list[ev.UsageEvent]) -> tuple[list[list[Any]], list[list[Any
                  [e.reasoning_tokens for e in events], [e.cache_creation_tokens for e in events],
                  [_cost(e.cost_usd) for e in events], [e.latency_ms for e in events],
                  [e.time_to_first_token_ms or None for e in events], [max(e.attempts, 1) for e in events],
-                 created]
+                 created, [e.finish_reason or None for e in events], [e.images for e in events]]
     analytics = [*responses, [_uuid(e.api_key_id) for e in events], [e.endpoint for e in events],
-                 [e.public_model for e in events], [e.stream for e in events], [e.cache_hit for e in events]]
+                 [e.public_model for e in events], [e.stream for e in events], [e.cache_hit for e in events],
+                 users]
+    responses = [*responses, [bodies.stored_json(e.response_body, redact) for e in events]]
     return requests, responses, analytics
 
 
-async def write_events(pool: asyncpg.Pool, events: list[ev.UsageEvent]) -> None:
+async def write_events(pool: asyncpg.Pool, events: list[ev.UsageEvent],
+                       redact: Redact = bodies.redact) -> None:
     """Writes a batch to the three tables in one transaction; creates missing month partitions."""
-    requests, responses, analytics = columns(events)
+    requests, responses, analytics = columns(events, redact)
     for attempt in range(2):
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -121,12 +148,13 @@ class Ledger(PullConsumer):
 
     def __init__(self, nc: Client, pool: asyncpg.Pool, *, batch: int = 500, wait_s: float = 1.0,
                  linger_s: float = LINGER_S, durable: str = LEDGER_CONSUMER,
-                 subject: str = USAGE_SUBJECT_PREFIX + ">") -> None:
+                 subject: str = USAGE_SUBJECT_PREFIX + ">", redact: Redact = bodies.redact) -> None:
         super().__init__(batch=batch, wait_s=wait_s, linger_s=linger_s)
         self._nc = nc
         self._pool = pool
         self._durable = durable
         self._subject = subject
+        self._redact = redact  # applied to stored bodies (services/analytics/bodies.py)
         self.ack_wait = 30  # seconds before JetStream delivers an unacknowledged batch again
 
     async def _subscribe(self) -> Any:
@@ -151,7 +179,7 @@ class Ledger(PullConsumer):
                 log.error("usage ledger: event %s without a valid organization dropped",
                           event.request_id[:64])
         if events:
-            await write_events(self._pool, events)
+            await write_events(self._pool, events, self._redact)
             observe_lag(events)
         for message in messages:
             await message.ack()

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from aggregator.auth.v1.auth_service_pb2 import Principal
+from services.analytics.bodies import announce_change
 from services.auth import tenancy_repository as store
 from services.auth.management import actor_of
 from services.auth.passwords import hash_password
@@ -136,13 +137,19 @@ class TenancyManager:
             raise organization_not_found(ident)
         return row
 
-    async def update_organization(self, caller: Principal, ident: str, name: str | None) -> OrganizationRow:
+    async def update_organization(self, caller: Principal, ident: str, name: str | None,
+                                  store_prompts: bool | None = None) -> OrganizationRow:
+        """Renames the organization and/or opts it in or out of keeping bodies in the request log;
+        every process learns the latter within 2 s (services/analytics/bodies.py)."""
         canonical = self._visible(caller, ident)
-        if name is None:
+        if name is None and store_prompts is None:
             row = await store.get_organization(self._pool, canonical)
         else:
-            row = await store.rename_organization(self._pool, canonical, organization_name(name),
-                                                  actor_of(caller))
+            row = await store.update_organization(
+                self._pool, canonical, None if name is None else organization_name(name), store_prompts,
+                actor_of(caller))
+            if store_prompts is not None:
+                await announce_change(self._nc)
         if row is None:
             raise organization_not_found(ident)
         return row

@@ -19,7 +19,7 @@ import asyncpg
 from services.auth.repository import _audit
 from services.core.errors import GatewayError, Reason, quote
 
-_ORG_COLUMNS = "id, name, created_at, updated_at"
+_ORG_COLUMNS = "id, name, created_at, updated_at, store_prompts"
 _USER_COLUMNS = "id, organization_id, email, name, role, created_at, updated_at"
 # The user columns an update may set; the password arrives here already hashed.
 USER_UPDATABLE = ("email", "name", "role", "password_hash")
@@ -33,14 +33,15 @@ class OrganizationRow:
     name: str
     created_at: datetime
     updated_at: datetime
+    store_prompts: bool = False  # bodies kept in the request log (docs/analytics.md "Bodies")
 
     @classmethod
     def from_row(cls, row: Any) -> OrganizationRow:
-        return cls(str(row["id"]), row["name"], row["created_at"], row["updated_at"])
+        return cls(str(row["id"]), row["name"], row["created_at"], row["updated_at"], row["store_prompts"])
 
     def view(self) -> dict[str, Any]:
         """What the audit trail keeps of it."""
-        return {"name": self.name}
+        return {"name": self.name, "store_prompts": self.store_prompts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +140,22 @@ async def list_organizations(pool: asyncpg.Pool, limit: int, after: str | None =
     return Page([OrganizationRow.from_row(r) for r in rows[:limit]], len(rows) > limit)
 
 
-async def rename_organization(pool: asyncpg.Pool, organization_id: str, name: str,
-                              actor: str) -> OrganizationRow | None:
-    """Renames an organization; None when it does not exist, INVALID_REQUEST when the name is taken."""
+async def update_organization(pool: asyncpg.Pool, organization_id: str, name: str | None,
+                              store_prompts: bool | None, actor: str) -> OrganizationRow | None:
+    """Renames an organization and/or sets its `store_prompts` (None: unchanged); None when it does
+    not exist, INVALID_REQUEST when the name is taken."""
     async with pool.acquire() as conn, conn.transaction():
         old = await conn.fetchrow(f"SELECT {_ORG_COLUMNS} FROM organizations WHERE id = $1::uuid FOR UPDATE",
                                   organization_id)
         if old is None:
             return None
         try:
-            row = await conn.fetchrow(f"UPDATE organizations SET name = $2 WHERE id = $1::uuid "
-                                      f"RETURNING {_ORG_COLUMNS}", organization_id, name)
+            row = await conn.fetchrow(
+                "UPDATE organizations SET name = coalesce($2, name), "
+                "store_prompts = coalesce($3, store_prompts) "
+                f"WHERE id = $1::uuid RETURNING {_ORG_COLUMNS}", organization_id, name, store_prompts)
         except asyncpg.UniqueViolationError:
-            raise _name_taken(name) from None
+            raise _name_taken(name or "") from None
         org = OrganizationRow.from_row(row)
         await _audit(conn, org.id, actor, "organization.update", org.id,
                      before=OrganizationRow.from_row(old).view(), after=org.view())

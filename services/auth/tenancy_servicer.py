@@ -40,7 +40,8 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 def organization_message(row: OrganizationRow) -> organization_pb2.Organization:
     return organization_pb2.Organization(id=row.id, object="organization", name=row.name,
                                          created_at=_timestamp(row.created_at),
-                                         updated_at=_timestamp(row.updated_at))
+                                         updated_at=_timestamp(row.updated_at),
+                                         store_prompts=row.store_prompts)
 
 
 def user_message(row: UserRow) -> user_pb2.User:
@@ -98,10 +99,13 @@ class OrganizationServicer(_Authenticated, organization_service_pb2_grpc.Organiz
     @requires(WRITE_USERS)
     async def UpdateOrganization(self, request: organization_service_pb2.UpdateOrganizationRequest,
                                  context: Any) -> organization_pb2.Organization:
-        """Renames the caller's organization (any, for a platform admin)."""
+        """Renames the caller's organization (any, for a platform admin), or opts it in or out of
+        keeping request and response bodies (`store_prompts`)."""
         caller = await self._caller(context)
         name = request.name if request.HasField("name") else None
-        return organization_message(await self._manager.update_organization(caller, request.id, name))
+        store_prompts = request.store_prompts if request.HasField("store_prompts") else None
+        return organization_message(await self._manager.update_organization(caller, request.id, name,
+                                                                            store_prompts))
 
 
 class UserServicer(_Authenticated, user_service_pb2_grpc.UserServiceServicer):

@@ -15,7 +15,7 @@ from services.core.limits import MAX_REQUEST_BYTES
 
 PROVIDER_KINDS = ("openai", "anthropic", "google", "cohere", "openai_compatible")
 MODEL_TYPES = ("chat", "completion", "embedding", "image")
-SERVICE_NAMES = ("auth", "routing", "adapter", "billing", "analytics", "edge")
+SERVICE_NAMES = ("auth", "routing", "adapter", "billing", "analytics", "ledger", "edge")
 
 
 class ConfigError(ValueError):
@@ -79,6 +79,11 @@ class Config:
     budgets_fail_open: bool = False
     # retention: days kept (services/analytics/retention.py): request logs, analytics, audit log.
     retention_days: tuple[int, int, int] = (90, 730, 7 * 365)
+    # ledger.redaction: the hook stored bodies pass through (services/analytics/bodies.py):
+    # "default", "none" or "package.module:function".
+    ledger_redaction: str = "default"
+    # ledger.stream_max_bytes: the USAGE stream's size limit (services/core/nats.py).
+    usage_stream_max_bytes: int = 1 << 30
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -163,11 +168,19 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         ("request_logs_days", 90), ("analytics_days", 730), ("audit_days", 7 * 365)))
     if any(days < 1 for days in retention):
         raise ConfigError("retention: every period must be at least 1 day")
+    ledger = raw.get("ledger") or {}
+    redaction = str(ledger.get("redaction", "default"))
+    if redaction not in ("default", "none") and ":" not in redaction:
+        raise ConfigError("ledger.redaction must be 'default', 'none' or 'package.module:function'")
+    stream_max_bytes = int(ledger.get("stream_max_bytes", 1 << 30))
+    if stream_max_bytes < 1 << 20:
+        raise ConfigError("ledger.stream_max_bytes must be at least 1048576 (1 MiB)")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
                   rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open",
-                  retention_days=(retention[0], retention[1], retention[2]))
+                  retention_days=(retention[0], retention[1], retention[2]),
+                  ledger_redaction=redaction, usage_stream_max_bytes=stream_max_bytes)
 
 
 def config_path(explicit: str | None = None) -> Path:

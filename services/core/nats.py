@@ -20,12 +20,20 @@ USAGE_STREAM = "USAGE"
 USAGE_SUBJECT_PREFIX = "usage."
 
 
-def usage_stream_config(replicas: int = 1) -> StreamConfig:
-    """Usage events, deduplicated by request id (`Nats-Msg-Id`) for 10 minutes, kept 7 days."""
+# The USAGE stream's size limit by default (`ledger.stream_max_bytes`): about 3 million events
+# without bodies. Nothing else ends an event's life in the stream (docs/analytics.md §1).
+USAGE_STREAM_MAX_BYTES = 1 << 30
+
+
+def usage_stream_config(replicas: int = 1, max_bytes: int = USAGE_STREAM_MAX_BYTES) -> StreamConfig:
+    """Usage events, deduplicated by request id (`Nats-Msg-Id`) for 10 minutes, kept until the
+    stream holds `max_bytes` (then the oldest go first). No age limit: an event waits for the ledger
+    however long the ledger is away, and the alert on the ledger's backlog fires long before the
+    oldest unread event could be pushed out (docs/analytics.md §1)."""
     return StreamConfig(
         name=USAGE_STREAM, subjects=[USAGE_SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, num_replicas=replicas,
-        duplicate_window=10 * 60, max_age=7 * 24 * 3600)
+        duplicate_window=10 * 60, max_age=0, max_bytes=max_bytes)
 
 
 async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0,
@@ -80,9 +88,10 @@ async def upsert_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.update_stream(config)
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1,
+                         usage_max_bytes: int = USAGE_STREAM_MAX_BYTES) -> None:
     """Creates the streams this system publishes to, or brings their configuration up to date."""
-    await upsert_stream(js, usage_stream_config(replicas))
+    await upsert_stream(js, usage_stream_config(replicas, usage_max_bytes))
 
 
 async def unsubscribe_quietly(subscription: Any) -> None:

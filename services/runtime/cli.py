@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--services",
         default="all",
-        help="all, or a comma list of auth,routing,adapter,billing,analytics,edge",
+        help="all, or a comma list of auth,routing,adapter,billing,analytics,ledger,edge",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="gRPC port (default: edge.grpc_port)")
@@ -105,6 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         rate_limits_fail_open=config.rate_limits_fail_open if config else True,
         budgets_fail_open=config.budgets_fail_open if config else False,
         retention_days=config.retention_days if config else (90, 730, 7 * 365),
+        ledger_redaction=config.ledger_redaction if config else "default",
         cache_ttls={m.id: m.cache_ttl_s for m in config.models} if config else {},
     )
 

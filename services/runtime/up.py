@@ -194,7 +194,7 @@ async def prepare_stores(
     nc = await connect_nats(urls.nats_url, name="aggregator-up")
     try:
         await sync_catalog(pool, config)
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), usage_max_bytes=config.usage_stream_max_bytes)
         await nc.publish(CATALOG_CHANGED_SUBJECT, b"")
         admin_key = await ensure_bootstrap_admin_key(
             pool, load_server_secret(data_dir), data_dir, warn=warn

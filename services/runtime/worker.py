@@ -52,6 +52,7 @@ class WorkerSettings:
     cache_ttls: dict[str, int] = field(default_factory=dict)  # model id -> response-cache TTL (s)
     budgets_fail_open: bool = False  # budgets.on_redis_error: closed (503, the default) or open
     retention_days: tuple[int, int, int] = (90, 730, 7 * 365)  # request logs, analytics, audit log
+    ledger_redaction: str = "default"  # ledger.redaction (services/analytics/bodies.py)
 
 
 @dataclass
@@ -205,6 +206,7 @@ async def _wire_edge(
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
     from edge.readiness import cached_probes
+    from services.analytics.bodies import StoredBodies
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
     from services.limits.budgets import SpendStore
@@ -232,6 +234,10 @@ async def _wire_edge(
     await quotas.subscribe(nc)
     wiring.closers.append(quotas.close)
     wiring.on_nats_reconnect.append(quotas.invalidate)
+    stored_bodies = StoredBodies(pool)  # organizations keeping bodies in the request log
+    await stored_bodies.subscribe(nc)
+    wiring.closers.append(stored_bodies.close)
+    wiring.on_nats_reconnect.append(stored_bodies.invalidate)
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)
@@ -258,7 +264,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas,
+        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas, stored_bodies=stored_bodies,
     )
     wiring.serve(
         topology,
@@ -280,14 +286,26 @@ async def _wire_edge(
     )
 
 
-async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any,
-                          nc: Any) -> None:
-    """The usage ledger (services/analytics/ledger.py: every analytics process shares one durable
-    JetStream consumer that writes the request log), its retention job, and `GET /v1/usage`."""
-    from aggregator.auth.v1 import auth_service_pb2
-    from edge.clients import ServiceClients
+async def _wire_ledger(settings: WorkerSettings, wiring: Wiring, pool: Any, nc: Any) -> None:
+    """The usage ledger (services/analytics/ledger.py: every ledger process shares one durable
+    JetStream consumer that writes the request log) and the request log's retention job. A role of
+    its own (`aggregator serve --services ledger`), part of `all`."""
+    from services.analytics.bodies import redactor
     from services.analytics.ledger import Ledger
     from services.analytics.retention import Retention, RetentionJob
+
+    ledger = Ledger(nc, pool, redact=redactor(settings.ledger_redaction))
+    await ledger.start()
+    wiring.closers.append(ledger.stop)
+    retention = RetentionJob(pool, Retention(*settings.retention_days))
+    await retention.start()
+    wiring.closers.append(retention.stop)
+
+
+async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any) -> None:
+    """`GET /v1/usage` and the analytics reports, read from the request log."""
+    from aggregator.auth.v1 import auth_service_pb2
+    from edge.clients import ServiceClients
     from services.analytics.servicer import AnalyticsServicer
     from services.auth.authenticator import missing_key
     from services.auth.keys import parse_bearer
@@ -295,12 +313,6 @@ async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: 
     from services.core import calls
     from services.core.rpc import metadata_value
 
-    ledger = Ledger(nc, pool)
-    await ledger.start()
-    wiring.closers.append(ledger.stop)
-    retention = RetentionJob(pool, Retention(*settings.retention_days))
-    await retention.start()
-    wiring.closers.append(retention.stop)
     clients = ServiceClients.on(topology.channel_for)
 
     async def authenticate(context: Any) -> Any:
@@ -336,8 +348,8 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     pool, nc = await _stores(
         settings,
         wiring,
-        postgres=bool(services & {"auth", "routing", "edge", "analytics"}),
-        nats=bool(services & {"auth", "routing", "edge", "analytics"}),
+        postgres=bool(services & {"auth", "routing", "edge", "analytics", "ledger"}),
+        nats=bool(services & {"auth", "routing", "edge", "ledger"}),
     )
     try:
         if "auth" in services:
@@ -348,8 +360,10 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
             await _wire_adapter(settings, topology, wiring)
         if "edge" in services:
             await _wire_edge(settings, topology, wiring, pool, nc)
+        if "ledger" in services:
+            await _wire_ledger(settings, wiring, pool, nc)
         if "analytics" in services:
-            await _wire_analytics(settings, topology, wiring, pool, nc)
+            await _wire_analytics(topology, wiring, pool)
         _wire_later_issues(topology, wiring, services)
     except BaseException:
         await wiring.close()

@@ -32,6 +32,7 @@ SPLIT = {
     "routing": ("routing",),
     "adapter": ("adapter",),
     "edge": ("edge", "billing", "analytics"),
+    "ledger": ("ledger",),  # the usage ledger's own process role
 }
 
 

@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 from prometheus_client import REGISTRY
 
 from aggregator.events.v1 import usage_event_pb2
 from services.core.config import StoreUrls
 from services.core.events import UsagePublisher
-from services.core.nats import USAGE_STREAM, connect_nats, ensure_streams
+from services.core.nats import USAGE_STREAM, USAGE_STREAM_MAX_BYTES, connect_nats, ensure_streams
 from services.runtime.stores import free_port
 from tests.support.tcp_proxy import TcpProxy
 
@@ -81,7 +81,9 @@ async def test_ensure_streams_configures_usage(nc: Client) -> None:
     assert config.subjects == ["usage.>"]
     assert config.storage == StorageType.FILE
     assert config.duplicate_window == 600
-    assert config.max_age == 7 * 24 * 3600
+    # Kept by size only: an unread event never ages out while the ledger is away (docs/analytics.md §1).
+    assert config.max_age in (0, None) and config.max_bytes == USAGE_STREAM_MAX_BYTES
+    assert config.retention == RetentionPolicy.LIMITS and config.discard == DiscardPolicy.OLD
 
 
 async def test_same_request_id_is_stored_once(nc: Client, tmp_path: Path) -> None:

@@ -148,3 +148,45 @@ def own_ledger(nc: object, pool: asyncpg.Pool, org_id: str, *, durable: str = ""
                     subject=USAGE_SUBJECT_PREFIX + org_id)
     ledger.ack_wait = ack_wait
     return ledger
+
+
+async def test_every_field_of_the_event_reaches_its_column_and_bodies_are_redacted(
+        pool: asyncpg.Pool, store_urls: StoreUrls) -> None:
+    """finish_reason, client IP, user agent, user id and images land in their columns; an address
+    that is not one is dropped, not the batch; stored bodies pass through the redaction hook."""
+    org_id = await admin.create_org(pool, f"ledger-{uuid.uuid4().hex[:8]}")
+    user = str(uuid.uuid4())
+    full = event(org_id)
+    full.finish_reason, full.client_ip, full.user_agent, full.user_id, full.images = (
+        "length", "203.0.113.7", "OpenAI/Python 1.99.0", user, 2)
+    full.request_body = b'{"messages":[{"role":"user","content":"I am carol@example.com"}]}'
+    full.response_body = b'{"choices":[{"message":{"content":"hello carol@example.com"}}]}'
+    odd = event(org_id)
+    odd.client_ip, odd.user_id = "not-an-ip", "not-a-uuid"
+    odd.response_body = b'[{"id": "c1"}, {"id": "c2"}]'  # a stream's chunks: a JSON array
+    nc = await connect_nats(store_urls.nats_url, "ledger-test-3")
+    ledger = own_ledger(nc, pool, org_id)
+    await ledger.start()
+    try:
+        await publish(nc, [full, odd])
+        assert len(await rows(pool, [full.request_id, odd.request_id])) == 2
+    finally:
+        await ledger.stop()
+        await nc.close()
+    request = await pool.fetchrow("SELECT user_id::text, host(client_ip) AS ip, user_agent, body::text "
+                                  "FROM api_requests WHERE request_id = $1", full.request_id)
+    assert (request["user_id"], request["ip"], request["user_agent"]) == (user, "203.0.113.7",
+                                                                         "OpenAI/Python 1.99.0")
+    assert "carol@example.com" not in request["body"] and "[REDACTED]" in request["body"]
+    response = await pool.fetchrow("SELECT finish_reason, images, body::text FROM api_responses "
+                                   "WHERE request_id = $1", full.request_id)
+    assert (response["finish_reason"], response["images"]) == ("length", 2)
+    assert "carol@example.com" not in response["body"] and "hello [REDACTED]" in response["body"]
+    flat = await pool.fetchrow("SELECT user_id::text, finish_reason, images FROM request_analytics "
+                               "WHERE request_id = $1", full.request_id)
+    assert tuple(flat) == (user, "length", 2)
+    kept = await pool.fetchrow("SELECT user_id, client_ip, body FROM api_requests WHERE request_id = $1",
+                               odd.request_id)
+    assert tuple(kept) == (None, None, None)
+    chunks = await pool.fetchval("SELECT body FROM api_responses WHERE request_id = $1", odd.request_id)
+    assert chunks == [{"id": "c1"}, {"id": "c2"}]
