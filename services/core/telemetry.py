@@ -112,10 +112,21 @@ STORE_PROBE = Histogram(
 TRACER = trace.get_tracer("aggregator")
 
 
+_tracing = False  # set once a tracer provider is installed (install_tracer_provider)
+
+
 def tracing_on() -> bool:
-    """Whether an SDK tracer provider is installed; without one, spans would be no-ops, and the
-    in-process channel skips even creating them (docs/observability.md §4)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether a tracer provider is installed; without one, spans would be no-ops, and the
+    in-process channel skips even creating them (docs/observability.md §4). A plain flag: it is
+    read on every in-process call."""
+    return _tracing
+
+
+def install_tracer_provider(provider: Any) -> None:
+    """Makes `provider` the process's tracer provider (OpenTelemetry accepts one per process)."""
+    global _tracing
+    trace.set_tracer_provider(provider)
+    _tracing = True
 
 
 class JsonFormatter(logging.Formatter):
@@ -173,7 +184,7 @@ def configure_tracing(service_name: str) -> None:
         return
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    install_tracer_provider(provider)
 
 
 def render_metrics() -> bytes:

@@ -8,6 +8,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.core import telemetry
+
 EXPORTER = InMemorySpanExporter()
 
 
@@ -16,5 +18,5 @@ def install() -> InMemorySpanExporter:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-        trace.set_tracer_provider(provider)
+        telemetry.install_tracer_provider(provider)
     return EXPORTER
