@@ -103,6 +103,7 @@ class RequestRecord:
     status: int = ev.REQUEST_STATUS_SUCCEEDED
     http_status: int = 200
     error_reason: str = ""
+    error_type: str = ""  # the OpenAI error `type` of error_reason (services/core/errors.py)
     finish_reason: str = ""  # the first choice's, from the event that carried it
     user_id: str = ""
     client_ip: str = ""
@@ -133,6 +134,7 @@ class RequestRecord:
         self.status = ev.REQUEST_STATUS_FAILED
         self.http_status = error.http_status
         self.error_reason = error.reason.value
+        self.error_type = error.kind.openai_type
 
     def cancel(self) -> None:
         """Marks the record as cut short by the client (499, as nginx logs it)."""
@@ -229,6 +231,9 @@ class UsageRecorder:
         telemetry.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
         telemetry.TOKENS.labels(model, "completion").inc(event.completion_tokens)
         telemetry.COST.labels(model).inc(float(Decimal(event.cost_usd)))
+        if record.error_reason:
+            # Reasons and types come from the fixed table of services/core/errors.py: bounded.
+            telemetry.ERRORS.labels(record.error_reason, record.error_type).inc()
         admission = record.admission
         if self._limiter is not None and admission is not None and (admission.used or admission.generations):
             # A cache hit consumed nothing upstream: its token windows go back to zero.

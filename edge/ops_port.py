@@ -52,6 +52,8 @@ class OpsPort:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        # The (cached) store probes first: aggregator_store_up is then fresh at every scrape.
+        await failing(self._probes)
         return web.Response(body=telemetry.render_metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _healthz(self, request: web.Request) -> web.Response:

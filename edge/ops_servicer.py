@@ -13,6 +13,7 @@ from google.api import httpbody_pb2
 
 from aggregator.ops.v1 import ops_service_pb2 as pb
 from aggregator.ops.v1 import ops_service_pb2_grpc
+from edge.readiness import failing
 from services.auth.permissions import ADMIN_PLATFORM, PUBLIC, requires
 from services.core import telemetry
 from services.core.errors import GatewayError, Reason
@@ -55,6 +56,7 @@ class OpsServicer(ops_service_pb2_grpc.OpsServiceServicer):
         """Prometheus text of every worker, for an admin API key."""
         if self._metrics_guard is not None:
             await self._metrics_guard(context)
+        await failing(self._probes, self._timeout_s)  # aggregator_store_up fresh at each scrape
         return httpbody_pb2.HttpBody(
             content_type="text/plain; version=0.0.4; charset=utf-8", data=telemetry.render_metrics()
         )

@@ -204,6 +204,7 @@ class Pipeline:
             assert self.cache is not None
             cached = await self.cache.get(lookup)
             record.headers.append(("x-cache", "HIT" if cached else "MISS"))
+            telemetry.CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
             if cached:
                 # The same bytes again, streamed or not; nothing is asked upstream (cost 0).
                 record.candidate, record.cache_hit = candidates[0], True

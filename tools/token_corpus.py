@@ -51,8 +51,8 @@ def corpus() -> list[tuple[str, str]]:
     for doc in sorted((ROOT / "docs").glob("*.md")):
         for paragraph in doc.read_text().split("\n\n"):
             if len(paragraph) > 200:
-                samples.append(("markdown" if paragraph.lstrip().startswith(("|", "-", "#", "`")) else "prose",
-                                paragraph))
+                markdown = paragraph.lstrip().startswith(("|", "-", "#", "`"))
+                samples.append(("markdown" if markdown else "prose", paragraph))
     for module in sorted((ROOT / "services" / "core").glob("*.py")):
         for block in module.read_text().split("\n\n\n"):
             if len(block) > 200:

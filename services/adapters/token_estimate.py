@@ -22,7 +22,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-_PIECE = re.compile(r" ?[A-Za-z]+| ?[0-9]{1,3}|[ \t]*\n+|[ \t]+|[^\sA-Za-z0-9\u0080-\U0010ffff]+|[^\x00-\x7f]")
+_PIECE = re.compile(r" ?[A-Za-z]+| ?[0-9]{1,3}|[ \t]*\n+|[ \t]+|[^\sA-Za-z0-9\u0080-\U0010ffff]+"
+                    r"|[^\x00-\x7f]")
 _WIDE = re.compile(r"[\u0e00-\u0e7f\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 # Calibrated on tools/token_corpus.py's corpus (docs/ledger.md §3).
 SHORT_WORD = 6  # letters of a word that is one token whatever it is
@@ -127,11 +128,10 @@ def image_tokens(kind: str, width: int, height: int, detail: str = "auto") -> in
         return math.ceil(width / 768) * math.ceil(height / 768) * 258
     if detail == "low":
         return 85
-    scale = min(1.0, 2048 / max(width, height))
-    width, height = width * scale, height * scale
-    scale = min(1.0, 768 / min(width, height))
-    width, height = width * scale, height * scale
-    return 85 + 170 * math.ceil(width / 512) * math.ceil(height / 512)
+    fit = min(1.0, 2048 / max(width, height))
+    wide, high = width * fit, height * fit
+    short = min(1.0, 768 / min(wide, high))
+    return 85 + 170 * math.ceil(wide * short / 512) * math.ceil(high * short / 512)
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -148,7 +148,8 @@ def _content_tokens(content: Any, kind: str) -> int:
                 count += text_tokens(part["text"])
             image = part.get("image_url")
             if isinstance(image, dict) and isinstance(image.get("url"), str):
-                count += image_tokens(kind, *image_size(image["url"]), detail=str(image.get("detail", "auto")))
+                detail = str(image.get("detail", "auto"))
+                count += image_tokens(kind, *image_size(image["url"]), detail=detail)
     return count
 
 
@@ -175,7 +176,9 @@ def prompt_tokens(request: Any, kind: str) -> int:
         return count + _json_tokens(document.get("tools") or [])
     prompt = document.get("prompt")
     if isinstance(prompt, list):
-        return sum(text_tokens(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 0 for p in prompt)
+        # A prompt of token ids (lists of integers) counts exactly.
+        return sum(text_tokens(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 0
+                   for p in prompt)
     return text_tokens(prompt) if isinstance(prompt, str) else 0
 
 

@@ -10,23 +10,32 @@ provider's format, written once.
     stream_failure()           the GatewayError of an error event inside a stream
     elapsed_ms()               the latency every answer reports
 
+Every request is one OpenTelemetry CLIENT span (`POST`, with the provider, model, host and
+status; never the URL's query or a header) and one observation of the provider's response time
+(`aggregator_upstream_response_seconds`, docs/observability.md).
+
 What differs by provider is configuration, not code: the credentials scheme, whether a key is
 required, fixed headers (Anthropic's version), and the error body's decoder (`<kind>_wire`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from aggregator.routing.v1 import route_pb2
 from services.adapters.credentials import AuthScheme, CredentialResolver
 from services.adapters.http import MAX_ERROR_BODY_BYTES, HttpClient, HttpRequest, HttpResponse, Timeouts
 from services.adapters.openai_translate import Target
 from services.adapters.upstream_errors import UpstreamFailure, retry_after_seconds, to_gateway_error
+from services.core import telemetry
 from services.core.errors import GatewayError, response_too_large
 from services.core.limits import MAX_ANSWER_BYTES
 
@@ -123,10 +132,43 @@ class UpstreamClient:
         """Sends the request of `call` and yields its successful response (see HttpClient.open for
         how the connection is released or dropped); raises the mapped error of a failed one."""
         request = self.request(call, path, body, stream=stream, content_type=content_type)
-        async with self.http.open(request) as response:
-            if response.status >= 300:
-                raise await self.failure(response, call.candidate)
-            yield response
+        provider = call.candidate.endpoint.provider
+        url = urlsplit(request.url)
+        # Not made current: nothing runs under it, and it stays open across the caller's yields.
+        span = telemetry.TRACER.start_span(request.method, kind=SpanKind.CLIENT, attributes={
+            "http.request.method": request.method, "server.address": url.hostname or "",
+            "url.path": url.path, "aggregator.provider": provider,
+            "aggregator.upstream_model": call.candidate.upstream_model,
+            "aggregator.request_id": call.request_id})
+        started = time.monotonic()
+        observed = False
+
+        def observe(outcome: str) -> None:  # once: at the response headers or a transport failure
+            nonlocal observed
+            if not observed:
+                observed = True
+                telemetry.UPSTREAM_LATENCY.labels(provider, outcome).observe(time.monotonic() - started)
+
+        try:
+            async with self.http.open(request) as response:
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 300:
+                    observe("error")
+                    raise await self.failure(response, call.candidate)
+                observe("ok")
+                yield response
+        except (GeneratorExit, asyncio.CancelledError):
+            span.set_attribute("aggregator.cancelled", True)  # our caller left: not the provider's fault
+            raise
+        except BaseException as error:
+            if isinstance(error, GatewayError):
+                observe("error")
+                span.set_attribute("aggregator.error.reason", error.reason.value)
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            span.end()
 
     async def exchange(self, call: AdapterCall, path: str, body: bytes, *,
                        content_type: str = JSON) -> tuple[bytes, int]:

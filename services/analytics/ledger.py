@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.analytics import bodies
 from services.analytics.bodies import Redact
+from services.core import telemetry
 from services.core.consumer import PullConsumer
 from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
 
@@ -179,6 +180,28 @@ class Ledger(PullConsumer):
                           event.request_id[:64])
         if events:
             await write_events(self._pool, events, self._redact)
+            observe_lag(events)
         for message in messages:
             await message.ack()
+        if messages:
+            telemetry.LEDGER_PENDING.set(pending_after(messages[-1]))
         return len(events)
+
+    def idle(self) -> None:
+        telemetry.LEDGER_PENDING.set(0)
+
+
+def observe_lag(events: list[ev.UsageEvent]) -> None:
+    """Each committed event's lag, from its creation to now (docs/observability.md §2 "LedgerLag")."""
+    now = datetime.now(UTC).timestamp()
+    for event in events:
+        if event.HasField("created_at"):
+            telemetry.LEDGER_LAG.observe(max(0.0, now - event.created_at.ToNanoseconds() / 1e9))
+
+
+def pending_after(message: Any) -> int:
+    """How many messages JetStream still held for the consumer when it delivered `message`."""
+    try:
+        return int(message.metadata.num_pending)
+    except Exception:  # noqa: BLE001 - a message without JetStream metadata: nothing known
+        return 0

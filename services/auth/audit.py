@@ -129,6 +129,8 @@ def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
 class AuditPublisher(UsagePublisher):
     """UsagePublisher's JetStream-or-outbox delivery, for AuditEvents on stream AUDIT."""
 
+    outbox_name = "audit"
+
     async def publish(self, event: Any) -> None:
         """Publishes `event`, or keeps it in the outbox; raises only if neither is possible."""
         uuid.UUID(event.event_id)  # ValueError without a proper id (the deduplication key)

@@ -62,6 +62,9 @@ class PullConsumer:
     async def write(self, messages: list[Any]) -> int:
         raise NotImplementedError
 
+    def idle(self) -> None:
+        """Called when a fetch found nothing to deliver (nothing pending)."""
+
     async def _run(self) -> None:
         subscription = None
         while not self._stopping:
@@ -72,6 +75,7 @@ class PullConsumer:
                 try:
                     messages = await subscription.fetch(self._batch, timeout=self._wait_s)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    self.idle()
                     continue
                 await self.write(messages)
                 if self._linger_s and len(messages) < self._batch and not self._stopping:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 
 from aggregator.events.v1 import usage_event_pb2
+from services.core import telemetry
 from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
 
 _log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class UsagePublisher:
     while the connection is known to be down. `start()` runs a task that replays the outbox
     every `replay_interval` seconds; `stop()` ends it and makes one last replay attempt.
     """
+
+    outbox_name = "usage"  # the `outbox` label of the outbox metrics (docs/observability.md §1)
 
     def __init__(self, nc: Client, outbox_dir: Path, *, publish_timeout: float = 2.0,
                  replay_interval: float = 5.0) -> None:
@@ -80,7 +83,8 @@ class UsagePublisher:
         many were published. Stops at the first failure: the rest waits for the next attempt."""
         async with self._replay_lock:
             sent = 0
-            for path in await asyncio.to_thread(self._pending_files):
+            pending = await asyncio.to_thread(self._pending_files)
+            for path in pending:
                 try:
                     payload = path.read_bytes()
                     event = self._decode(payload)
@@ -97,6 +101,9 @@ class UsagePublisher:
                 sent += 1
             if sent:
                 _log.info("replayed %d usage events from the outbox", sent)
+            # What still waits (others' files included: workers share the directory), for the
+            # "outbox growing" alert (docs/observability.md §2).
+            telemetry.OUTBOX_EVENTS.labels(self.outbox_name).set(len(pending) - sent)
             return sent
 
     def _decode(self, payload: bytes) -> Any:
@@ -163,6 +170,7 @@ class UsagePublisher:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        telemetry.OUTBOX_WRITES.labels(self.outbox_name).inc()
         dir_fd = os.open(self.outbox_dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

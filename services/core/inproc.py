@@ -5,15 +5,25 @@ the callee lives in the same process the stub sits on an `InProcessChannel` (no 
 serialization: the request object is handed over as is, so callees must not mutate requests);
 otherwise on a real `grpc.aio` channel. Errors look the same either way: a servicer wrapped by
 `rpc.rpc_method` re-raises its GatewayError here, and `calls.py` decodes remote ones.
+
+Traces look the same either way too: where a gRPC hop gets its client and server spans from the
+OpenTelemetry interceptors, an in-process call gets one span named like them (the method path,
+`rpc.*` attributes), covering a stream until its last item; none while tracing is off
+(docs/observability.md §4).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.core import telemetry
 from services.core.errors import GatewayError, Reason, error_for_code
 from services.core.rpc import InProcessContext
 
@@ -66,6 +76,50 @@ class _HandlerRecorder:
         """The registered handlers above already cover every method."""
 
 
+def _start_span(path: str) -> Span:
+    service, _, method = path.lstrip("/").partition("/")
+    return telemetry.TRACER.start_span(path, kind=SpanKind.INTERNAL, attributes={
+        "rpc.system": "grpc", "rpc.service": service, "rpc.method": method, "rpc.transport": "inproc"})
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    """Marks `span` failed the way the gRPC instrumentation marks a failed hop."""
+    if isinstance(error, GatewayError):
+        span.set_attribute("rpc.grpc.status_code", error.kind.grpc_code.value[0])
+        span.set_attribute("aggregator.error.reason", error.reason.value)
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+async def _traced(path: str, items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+    """`items` with a span open from the first item to the last. The span is made current only
+    while the servicer runs (each `anext`), never across a `yield`: the caller's code between
+    items must not become its child, and a context attached in one step is detached in it."""
+    span = _start_span(path)
+    context = trace.set_span_in_context(span)
+    try:
+        while True:
+            token = otel_context.attach(context)
+            try:
+                item = await anext(items)
+            except StopAsyncIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield item
+    except (GeneratorExit, asyncio.CancelledError):
+        span.set_attribute("rpc.cancelled", True)  # the caller left early: not a failure
+        raise
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        closer = getattr(items, "aclose", None)
+        if closer is not None:
+            await closer()
+        span.end()
+
+
 class InProcessChannel:
     """A channel whose calls run servicers registered in this process."""
 
@@ -84,13 +138,28 @@ class InProcessChannel:
 
     def unary_unary(self, path: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         async def call(request: Any, *, metadata: Metadata | None = None, **_: Any) -> Any:
-            return await self._handler(path).unary_unary(request, InProcessServicerContext(metadata))
+            handler = self._handler(path)
+            if not telemetry.tracing_on():
+                return await handler.unary_unary(request, InProcessServicerContext(metadata))
+            span = _start_span(path)
+            try:
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    return await handler.unary_unary(request, InProcessServicerContext(metadata))
+            except asyncio.CancelledError:
+                span.set_attribute("rpc.cancelled", True)
+                raise
+            except BaseException as error:
+                _failed(span, error)
+                raise
+            finally:
+                span.end()
 
         return call
 
     def unary_stream(self, path: str, *args: Any, **kwargs: Any) -> Callable[..., AsyncIterator[Any]]:
         def call(request: Any, *, metadata: Metadata | None = None, **_: Any) -> AsyncIterator[Any]:
-            return self._handler(path).unary_stream(request, InProcessServicerContext(metadata))
+            items = self._handler(path).unary_stream(request, InProcessServicerContext(metadata))
+            return _traced(path, items) if telemetry.tracing_on() else items
 
         return call
 

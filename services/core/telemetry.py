@@ -3,10 +3,12 @@
 - Logs: one JSON object per line with the request id and trace id of the current context;
   never secrets or prompt text.
 - Traces: OpenTelemetry; the gRPC interceptors are installed on every server and client
-  channel; spans are exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set (exporter off
-  otherwise, so the cost is a no-op tracer).
+  channel, the in-process channel (inproc.py) opens a span per call and the adapters one per
+  upstream HTTP request (services/adapters/upstream.py); spans are exported over OTLP only when
+  OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set (otherwise a no-op tracer).
 - Metrics: prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `up`), so
-  `/metrics` served by any worker reports every worker.
+  `/metrics` served by any worker reports every worker. The list, with labels, alerts and
+  dashboards: docs/observability.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
+# Every metric of the gateway is defined here, so that its names and labels are in one place
+# (docs/observability.md §1). Labels stay bounded: endpoints, configured models and providers,
+# error reasons and store names; never a client-supplied string (edge/accounting.py metric_model).
 REQUESTS = Counter(
     "aggregator_requests_total",
     "Requests by endpoint, model, provider and outcome",
@@ -46,12 +51,82 @@ TOKENS = Counter("aggregator_tokens_total", "Tokens by model and class", ["model
 COST = Counter(
     "aggregator_cost_usd_total", "Cost in USD by model (monitoring only; bills use exact decimals)", ["model"]
 )
-ERRORS = Counter("aggregator_errors_total", "Errors by reason", ["reason"])
+ERRORS = Counter(
+    "aggregator_errors_total",
+    "Failed requests by gateway error reason (services/core/errors.py Reason) and OpenAI error type",
+    ["reason", "type"],
+)
 PROVIDER_OPEN = Gauge("aggregator_provider_circuit_open", "1 while a provider's circuit breaker is open",
-                      ["provider"], multiprocess_mode="max")
+                      ["provider"], multiprocess_mode="livemax")
 UPSTREAM_FAILURES = Counter(
     "aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"]
 )
+UPSTREAM_LATENCY = Histogram(
+    "aggregator_upstream_response_seconds",
+    "Seconds from sending a request to a provider to its response headers (or its transport failure), "
+    "by provider and outcome (ok: 2xx; error: any other status, a timeout or a lost connection)",
+    ["provider", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+CACHE_LOOKUPS = Counter(
+    "aggregator_response_cache_lookups_total",
+    "Response-cache reads by result (hit, miss); only requests that ask for the cache read it",
+    ["result"],
+)
+LEDGER_LAG = Histogram(
+    "aggregator_ledger_lag_seconds",
+    "Seconds from a usage event's creation (the request's start) to its commit in the usage ledger",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600),
+)
+LEDGER_PENDING = Gauge(
+    "aggregator_ledger_pending_events",
+    "Usage events JetStream still holds for the ledger (its consumer's num_pending at the last fetch)",
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_EVENTS = Gauge(
+    "aggregator_outbox_events",
+    "Events waiting in a durable local outbox for NATS (outbox: usage, audit), counted at each replay",
+    ["outbox"],
+    multiprocess_mode="livemax",
+)
+OUTBOX_WRITES = Counter(
+    "aggregator_outbox_writes_total",
+    "Events written to a durable local outbox (outbox: usage, audit) because NATS was down or slow",
+    ["outbox"],
+)
+STORE_UP = Gauge(
+    "aggregator_store_up",
+    "1 when the store (postgres, redis, nats) answered the last readiness probe, 0 when it did not",
+    ["store"],
+    multiprocess_mode="livemostrecent",
+)
+STORE_PROBE = Histogram(
+    "aggregator_store_probe_seconds",
+    "Duration of the readiness probe of a store (edge/readiness.py), failures included",
+    ["store"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)
+
+# The tracer of the gateway's own spans (in-process calls, upstream HTTP). Through the API's proxy
+# it follows whatever provider configure_tracing (or a test) installs later.
+TRACER = trace.get_tracer("aggregator")
+
+
+_tracing = False  # set once a tracer provider is installed (install_tracer_provider)
+
+
+def tracing_on() -> bool:
+    """Whether a tracer provider is installed; without one, spans would be no-ops, and the
+    in-process channel skips even creating them (docs/observability.md §4). A plain flag: it is
+    read on every in-process call."""
+    return _tracing
+
+
+def install_tracer_provider(provider: Any) -> None:
+    """Makes `provider` the process's tracer provider (OpenTelemetry accepts one per process)."""
+    global _tracing
+    trace.set_tracer_provider(provider)
+    _tracing = True
 
 
 class JsonFormatter(logging.Formatter):
@@ -88,9 +163,13 @@ def configure_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Either one turns the exporter on; the SDK reads the rest (headers, sampler) from OTEL_* variables.
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
 def configure_tracing(service_name: str) -> None:
     """Installs an OTLP exporter only where one is configured; otherwise tracing stays a no-op."""
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if not any(os.environ.get(name) for name in OTLP_ENDPOINT_VARIABLES):
         return
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -105,7 +184,7 @@ def configure_tracing(service_name: str) -> None:
         return
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    install_tracer_provider(provider)
 
 
 def render_metrics() -> bytes:

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import Gateway
 
@@ -62,3 +65,52 @@ async def test_unknown_model_ids_create_no_series(gateway: Gateway, http: httpx.
     assert _series(metrics, "aggregator_requests_total") == before
     assert not any(model in metrics for model in models)
     assert 'model="unknown"' in metrics
+
+
+def _value(metrics: str, name: str, **labels: str) -> float:
+    """The value of the sample `name` with exactly `labels` (parsed, so label order does not
+    matter), or -1 when there is none."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return -1.0
+
+
+async def test_the_ops_port_shows_errors_stores_cache_ledger_and_upstream_families(
+        gateway: Gateway, http: httpx.AsyncClient) -> None:
+    chat = {"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "metrics " + secrets.token_hex(4)}]}
+    assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+    for _ in range(2):  # a miss, then a hit
+        cached = await http.post("/v1/chat/completions", json=chat, headers={"x-aggregator-cache": "use"})
+        assert cached.status_code == 200
+    assert cached.headers["x-cache"] == "HIT"
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as anonymous:
+        refused = await anonymous.post("/v1/chat/completions", json=chat,
+                                       headers={"authorization": "Bearer sk_live_not-a-key"})
+        assert refused.status_code == 401
+    # A process reports what it does: the ledger's and the adapter's series are on this port only
+    # when they run in the edge's process (topology "all"; docs/observability.md §1).
+    ledger_here, adapter_here = "ledger" not in gateway.processes, "adapter" not in gateway.processes
+    async with httpx.AsyncClient(base_url=gateway.ops_url, timeout=30) as ops:
+        metrics = (await ops.get("/metrics")).text
+        deadline = time.monotonic() + 60  # the ledger commits in the background (batches, linger)
+        while ledger_here and _value(metrics, "aggregator_ledger_lag_seconds_count") <= 0:
+            assert time.monotonic() < deadline, "the ledger never reported a committed event"
+            await asyncio.sleep(0.2)
+            metrics = (await ops.get("/metrics")).text
+    assert _value(metrics, "aggregator_errors_total", reason="INVALID_API_KEY",
+                  type="invalid_request_error") >= 1
+    for store in ("postgres", "redis", "nats"):  # probed at the scrape
+        assert _value(metrics, "aggregator_store_up", store=store) == 1
+        assert _value(metrics, "aggregator_store_probe_seconds_count", store=store) >= 1
+    assert _value(metrics, "aggregator_response_cache_lookups_total", result="hit") >= 1
+    assert _value(metrics, "aggregator_response_cache_lookups_total", result="miss") >= 1
+    assert _value(metrics, "aggregator_outbox_events", outbox="usage") == 0  # NATS is up: nothing waits
+    assert _value(metrics, "aggregator_time_to_first_token_seconds_count", model="gpt-4o-mini") >= 1
+    if ledger_here:
+        assert _value(metrics, "aggregator_ledger_pending_events") >= 0
+    if adapter_here:
+        assert _value(metrics, "aggregator_upstream_response_seconds_count", provider="fakeai",
+                      outcome="ok") >= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -169,7 +170,11 @@ async def _serve_restart_and_stop(data_dir: Path, config_path: Path) -> None:
                 assert (await http.get("/metrics", headers={"authorization": ""})).status_code == 401
             # Prometheus reads every worker's series on the ops port, without a key.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{config['edge']['ops_port']}") as ops:
-                assert 'model="gpt-4o-mini"' in (await ops.get("/metrics")).text
+                scraped = (await ops.get("/metrics")).text
+                assert 'model="gpt-4o-mini"' in scraped
+                # The worker's own families too, merged across workers (docs/observability.md §1).
+                assert 'aggregator_store_up{store="postgres"} 1.0' in scraped
+                assert re.search(r'aggregator_upstream_response_seconds_count\{[^}]*outcome="ok"', scraped)
                 assert (await ops.get("/readyz")).json() == {"status": "ready"}
             async with httpx.AsyncClient(
                 base_url=base, timeout=30, headers={"authorization": f"Bearer {admin_key}"}

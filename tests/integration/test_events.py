@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+from prometheus_client import REGISTRY
 
 from aggregator.events.v1 import usage_event_pb2
 from services.core.config import StoreUrls
@@ -50,6 +51,10 @@ async def _until(condition: Callable[[], bool | Awaitable[bool]], within: float 
             return
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"outbox": "usage"}) or 0.0
 
 
 @pytest.fixture
@@ -110,18 +115,22 @@ async def test_event_survives_an_outage_in_the_outbox(nc: Client, proxy: TcpProx
         await proxy.cut()
         await _until(lambda: not through_proxy.is_connected)
         event = _event(org)
+        writes = _sample("aggregator_outbox_writes_total")
         started = time.monotonic()
         await publisher.publish(event)
         assert time.monotonic() - started < 1.0  # the request path is not held up
         assert publisher.pending() == 1
+        assert _sample("aggregator_outbox_writes_total") == writes + 1
         assert (tmp_path / "outbox" / f"{event.request_id}.pb").read_bytes() == event.SerializeToString()
         assert await publisher.replay_outbox() == 0  # still down: kept
+        assert _sample("aggregator_outbox_events") == 1  # the "outbox growing" alert's gauge
 
         await proxy.restore()
         await asyncio.wait_for(reconnected.wait(), 15)
         assert through_proxy.is_connected
         assert await publisher.replay_outbox() == 1
         assert publisher.pending() == 0
+        assert _sample("aggregator_outbox_events") == 0
         assert await publisher.replay_outbox() == 0
         await publisher.publish(event)  # a late duplicate of the same request
         assert await _stored(nc.jetstream(), org) == 1

@@ -14,10 +14,12 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.analytics.ledger import Ledger
 from services.auth import admin
+from services.core import telemetry
 from services.core.config import StoreUrls
 from services.core.db import create_pool
 from services.core.migrate import apply_migrations
@@ -77,6 +79,8 @@ async def test_events_land_once_in_every_table_with_their_exact_cost(
     org_id = await admin.create_org(pool, f"ledger-{uuid.uuid4().hex[:8]}")
     nc = await connect_nats(store_urls.nats_url, "ledger-test")
     ledger = own_ledger(nc, pool, org_id)
+    lagged = REGISTRY.get_sample_value("aggregator_ledger_lag_seconds_count") or 0.0
+    telemetry.LEDGER_PENDING.set(-1)  # a value only this test sets: the ledger must replace it
     await ledger.start()
     try:
         events = [event(org_id, cost=f"0.000{i:02d}12345") for i in range(30)]  # 10 decimals, as kept
@@ -85,6 +89,12 @@ async def test_events_land_once_in_every_table_with_their_exact_cost(
         found = await rows(pool, [e.request_id for e in events])
         await asyncio.sleep(0.5)  # a duplicate written late would show now
         found = await rows(pool, [e.request_id for e in events])
+        # Every committed event's lag is observed; once all is consumed, nothing is pending.
+        assert (REGISTRY.get_sample_value("aggregator_ledger_lag_seconds_count") or 0.0) >= lagged + 30
+        deadline = time.monotonic() + 15
+        while REGISTRY.get_sample_value("aggregator_ledger_pending_events") != 0:
+            assert time.monotonic() < deadline, "the ledger never reported an empty backlog"
+            await asyncio.sleep(0.1)
     finally:
         await ledger.stop()
         await nc.close()

@@ -7,11 +7,7 @@ import logging
 from typing import Any
 
 import orjson
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from aggregator.routing.v1 import routing_service_pb2 as pb
 from aggregator.routing.v1 import routing_service_pb2_grpc
@@ -19,15 +15,9 @@ from services.core import calls, telemetry
 from services.core.rpc import rpc_method
 from services.core.server import GrpcServer, Registration
 from services.runtime.topology import Topology
+from tests.support import tracing
 
-EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tracer_provider() -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)
+EXPORTER = tracing.install()
 
 
 class Routing(routing_service_pb2_grpc.RoutingServiceServicer):
