@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
+from services.adapters import token_estimate
 from services.analytics import bodies
 from services.core import telemetry
 from services.core.errors import GatewayError, internal_error
@@ -38,11 +39,6 @@ UNKNOWN_MODEL = "unknown"
 
 class Publisher(Protocol):
     async def publish(self, event: ev.UsageEvent) -> None: ...
-
-
-def estimate_tokens(text_chars: int) -> int:
-    """A conservative estimate (4 characters a token) for streams cut before upstream usage."""
-    return math.ceil(text_chars / 4)
 
 
 def price(
@@ -91,7 +87,9 @@ class RequestRecord:
     candidate: route_pb2.RouteCandidate | None = None
     attempts: int = 0
     usage: chat_pb2.Usage | None = None
-    content_events: int = 0  # upstream chunks that carried content: about one token each
+    content_events: int = 0  # upstream chunks that carried content: at least one token each
+    content_chars: int = 0  # characters of generated output so far (a cut stream's estimate)
+    request: Any = None  # the client's request: a cut stream's prompt is estimated from it
     upstream_answered: bool = False  # the upstream accepted the request: its prompt is spent
     images: int = 0
     prompt_bytes: int = 0
@@ -141,15 +139,24 @@ class RequestRecord:
         self.status = ev.REQUEST_STATUS_CANCELLED
         self.http_status = 499
 
+    def estimated_prompt_tokens(self) -> int:
+        """The prompt's tokens as the upstream's tokenizer would count them, about (docs/ledger.md
+        §3); bytes/4 of the serialized request where the request is not a chat or completion."""
+        kind = self.candidate.endpoint.kind if self.candidate is not None else ""
+        if self.request is not None and hasattr(self.request, "DESCRIPTOR"):
+            return token_estimate.prompt_tokens(self.request, kind)
+        return math.ceil(self.prompt_bytes / 4)
+
     def to_event(self) -> ev.UsageEvent:
         usage = self.usage
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
-            # No usage from upstream (the stream was cut): bill what was generated, estimated.
-            # Once the upstream answered, it has consumed (and will bill) the prompt.
-            prompt = estimate_tokens(self.prompt_bytes) if self.upstream_answered else 0
-            completion = self.content_events
+            # No usage from upstream (the stream was cut): bill what was generated, estimated
+            # (docs/ledger.md §3). Once the upstream answered, it has consumed (and will bill) the
+            # prompt.
+            prompt = self.estimated_prompt_tokens() if self.upstream_answered else 0
+            completion = token_estimate.completion_tokens(self.content_chars, self.content_events)
         cost = (
             price(self.candidate, prompt, completion, self.images, usage)
             if self.candidate is not None and not self.cache_hit

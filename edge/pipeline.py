@@ -197,6 +197,7 @@ class Pipeline:
         candidates = await self._candidates(request.model, list(request.models), model_type,
                                             record.created_at)
         record.prompt_bytes = request.ByteSize()
+        record.request = request  # a reference, for the estimate of a stream cut before its usage
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
         lookup = self.cache.lookup(context, principal, request) if self.cache is not None else None
         filling: Filling | None = None
@@ -307,6 +308,7 @@ class Pipeline:
             record.response_chunks.append(event.body)
         if event.has_content:
             record.content_events += 1
+            record.content_chars += event.content_chars
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
 

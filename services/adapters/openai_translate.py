@@ -109,14 +109,32 @@ def _stamp(obj: dict[str, Any], target: Target, latency_ms: int) -> None:
     obj["provider"] = provider_extension(target, reported, latency_ms)
 
 
-def _carries_content(choices: Any, part: str | None, fields: tuple[str, ...]) -> bool:
+def _output_chars(value: Any) -> int:
+    """Characters of generated output in a field's value: text, or a tool call's name and
+    arguments (the cut-stream estimate counts them, services/adapters/token_estimate.py)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_output_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_output_chars(value.get(name)) for name in ("name", "arguments", "function"))
+    return 0
+
+
+def _content(choices: Any, part: str | None, fields: tuple[str, ...]) -> tuple[bool, int]:
+    """Whether the choices carry generated output, and how many characters of it."""
+    carries, chars = False, 0
     if not isinstance(choices, list):
-        return False
+        return carries, chars
     for choice in choices:
         holder = choice.get(part) if part is not None and isinstance(choice, dict) else choice
-        if isinstance(holder, dict) and any(holder.get(name) for name in fields):
-            return True
-    return False
+        if isinstance(holder, dict):
+            for name in fields:
+                value = holder.get(name)
+                if value:
+                    carries = True
+                    chars += _output_chars(value)
+    return carries, chars
 
 
 def _finish_reason(choices: Any) -> str:
@@ -134,9 +152,10 @@ def completion_event(raw: bytes, target: Target, latency_ms: int, *,
     obj = parse_object(raw)
     _stamp(obj, target, latency_ms)
     choices = obj.get("choices")
-    has_content = _carries_content(choices, content.whole, content.fields)
+    has_content, chars = _content(choices, content.whole, content.fields)
     event = adapter_service_pb2.ChatResponse(body=orjson.dumps(obj), latency_ms=latency_ms,
-                                             has_content=has_content, finish_reason=_finish_reason(choices))
+                                             has_content=has_content, finish_reason=_finish_reason(choices),
+                                             content_chars=chars)
     if isinstance(obj.get("usage"), dict):
         event.usage.CopyFrom(usage_to_proto(obj["usage"]))
     return event
@@ -171,7 +190,7 @@ def chunk_event(obj: dict[str, Any], target: Target, latency_ms: int, *, client_
     _stamp(obj, target, latency_ms)
     event.body = orjson.dumps(obj)
     choices = obj.get("choices")
-    event.has_content = _carries_content(choices, content.chunk, content.fields)
+    event.has_content, event.content_chars = _content(choices, content.chunk, content.fields)
     event.finish_reason = _finish_reason(choices)
     return event
 

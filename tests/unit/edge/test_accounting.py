@@ -11,7 +11,7 @@ import pytest
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.openai.v1 import chat_pb2
 from aggregator.routing.v1 import route_pb2
-from edge.accounting import RequestRecord, UsageRecorder, estimate_tokens, price
+from edge.accounting import RequestRecord, UsageRecorder, price
 from services.core import telemetry
 from services.core.errors import GatewayError, Reason
 
@@ -54,10 +54,6 @@ def test_price_is_exact(prompt: int, completion: int, cost: Decimal) -> None:
 def test_price_does_not_touch_binary_floats() -> None:
     # 0.1 + 0.2 is the classic float trap; here it must be exactly 0.3.
     assert price(candidate("0.1", "0.2"), 1000, 1000) == Decimal("0.3")
-
-
-def test_estimate_tokens_rounds_up() -> None:
-    assert [estimate_tokens(n) for n in (0, 1, 4, 5, 400)] == [0, 1, 1, 2, 100]
 
 
 def test_event_with_usage() -> None:
