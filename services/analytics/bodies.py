@@ -1,5 +1,5 @@
 """Request and response bodies in the request log, for organizations that opt in (`store_prompts`;
-docs/analytics.md "Bodies").
+docs/ledger.md §2).
 
 * Which organizations opted in is answered from memory (`StoredBodies`, an OrganizationBook kept
   current over NATS subject `tenancy.organizations.changed`), so a request of an organization that

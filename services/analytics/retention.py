@@ -1,5 +1,5 @@
 """Retention (docs/architecture.md §4, "Retention"): the request log's monthly partitions are
-created ahead and dropped whole once past their retention, by a job each analytics process runs
+created ahead and dropped whole once past their retention, by a job each ledger process runs
 (at start and every EVERY_S; the SQL functions serialise concurrent runs per table).
 
 * `api_requests`, `api_responses`: `request_logs_days` (90 by default);

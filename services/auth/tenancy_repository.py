@@ -33,7 +33,7 @@ class OrganizationRow:
     name: str
     created_at: datetime
     updated_at: datetime
-    store_prompts: bool = False  # bodies kept in the request log (docs/analytics.md "Bodies")
+    store_prompts: bool = False  # bodies kept in the request log (docs/ledger.md §2)
 
     @classmethod
     def from_row(cls, row: Any) -> OrganizationRow:

@@ -21,7 +21,7 @@ USAGE_SUBJECT_PREFIX = "usage."
 
 
 # The USAGE stream's size limit by default (`ledger.stream_max_bytes`): about 3 million events
-# without bodies. Nothing else ends an event's life in the stream (docs/analytics.md §1).
+# without bodies. Nothing else ends an event's life in the stream (docs/ledger.md §1).
 USAGE_STREAM_MAX_BYTES = 1 << 30
 
 
@@ -29,7 +29,7 @@ def usage_stream_config(replicas: int = 1, max_bytes: int = USAGE_STREAM_MAX_BYT
     """Usage events, deduplicated by request id (`Nats-Msg-Id`) for 10 minutes, kept until the
     stream holds `max_bytes` (then the oldest go first). No age limit: an event waits for the ledger
     however long the ledger is away, and the alert on the ledger's backlog fires long before the
-    oldest unread event could be pushed out (docs/analytics.md §1)."""
+    oldest unread event could be pushed out (docs/ledger.md §1)."""
     return StreamConfig(
         name=USAGE_STREAM, subjects=[USAGE_SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, num_replicas=replicas,

@@ -1,4 +1,4 @@
-"""The usage ledger under faults (docs/analytics.md §1), through Envoy with the official SDK, on a
+"""The usage ledger under faults (docs/ledger.md §1), through Envoy with the official SDK, on a
 gateway of this module's own whose PostgreSQL, Valkey and NATS are real servers the tests stop and
 start, and whose ledger runs in a process of its own that a test kills:
 

@@ -81,7 +81,7 @@ async def test_ensure_streams_configures_usage(nc: Client) -> None:
     assert config.subjects == ["usage.>"]
     assert config.storage == StorageType.FILE
     assert config.duplicate_window == 600
-    # Kept by size only: an unread event never ages out while the ledger is away (docs/analytics.md §1).
+    # Kept by size only: an unread event never ages out while the ledger is away (docs/ledger.md §1).
     assert config.max_age in (0, None) and config.max_bytes == USAGE_STREAM_MAX_BYTES
     assert config.retention == RetentionPolicy.LIMITS and config.discard == DiscardPolicy.OLD
 
