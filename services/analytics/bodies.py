@@ -112,6 +112,16 @@ def redact(document: Any) -> Any:
     return document
 
 
+def _without_nul(document: Any) -> Any:
+    if isinstance(document, str):
+        return document.replace("\x00", "")
+    if isinstance(document, list):
+        return [_without_nul(item) for item in document]
+    if isinstance(document, dict):
+        return {_without_nul(key): _without_nul(value) for key, value in document.items()}
+    return document
+
+
 def _keep(document: Any) -> Any:
     return document
 
@@ -146,7 +156,9 @@ def stored_json(body: bytes, hook: Redact) -> str | None:
     except orjson.JSONDecodeError:
         document = body.decode("utf-8", "replace")
     try:
-        return orjson.dumps(hook(document)).decode()
+        text = orjson.dumps(hook(document)).decode()
+        # jsonb cannot hold a NUL character ("\u0000" in JSON text): removed from every string.
+        return orjson.dumps(_without_nul(orjson.loads(text))).decode() if "\\u0000" in text else text
     except Exception as exc:  # noqa: BLE001 - an operator's hook: its failure must not block the ledger
         log.error("ledger redaction hook failed (%s): body not stored", type(exc).__name__)
         return None

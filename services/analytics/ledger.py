@@ -67,6 +67,14 @@ _ANALYTICS = _insert("request_analytics", [
     ("cache_hit", "boolean"), ("user_id", "uuid")])
 
 
+def _without_nul(event: ev.UsageEvent) -> None:
+    """Removes NUL characters from the event's text, which PostgreSQL's text cannot hold (a
+    client's model name may carry one: the edge records what it was sent)."""
+    for field, value in event.ListFields():
+        if field.type == field.TYPE_STRING and "\x00" in value:
+            setattr(event, field.name, value.replace("\x00", ""))
+
+
 def _uuid(value: str) -> str | None:
     return value if value and _is_uuid(value) else None
 
@@ -172,6 +180,7 @@ class Ledger(PullConsumer):
             except Exception:
                 log.error("usage ledger: undecodable event dropped (%d bytes)", len(message.data))
                 continue
+            _without_nul(event)
             if event.request_id and _is_uuid(event.organization_id) and (
                     not event.api_key_id or _is_uuid(event.api_key_id)):
                 events.append(event)
@@ -179,13 +188,30 @@ class Ledger(PullConsumer):
                 log.error("usage ledger: event %s without a valid organization dropped",
                           event.request_id[:64])
         if events:
-            await write_events(self._pool, events, self._redact)
+            try:
+                await write_events(self._pool, events, self._redact)
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+                # Values the tables refuse: written one by one, so one such event never holds
+                # back the rest of its batch (a failing batch is delivered again, whole).
+                events = await self._one_by_one(events)
             observe_lag(events)
         for message in messages:
             await message.ack()
         if messages:
             telemetry.LEDGER_PENDING.set(pending_after(messages[-1]))
         return len(events)
+
+    async def _one_by_one(self, events: list[ev.UsageEvent]) -> list[ev.UsageEvent]:
+        written = []
+        for event in events:
+            try:
+                await write_events(self._pool, [event], self._redact)
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                log.error("usage ledger: event %s refused by PostgreSQL (%s); dropped",
+                          event.request_id[:64], type(exc).__name__)
+                continue
+            written.append(event)
+        return written
 
     def idle(self) -> None:
         telemetry.LEDGER_PENDING.set(0)

@@ -4,7 +4,10 @@ created ahead and dropped whole once past their retention, by a job each ledger 
 
 * `api_requests`, `api_responses`: `request_logs_days` (90 by default);
 * `request_analytics`: `analytics_days` (2 years);
-* `audit_log` (not partitioned): rows older than `audit_days` (7 years) are deleted in batches.
+* `audit_log` (not partitioned): rows older than `audit_days` (7 years) are deleted in batches;
+* billing records (not partitioned): `usage_billing` days and invoices (with their lines) whose
+  period ended more than `billing_days` (7 years) ago, in batches. Credit purchases are kept: a
+  prepaid balance is their sum (docs/billing.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Retention:
     request_logs_days: int = 90
     analytics_days: int = 730
     audit_days: int = 7 * 365
+    billing_days: int = 7 * 365
 
     def tables(self) -> dict[str, int]:
         return {"api_requests": self.request_logs_days, "api_responses": self.request_logs_days,
@@ -42,6 +46,26 @@ class Maintained:
     created: int
     dropped: int
     audit_deleted: int
+    billing_deleted: int = 0
+
+
+# (table, the column whose age counts): rows deleted in batches once past their retention.
+_AUDIT = ("audit_log", "created_at")
+_BILLING = (("usage_billing", "usage_date"), ("invoices", "period_end"))
+
+
+async def _delete_older(conn: Any, table: str, column: str, cutoff: datetime) -> int:
+    """Deletes `table`'s rows whose `column` is before `cutoff`, AUDIT_BATCH at a time (short
+    transactions, no long lock); answers how many."""
+    deleted = 0
+    while True:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {column} < $1 LIMIT $2)",
+            cutoff, AUDIT_BATCH)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < AUDIT_BATCH:
+            return deleted
 
 
 async def maintain(pool: Any, retention: Retention, now: datetime) -> Maintained:
@@ -54,20 +78,14 @@ async def maintain(pool: Any, retention: Retention, now: datetime) -> Maintained
                                            MONTHS_AHEAD)
             dropped += await conn.fetchval("SELECT drop_monthly_partitions_before($1, $2)", table,
                                            now - timedelta(days=days))
-        deleted = 0
-        while True:
-            status = await conn.execute(
-                "DELETE FROM audit_log WHERE id IN "
-                "(SELECT id FROM audit_log WHERE created_at < $1 LIMIT $2)",
-                now - timedelta(days=retention.audit_days), AUDIT_BATCH)
-            count = int(status.split()[-1])
-            deleted += count
-            if count < AUDIT_BATCH:
-                break
-    if created or dropped or deleted:
-        log.info("retention: %d partitions created, %d dropped, %d audit rows deleted", created, dropped,
-                 deleted)
-    return Maintained(created, dropped, deleted)
+        deleted = await _delete_older(conn, *_AUDIT, now - timedelta(days=retention.audit_days))
+        billing = 0
+        for table, column in _BILLING:
+            billing += await _delete_older(conn, table, column, now - timedelta(days=retention.billing_days))
+    if created or dropped or deleted or billing:
+        log.info("retention: %d partitions created, %d dropped, %d audit and %d billing rows deleted",
+                 created, dropped, deleted, billing)
+    return Maintained(created, dropped, deleted, billing)
 
 
 class RetentionJob:

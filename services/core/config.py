@@ -87,7 +87,7 @@ class Config:
     # while Redis is unreachable, so a budget is never overspent; "open" lets them pass uncounted.
     budgets_fail_open: bool = False
     # retention: days kept (services/analytics/retention.py): request logs, analytics, audit log.
-    retention_days: tuple[int, int, int] = (90, 730, 7 * 365)
+    retention_days: tuple[int, int, int, int] = (90, 730, 7 * 365, 7 * 365)
     # ledger.redaction: the hook stored bodies pass through (services/analytics/bodies.py):
     # "default", "none" or "package.module:function".
     ledger_redaction: str = "default"
@@ -164,7 +164,8 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         raise ConfigError("budgets.on_redis_error must be 'open' or 'closed'")
     retention_raw = raw.get("retention") or {}
     retention = tuple(int(retention_raw.get(name, default)) for name, default in (
-        ("request_logs_days", 90), ("analytics_days", 730), ("audit_days", 7 * 365)))
+        ("request_logs_days", 90), ("analytics_days", 730), ("audit_days", 7 * 365),
+        ("billing_days", 7 * 365)))
     if any(days < 1 for days in retention):
         raise ConfigError("retention: every period must be at least 1 day")
     ledger = raw.get("ledger") or {}
@@ -178,7 +179,7 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
                   rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open",
-                  retention_days=(retention[0], retention[1], retention[2]),
+                  retention_days=(retention[0], retention[1], retention[2], retention[3]),
                   ledger_redaction=redaction, usage_stream_max_bytes=stream_max_bytes)
 
 

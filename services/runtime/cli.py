@@ -129,7 +129,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=config.edge.max_request_bytes if config else EdgeConfig().max_request_bytes,
         rate_limits_fail_open=config.rate_limits_fail_open if config else True,
         budgets_fail_open=config.budgets_fail_open if config else False,
-        retention_days=config.retention_days if config else (90, 730, 7 * 365),
+        retention_days=config.retention_days if config else (90, 730, 7 * 365, 7 * 365),
         ledger_redaction=config.ledger_redaction if config else "default",
         cache_ttls={m.id: m.cache_ttl_s for m in config.models} if config else {},
     )

@@ -51,7 +51,7 @@ class WorkerSettings:
     rate_limits_fail_open: bool = True  # rate_limits.on_redis_error: open (pass uncounted) or closed (503)
     cache_ttls: dict[str, int] = field(default_factory=dict)  # model id -> response-cache TTL (s)
     budgets_fail_open: bool = False  # budgets.on_redis_error: closed (503, the default) or open
-    retention_days: tuple[int, int, int] = (90, 730, 7 * 365)  # request logs, analytics, audit log
+    retention_days: tuple[int, int, int, int] = (90, 730, 7 * 365, 7 * 365)  # logs, analytics, audit, billing
     ledger_redaction: str = "default"  # ledger.redaction (services/analytics/bodies.py)
 
 

@@ -190,3 +190,31 @@ async def test_every_field_of_the_event_reaches_its_column_and_bodies_are_redact
     assert tuple(kept) == (None, None, None)
     chunks = await pool.fetchval("SELECT body FROM api_responses WHERE request_id = $1", odd.request_id)
     assert chunks == [{"id": "c1"}, {"id": "c2"}]
+
+
+async def test_values_postgresql_refuses_never_hold_back_a_batch(
+        pool: asyncpg.Pool, store_urls: StoreUrls) -> None:
+    """NUL characters (a client's model name may carry one) are removed, from bodies too; an event
+    PostgreSQL still refuses (a cost past numeric(20, 10)) is dropped alone, and the rest of its
+    batch is written at once rather than redelivered for ever."""
+    org_id = await admin.create_org(pool, f"ledger-{uuid.uuid4().hex[:8]}")
+    nul = event(org_id)
+    nul.public_model, nul.user_agent = "gpt\x00-4o", "agent\x00"
+    nul.request_body = b'{"model": "gpt\\u0000-4o"}'
+    huge = event(org_id, cost="123456789012.5")
+    fine = [event(org_id) for _ in range(3)]
+    nc = await connect_nats(store_urls.nats_url, "ledger-test-4")
+    ledger = own_ledger(nc, pool, org_id)
+    try:
+        await publish(nc, [nul, huge, *fine])
+        await ledger.start()  # all five in one batch
+        found = await rows(pool, [e.request_id for e in (nul, *fine)])
+    finally:
+        await ledger.stop()
+        await nc.close()
+    assert len(found) == 4
+    stored = await pool.fetchrow("SELECT public_model, user_agent, body FROM api_requests "
+                                 "WHERE request_id = $1", nul.request_id)
+    assert tuple(stored) == ("gpt-4o", "agent", {"model": "gpt-4o"})
+    refused = await pool.fetchval("SELECT count(*) FROM api_requests WHERE request_id = $1", huge.request_id)
+    assert refused == 0

@@ -40,6 +40,16 @@ async def test_partitions_are_created_ahead_and_dropped_past_retention(pool: asy
     await pool.execute("INSERT INTO audit_log (actor, action, created_at) "
                        "VALUES ('t', 'old', $1), ('t', 'new', $2)",
                        datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
+    # Billing records of 2022 (past 7 years at the injected time) and of 2024 (kept).
+    await pool.execute("INSERT INTO usage_billing (organization_id, usage_date, public_model) VALUES "
+                       "(gen_random_uuid(), '2022-11-30', 'm'), (gen_random_uuid(), '2024-01-01', 'm')")
+    for year, month in ((2022, 11), (2024, 1)):
+        start = datetime(year, month, 1, tzinfo=UTC)
+        await pool.execute(
+            "INSERT INTO invoices (organization_id, period, period_start, period_end, plan_name, plan_kind, "
+            "total_usd) VALUES (gen_random_uuid(), $1, $2::timestamptz, "
+            "$2::timestamptz + interval '1 month', 'p', 'subscription', 0)",
+            f"{year}-{month:02d}", start)
     later = datetime(2030, 8, 15, 12, tzinfo=UTC)  # the injected clock: years from the real one
     first = await maintain(pool, Retention(), later)
     for table in ("api_requests", "api_responses", "request_analytics"):
@@ -51,10 +61,13 @@ async def test_partitions_are_created_ahead_and_dropped_past_retention(pool: asy
     assert all(n >= "request_analytics_y2028m08" for n in await partitions(pool, "request_analytics"))
     assert first.created >= 12 and first.dropped >= 5 and first.audit_deleted == 1
     assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1
+    assert first.billing_deleted == 2
+    assert await pool.fetchval("SELECT string_agg(period, ',') FROM invoices") == "2024-01"
+    assert await pool.fetchval("SELECT string_agg(usage_date::text, ',') FROM usage_billing") == "2024-01-01"
     # Rows can go into the new months; a second run has nothing to do.
     await pool.execute("INSERT INTO request_analytics (request_id, organization_id, endpoint, public_model, "
                        "status, http_status, created_at) "
                        "VALUES ('r', gen_random_uuid(), 'e', 'm', 'succeeded', 200, $1)",
                        datetime(2030, 11, 30, tzinfo=UTC))
     again = await maintain(pool, Retention(), later)
-    assert (again.created, again.dropped, again.audit_deleted) == (0, 0, 0)
+    assert (again.created, again.dropped, again.audit_deleted, again.billing_deleted) == (0, 0, 0, 0)

@@ -209,7 +209,8 @@ def test_budgets_fail_closed_unless_told_open() -> None:
 
 
 def test_retention_defaults_and_bounds() -> None:
-    assert parse_config({}).retention_days == (90, 730, 7 * 365)
-    assert parse_config({"retention": {"request_logs_days": 30}}).retention_days == (30, 730, 7 * 365)
+    assert parse_config({}).retention_days == (90, 730, 7 * 365, 7 * 365)
+    assert parse_config({"retention": {"request_logs_days": 30, "billing_days": 3650}}).retention_days == (
+        30, 730, 7 * 365, 3650)
     with pytest.raises(ConfigError, match="retention"):
         parse_config({"retention": {"analytics_days": 0}})
