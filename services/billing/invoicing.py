@@ -10,8 +10,6 @@ of processes, make one invoice with its lines or none.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import asyncpg
 from services.billing.charges import Line, Plan, Usage, charges, month_bounds, month_of, previous_month, total
 from services.billing.plans import PLAN_COLUMNS
 from services.core.errors import GatewayError, Reason, quote
+from services.core.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +179,17 @@ async def roll_periods(pool: asyncpg.Pool, now: datetime) -> None:
                        "WHERE status <> 'canceled' AND current_period_end <= $1", start, end)
 
 
-class InvoiceJob:
+class InvoiceJob(PeriodicJob):
     """At start and every `every_s`: once GRACE has passed since a month ended, invoices it
     (`invoice_month`, a no-op once done) and moves subscriptions to the new month."""
 
+    name = "invoices"
+
     def __init__(self, pool: asyncpg.Pool, *, every_s: float = EVERY_S,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(every_s)
         self._pool = pool
-        self._every_s = every_s
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> list[str]:
         """One run at the clock's time; answers the invoices made."""
@@ -199,22 +199,3 @@ class InvoiceJob:
         if now < month_start + GRACE:
             return []  # the ledger may still be writing the month's last requests
         return await invoice_month(self._pool, previous_month(now), now)
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="invoices")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
-                log.warning("invoicing postponed: %s", type(exc).__name__)
-            await asyncio.sleep(self._every_s)

@@ -12,8 +12,6 @@ after GIVE_UP_S: its worst case stays counted.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.core.periodic import PeriodicJob
 from services.limits import scripts
 from services.limits.budgets import COST_UNIT, REQUESTS_UNIT, TOKENS_UNIT, SpendStore, unit_amount
 
@@ -33,34 +32,16 @@ GIVE_UP_S = 3600.0
 BATCH = 200
 
 
-class Reconciler:
-    """Corrects expired holds from the ledger, in the background."""
+class Reconciler(PeriodicJob):
+    """Corrects expired holds from the ledger, in the background (first after `every_s`)."""
+
+    name = "hold-reconciler"
 
     def __init__(self, redis: aioredis.Redis, pool: Any, *, every_s: float = EVERY_S) -> None:
+        super().__init__(every_s, wait_first=True)
         self._redis = redis
         self._pool = pool
-        self._every_s = every_s
         self._reconcile = redis.register_script(scripts.RECONCILE)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="hold-reconciler")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._every_s)
-            try:
-                await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - Redis or PostgreSQL away: next time
-                log.warning("hold reconciliation postponed: %s", type(exc).__name__)
 
     async def run_once(self) -> int:
         """One pass over (at most BATCH) notes; answers how many holds it corrected."""
