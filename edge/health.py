@@ -1,5 +1,8 @@
 """Per-process circuit breakers over upstream endpoints: "the first healthy candidate serves".
 
+The pipeline talks to them through four coroutines (`order`, `succeeded`, `failed`, `record`),
+the seam where breakers and measured figures shared by every process plug in.
+
 An endpoint (provider name + base URL) that fails `failure_threshold` times in a row with a
 retriable error (connect error, timeout, 429, 5xx) is *open* for `open_seconds`: routing moves it
 behind the healthy candidates, so requests stop paying its timeout, yet it stays a last resort.
@@ -42,7 +45,7 @@ class CircuitBreakers:
         state = self._states.get(endpoint_key(candidate))
         return state is not None and state.open_until > self._clock()
 
-    def order(self, candidates: list[route_pb2.RouteCandidate]) -> list[route_pb2.RouteCandidate]:
+    async def order(self, candidates: list[route_pb2.RouteCandidate]) -> list[route_pb2.RouteCandidate]:
         """The candidates with open breakers moved last, each group in its configured order."""
         if not self._states:
             return candidates
@@ -51,16 +54,22 @@ class CircuitBreakers:
             return candidates
         return healthy + [c for c in candidates if self.is_open(c)]
 
-    def succeeded(self, candidate: route_pb2.RouteCandidate) -> None:
+    async def succeeded(self, candidate: route_pb2.RouteCandidate) -> None:
         key = endpoint_key(candidate)
         if key in self._states:
             del self._states[key]
             telemetry.PROVIDER_OPEN.labels(candidate.endpoint.provider).set(0)
 
-    def failed(self, candidate: route_pb2.RouteCandidate) -> None:
+    async def failed(self, candidate: route_pb2.RouteCandidate) -> None:
         state = self._states.setdefault(endpoint_key(candidate), _State())
         state.failures += 1
         if state.failures >= self._threshold:
             # Opened, or re-opened after a failed half-open trial.
             state.open_until = self._clock() + self._open_seconds
             telemetry.PROVIDER_OPEN.labels(candidate.endpoint.provider).set(1)
+
+    async def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
+                     output_tokens: int, duration_s: float) -> None:
+        """One attempt's outcome once it ended (time to first token, tokens generated, how long it
+        ran): the figures measured routing feeds on. Nothing is kept per process yet."""
+        del candidate, ok, ttft_s, output_tokens, duration_s

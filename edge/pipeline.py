@@ -216,7 +216,7 @@ class Pipeline:
                 return
             filling = Filling(lookup)
         last_error: GatewayError | None = None
-        for candidate in self._breakers.order(candidates):
+        for candidate in await self._breakers.order(candidates):
             record.candidate = candidate
             record.attempts += 1
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
@@ -227,15 +227,15 @@ class Pipeline:
                     first = await anext(events)
                 except StopAsyncIteration:
                     last_error = GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
-                    self._breakers.failed(candidate)
+                    await self._breakers.failed(candidate)
                 except GatewayError as error:
                     if not may_try_next(error):
                         raise
                     last_error = error
-                    self._failed(candidate, error)
+                    await self._failed(candidate, error)
                 if first is None:
                     continue
-                self._breakers.succeeded(candidate)
+                await self._breakers.succeeded(candidate)
                 self._observe(record, first)
                 await self.send_headers(context, record)
                 if filling is not None:
@@ -292,10 +292,10 @@ class Pipeline:
             record.headers_sent = True
             await context.send_initial_metadata(tuple(record.headers))
 
-    def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
+    async def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
         telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
         if error.retriable:  # the endpoint's health; a refused parameter says nothing about it
-            self._breakers.failed(candidate)
+            await self._breakers.failed(candidate)
 
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
@@ -320,7 +320,7 @@ class Pipeline:
     ) -> T:
         """The answer of the first candidate that answers a unary call."""
         last_error: GatewayError | None = None
-        for candidate in self._breakers.order(candidates):
+        for candidate in await self._breakers.order(candidates):
             record.candidate = candidate
             record.attempts += 1
             try:
@@ -329,9 +329,9 @@ class Pipeline:
                 if not may_try_next(error):
                     raise
                 last_error = error
-                self._failed(candidate, error)
+                await self._failed(candidate, error)
                 continue
-            self._breakers.succeeded(candidate)
+            await self._breakers.succeeded(candidate)
             record.first_token_at = time.monotonic()
             return answer
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")

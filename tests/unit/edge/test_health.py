@@ -24,44 +24,44 @@ def names(candidates: list[route_pb2.RouteCandidate]) -> list[str]:
     return [c.endpoint.provider for c in candidates]
 
 
-def test_opens_after_consecutive_failures_and_moves_last() -> None:
+async def test_opens_after_consecutive_failures_and_moves_last() -> None:
     clock = Clock()
     breakers = CircuitBreakers(failure_threshold=3, open_seconds=30, clock=clock)
     a, b, c = candidate("a"), candidate("b"), candidate("c")
     for _ in range(2):
-        breakers.failed(a)
-    assert names(breakers.order([a, b, c])) == ["a", "b", "c"]  # two failures: still closed
-    breakers.failed(a)
-    assert breakers.is_open(a) and names(breakers.order([a, b, c])) == ["b", "c", "a"]
+        await breakers.failed(a)
+    assert names(await breakers.order([a, b, c])) == ["a", "b", "c"]  # two failures: still closed
+    await breakers.failed(a)
+    assert breakers.is_open(a) and names(await breakers.order([a, b, c])) == ["b", "c", "a"]
 
 
-def test_a_success_resets_the_count() -> None:
+async def test_a_success_resets_the_count() -> None:
     breakers = CircuitBreakers(failure_threshold=2, clock=Clock())
     a = candidate("a")
-    breakers.failed(a)
-    breakers.succeeded(a)
-    breakers.failed(a)
+    await breakers.failed(a)
+    await breakers.succeeded(a)
+    await breakers.failed(a)
     assert not breakers.is_open(a)
 
 
-def test_half_open_after_the_pause_then_reopens_or_closes() -> None:
+async def test_half_open_after_the_pause_then_reopens_or_closes() -> None:
     clock = Clock()
     breakers = CircuitBreakers(failure_threshold=1, open_seconds=30, clock=clock)
     a, b = candidate("a"), candidate("b")
-    breakers.failed(a)
-    assert names(breakers.order([a, b])) == ["b", "a"]
+    await breakers.failed(a)
+    assert names(await breakers.order([a, b])) == ["b", "a"]
     clock.now += 31
-    assert names(breakers.order([a, b])) == ["a", "b"]  # half-open: one more try in its place
-    breakers.failed(a)
+    assert names(await breakers.order([a, b])) == ["a", "b"]  # half-open: one more try in its place
+    await breakers.failed(a)
     assert breakers.is_open(a)  # the trial failed: open again
     clock.now += 31
-    breakers.succeeded(a)
-    assert not breakers.is_open(a) and names(breakers.order([a, b])) == ["a", "b"]
+    await breakers.succeeded(a)
+    assert not breakers.is_open(a) and names(await breakers.order([a, b])) == ["a", "b"]
 
 
-def test_endpoints_are_told_apart_by_base_url() -> None:
+async def test_endpoints_are_told_apart_by_base_url() -> None:
     breakers = CircuitBreakers(failure_threshold=1, clock=Clock())
-    breakers.failed(candidate("a", "http://one"))
+    await breakers.failed(candidate("a", "http://one"))
     assert breakers.is_open(candidate("a", "http://one")) and not breakers.is_open(candidate("a", "http://two"))
 
 
