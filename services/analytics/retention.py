@@ -9,13 +9,13 @@ created ahead and dropped whole once past their retention, by a job each analyti
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from services.core.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +70,9 @@ async def maintain(pool: Any, retention: Retention, now: datetime) -> Maintained
     return Maintained(created, dropped, deleted)
 
 
-class RetentionJob:
+class RetentionJob(PeriodicJob):
     """Runs `maintain` at start and every `every_s`, in the background."""
 
     def __init__(self, pool: Any, retention: Retention, *, every_s: float = EVERY_S,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._pool = pool
-        self._retention = retention
-        self._every_s = every_s
-        self._clock = clock
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="retention")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await maintain(self._pool, self._retention, self._clock())
-            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
-                log.warning("retention postponed: %s", type(exc).__name__)
-            await asyncio.sleep(self._every_s)
+        super().__init__("retention", lambda now: maintain(pool, retention, now), every_s, clock)

@@ -283,11 +283,13 @@ async def _wire_edge(
 async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any,
                           nc: Any) -> None:
     """The usage ledger (services/analytics/ledger.py: every analytics process shares one durable
-    JetStream consumer that writes the request log), its retention job, and `GET /v1/usage`."""
+    JetStream consumer that writes the request log), its retention job, the analytics rollup job
+    (services/analytics/rollup.py), `GET /v1/usage` and `GET /v1/analytics/*`."""
     from aggregator.auth.v1 import auth_service_pb2
     from edge.clients import ServiceClients
     from services.analytics.ledger import Ledger
     from services.analytics.retention import Retention, RetentionJob
+    from services.analytics.rollup import RollupJob
     from services.analytics.servicer import AnalyticsServicer
     from services.auth.authenticator import missing_key
     from services.auth.keys import parse_bearer
@@ -301,6 +303,9 @@ async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: 
     retention = RetentionJob(pool, Retention(*settings.retention_days))
     await retention.start()
     wiring.closers.append(retention.stop)
+    rollup = RollupJob(pool, settings.retention_days[1])
+    await rollup.start()
+    wiring.closers.append(rollup.stop)
     clients = ServiceClients.on(topology.channel_for)
 
     async def authenticate(context: Any) -> Any:

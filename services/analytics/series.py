@@ -1,0 +1,151 @@
+"""The analytics time series (docs/analytics.md): per interval (a UTC day or hour) and group
+(model or key), the requests, failures per error type, tokens, exact cost, and latency and
+time-to-first-token percentiles of an organization's requests.
+
+Closed days come from the rollup (request_analytics_daily, services/analytics/rollup.py), the days
+after its watermark from request_analytics itself; an hourly series reads request_analytics only.
+Both sides bucket latencies alike (SQL analytics_bucket_ms: three significant digits), so a
+series is the same before and after its days are rolled up. The three statements run in one
+read-only REPEATABLE READ transaction: they see one snapshot, watermark included.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from services.analytics.scope import Scope
+
+INTERVALS = ("day", "hour")
+GROUPS = ("", "model", "key")
+QUANTILES = (0.5, 0.95, 0.99)
+NO_KEY = "00000000-0000-0000-0000-000000000000"  # the rollup's api_key_id of keyless requests
+
+# group -> (its expression over request_analytics, over request_analytics_daily)
+_GROUP_SQL = {
+    "": ("''", "''"),
+    "model": ("public_model", "public_model"),
+    "key": ("coalesce(api_key_id::text, '')", f"coalesce(nullif(api_key_id, '{NO_KEY}')::text, '')"),
+}
+# Where the raw rows start: the rollup's watermark for a daily series (clamped into the range),
+# the range's start for an hourly one ($5 false).
+_CUT = ("WITH cut AS (SELECT CASE WHEN $5 THEN least(greatest(coalesce("
+        "(SELECT rolled_until FROM analytics_rollup_state)::timestamp AT TIME ZONE 'UTC', $2), $2), $3) "
+        "ELSE $2 END AS at) ")
+_ROLLUP_WHERE = ("FROM request_analytics_daily d, cut{unnest} WHERE d.organization_id = $1::uuid "
+                 "AND d.day >= ($2 AT TIME ZONE 'UTC')::date AND d.day < (cut.at AT TIME ZONE 'UTC')::date "
+                 "AND ($4 = '' OR d.public_model = $4)")
+_RAW_WHERE = ("FROM request_analytics WHERE organization_id = $1::uuid "
+              "AND created_at >= (SELECT at FROM cut) AND created_at < $3 AND ($4 = '' OR public_model = $4)")
+
+
+def _sql(interval: str, group: str) -> tuple[str, str, str]:
+    """The counters, histograms and errors statements of a series."""
+    raw_group, rolled_group = _GROUP_SQL[group]
+    bucket = f"date_trunc('{interval}', created_at AT TIME ZONE 'UTC')"
+    counters = (
+        f"{_CUT}SELECT bucket, grp, sum(requests)::bigint AS requests, sum(failed)::bigint AS failed, "
+        "sum(prompt)::bigint AS prompt, sum(completion)::bigint AS completion, "
+        "sum(cached)::bigint AS cached, sum(reasoning)::bigint AS reasoning, sum(cost) AS cost FROM ("
+        f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, d.requests, d.failed, "
+        "d.prompt_tokens AS prompt, d.completion_tokens AS completion, d.cached_tokens AS cached, "
+        f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_ROLLUP_WHERE.format(unnest='')} UNION ALL "
+        f"SELECT {bucket}, {raw_group}, 1, (status <> 'succeeded')::int, prompt_tokens, completion_tokens, "
+        f"cached_tokens, reasoning_tokens, cost_usd {_RAW_WHERE}) AS u GROUP BY 1, 2 ORDER BY 1, 2")
+    histograms = (
+        f"{_CUT}SELECT bucket, grp, metric, value, sum(n)::bigint AS n FROM ("
+        f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, 'latency' AS metric, h.value, h.n "
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
+        f" UNION ALL SELECT d.day::timestamp, {rolled_group}, 'ttft', h.value, h.n "
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
+        f" UNION ALL SELECT {bucket}, {raw_group}, 'latency', analytics_bucket_ms(latency_ms), 1 {_RAW_WHERE}"
+        f" UNION ALL SELECT {bucket}, {raw_group}, 'ttft', analytics_bucket_ms(time_to_first_token_ms), 1 "
+        f"{_RAW_WHERE} AND time_to_first_token_ms IS NOT NULL) AS u GROUP BY 1, 2, 3, 4")
+    errors = (
+        f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
+        f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, e.type, e.n "
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.error_types, d.error_counts) AS e(type, n)')}"
+        f" UNION ALL SELECT {bucket}, {raw_group}, coalesce(error_reason, status), 1 {_RAW_WHERE}"
+        " AND status <> 'succeeded') AS u GROUP BY 1, 2, 3")
+    return counters, histograms, errors
+
+
+@dataclass(slots=True)
+class Point:
+    """One interval of one group (or, with `start` None, the whole range)."""
+
+    start: datetime | None
+    group: str
+    requests: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency: Counter[int] = field(default_factory=Counter)
+    ttft: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Point) -> None:
+        self.requests += other.requests
+        self.failed += other.failed
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cost += other.cost
+        self.latency.update(other.latency)
+        self.ttft.update(other.ttft)
+        self.errors.update(other.errors)
+
+
+def percentiles(histogram: Counter[int], quantiles: Iterable[float] = QUANTILES) -> list[float] | None:
+    """PostgreSQL's percentile_cont over the values of `histogram` (value -> count): the value at
+    fractional rank q*(n-1), interpolated linearly between its two neighbours; None when empty."""
+    values = sorted(v for v, n in histogram.items() if n > 0)
+    ends, total = [], 0  # ends[i]: the rank after the last copy of values[i]
+    for value in values:
+        total += histogram[value]
+        ends.append(total)
+    if not total:
+        return None
+
+    def at(rank: int) -> int:
+        return values[bisect.bisect_right(ends, rank)]
+
+    answers = []
+    for q in quantiles:
+        position = q * (total - 1)
+        below = int(position)
+        low = at(below)
+        answers.append(low + (position - below) * (at(below + 1) - low) if position > below else float(low))
+    return answers
+
+
+async def series(pool: Any, scope: Scope, interval: str, group: str, *,
+                 detail: bool) -> tuple[list[Point], Point]:
+    """The points of `scope` in time then group order, and their totals; with `detail`, the
+    latency and time-to-first-token histograms and the errors per type as well."""
+    counters, histograms, errors = _sql(interval, group)
+    args = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day")
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        points = {(r["bucket"], r["grp"]): Point(
+            r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
+            int(r["completion"]), int(r["cached"]), int(r["reasoning"]), r["cost"] or Decimal(0))
+            for r in await conn.fetch(counters, *args)}
+        if detail:
+            for r in await conn.fetch(histograms, *args):
+                point = points[(r["bucket"], r["grp"])]
+                (point.latency if r["metric"] == "latency" else point.ttft)[r["value"]] += int(r["n"])
+            for r in await conn.fetch(errors, *args):
+                points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
+    totals = Point(None, "")
+    for point in points.values():
+        totals.add(point)
+    return list(points.values()), totals
