@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from services.analytics import series
-from services.analytics.rollup import roll_up
+from services.analytics.rollup import RESTATE_DAYS, roll_up
 from services.analytics.scope import Scope
 from services.core.migrate import apply_migrations
 
@@ -34,8 +34,11 @@ _FILL = """
 INSERT INTO request_analytics (request_id, organization_id, api_key_id, endpoint, public_model, provider,
     upstream_model, stream, status, http_status, error_reason, prompt_tokens, completion_tokens,
     cached_tokens, reasoning_tokens, cost_usd, latency_ms, time_to_first_token_ms, created_at)
-SELECT 'bench-' || i, org, CASE WHEN i % 10 = 0 THEN NULL ELSE
-           ('00000000-0000-0000-' || lpad(((i / 7) % 3)::text, 4, '0') || '-' || right(org::text, 12))::uuid END,
+SELECT 'bench-' || i, org,
+       CASE WHEN i % 10 = 0 THEN NULL
+            ELSE ('00000000-0000-0000-' || lpad(((i / 7) % 3)::text, 4, '0') || '-'
+                  || right(org::text, 12))::uuid
+       END,
        'chat.completions', model, 'fakeai', model, stream,
        CASE WHEN r < 0.97 THEN 'succeeded' WHEN r < 0.99 THEN 'failed' ELSE 'cancelled' END,
        CASE WHEN r < 0.97 THEN 200 WHEN r < 0.99 THEN 502 ELSE 499 END,
@@ -50,7 +53,8 @@ FROM (SELECT i, random() AS r,
              END AS org,
              'model-' || (i % 5) AS model, i % 5 < 2 AS stream,
              (20 + random() * 2000)::int AS prompt, (random() * 800)::int AS completion,
-             greatest(1, exp(6.5 + 0.6 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())))::int AS latency
+             greatest(1, exp(6.5 + 0.6 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())))::int
+                 AS latency
       FROM generate_series($1::bigint, $2::bigint) AS i) AS g
 """
 
@@ -80,11 +84,12 @@ async def measure(url: str, now: datetime, days: int) -> None:
         first, until = await roll_up(pool, now)
         print(f"\nRollup of days {first} to {until} (the first run): {time.monotonic() - began:.1f} s")
         await pool.execute("VACUUM ANALYZE request_analytics_daily")
-        print(f"Rows: request_analytics {await pool.fetchval('SELECT count(*) FROM request_analytics')}, "
-              f"request_analytics_daily {await pool.fetchval('SELECT count(*) FROM request_analytics_daily')}")
+        raw = await pool.fetchval("SELECT count(*) FROM request_analytics")
+        rolled = await pool.fetchval("SELECT count(*) FROM request_analytics_daily")
+        print(f"Rows: request_analytics {raw}, request_analytics_daily {rolled}")
         began = time.monotonic()
         await roll_up(pool, now + timedelta(days=1))
-        print(f"A daily run (one new day, {series_days_restated()} restated): {time.monotonic() - began:.2f} s")
+        print(f"A daily run (one new day, {RESTATE_DAYS} restated): {time.monotonic() - began:.2f} s")
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         cases = [
             ("30 days, a small organization (0.5 % of the rows), daily", SMALL, 30, "day", ""),
@@ -102,11 +107,6 @@ async def measure(url: str, now: datetime, days: int) -> None:
         await pool.close()
 
 
-def series_days_restated() -> int:
-    from services.analytics.rollup import RESTATE_DAYS
-    return RESTATE_DAYS
-
-
 async def report(pool: Any, title: str, scope: Scope, interval: str, group: str) -> None:
     timings = []
     for _ in range(3):
@@ -114,8 +114,8 @@ async def report(pool: Any, title: str, scope: Scope, interval: str, group: str)
         points, totals = await series.series(pool, scope, interval, group, detail=True)
         timings.append(time.monotonic() - began)
     print(f"\n### {title}\n\n{len(points)} points, {totals.requests} requests; the requests series "
-          f"(all three statements): {min(timings) * 1000:.0f} ms best of 3, {max(timings) * 1000:.0f} ms worst"
-          "\n")
+          f"(all three statements): {min(timings) * 1000:.0f} ms best of 3, "
+          f"{max(timings) * 1000:.0f} ms worst\n")
     args = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day")
     for name, sql in zip(("counters", "histograms", "errors"), series._sql(interval, group), strict=True):
         plan = await pool.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)

@@ -83,7 +83,7 @@ async def all_three(pool: asyncpg.Pool, **query: str) -> list[dict[str, Any]]:
             for rpc in ("GetRequestAnalytics", "GetTokenAnalytics", "GetCostAnalytics")]
 
 
-async def test_percentiles_errors_tokens_and_cost_from_raw_rows_and_from_the_rollup(pool: asyncpg.Pool) -> None:
+async def test_percentiles_errors_tokens_and_cost_from_raw_rows_and_the_rollup(pool: asyncpg.Pool) -> None:
     before = await all_three(pool)
     requests, tokens, cost = before
     start = DAY.strftime("%Y-%m-%dT%H:%M:%SZ")

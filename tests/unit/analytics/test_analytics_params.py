@@ -36,8 +36,8 @@ def servicer(*permissions: str) -> AnalyticsServicer:
     return AnalyticsServicer(NoPool(), authenticate)  # type: ignore[arg-type]
 
 
-RPCS = (("GetRequestAnalytics", pb.GetRequestAnalyticsRequest), ("GetTokenAnalytics", pb.GetTokenAnalyticsRequest),
-        ("GetCostAnalytics", pb.GetCostAnalyticsRequest))
+RPCS = (("GetRequestAnalytics", pb.GetRequestAnalyticsRequest),
+        ("GetTokenAnalytics", pb.GetTokenAnalyticsRequest), ("GetCostAnalytics", pb.GetCostAnalyticsRequest))
 BAD = (
     ({"start_date": "2026-13-01", "end_date": "2026-12-01"}, "start_date", 400),
     ({"start_date": "2026-12-01"}, "end_date", 400),
