@@ -76,7 +76,7 @@ async def test_the_series_equal_what_was_sent(gateway: Gateway, http: httpx.Asyn
         "FROM request_analytics WHERE organization_id = $1", org_id)
     assert ledger["slowest"] < 1000  # below 1000 ms latencies are exact, so percentile_cont's own
     assert list(totals["latency_ms"].values()) == [round(v, 3) for v in ledger["l"]]
-    assert ledger["streamed"] == 1
+    assert ledger["streamed"] >= 1  # the streamed request at least
     assert list(totals["time_to_first_token_ms"].values()) == [round(v, 3) for v in ledger["t"]]
     assert totals["latency_ms"]["p50"] <= totals["latency_ms"]["p95"] <= totals["latency_ms"]["p99"]
 
