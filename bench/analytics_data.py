@@ -116,10 +116,11 @@ async def report(pool: Any, title: str, scope: Scope, interval: str, group: str)
     print(f"\n### {title}\n\n{len(points)} points, {totals.requests} requests; the requests series "
           f"(all three statements): {min(timings) * 1000:.0f} ms best of 3, "
           f"{max(timings) * 1000:.0f} ms worst\n")
-    args = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day")
+    args = series.arguments(scope, interval, group)
     for name, sql in zip(("counters", "histograms", "errors"), series._sql(interval, group), strict=True):
-        plan = await pool.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
-        lines = [r[0] for r in plan]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL jit = off")  # as series.series does
+            lines = [r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)]
         print(f"<details><summary>{name}: {lines[-1].strip()}</summary>\n\n```\n" + "\n".join(lines)
               + "\n```\n</details>\n")
 

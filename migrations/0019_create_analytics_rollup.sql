@@ -5,22 +5,27 @@
 -- The rollup job (services/analytics/rollup.py) writes it; the ledger's INSERTs are unchanged.
 -- Applied in one transaction by services/core/migrate.py.
 
--- A latency truncated to three significant digits: exact below 1000 ms, then 10 ms, 100 ms...
--- wide buckets (under 1 % low). Percentiles are computed over these values, from the raw rows
+-- A latency's histogram bucket: exact below 100 ms, then rounded down to a multiple of half a unit
+-- of its second significant digit (5 ms from 100 ms, 50 ms from 1000 ms, 500 ms from 10 s: at most
+-- 5 % low, 180 buckets a decade). Percentiles are computed over these values, from the raw rows
 -- and from the rollup alike, so both give the same answer (docs/analytics.md §2).
 CREATE FUNCTION analytics_bucket_ms(ms integer) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT CASE WHEN ms < 1000 THEN greatest(ms, 0)
-                ELSE ms / (10 ^ (length(ms::text) - 3))::integer * (10 ^ (length(ms::text) - 3))::integer
+    SELECT CASE WHEN ms < 100 THEN greatest(ms, 0)
+                ELSE ms / ((10 ^ (length(ms::text) - 2))::integer / 2)
+                        * ((10 ^ (length(ms::text) - 2))::integer / 2)
            END
 $$;
 
--- One row per organization, UTC day, model and API key (the zero uuid when the request had no
--- key): counters summed, latencies and times to first token as histograms (value, count arrays
+-- Rows per organization and UTC day at four levels, so that a series reads one row per point:
+-- level 3 every request of the day (public_model '', api_key_id the zero uuid), 1 per model, 2 per
+-- API key, 0 per model and key (the zero uuid also stands for requests without a key). Counters
+-- are summed, latencies and times to first token kept as histograms (value and count arrays,
 -- sorted by value), failed requests counted per error type.
 CREATE TABLE request_analytics_daily (
     organization_id   uuid NOT NULL,
     day               date NOT NULL,
+    level             smallint NOT NULL CHECK (level BETWEEN 0 AND 3),
     public_model      text NOT NULL,
     api_key_id        uuid NOT NULL,
     requests          integer NOT NULL,
@@ -36,7 +41,7 @@ CREATE TABLE request_analytics_daily (
     ttft_counts       integer[] NOT NULL,
     error_types       text[] NOT NULL,
     error_counts      integer[] NOT NULL,
-    PRIMARY KEY (organization_id, day, public_model, api_key_id)
+    PRIMARY KEY (organization_id, level, day, public_model, api_key_id)
 );
 
 -- The first UTC day not in the rollup yet: days before it are read from request_analytics_daily,

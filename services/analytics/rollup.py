@@ -28,6 +28,25 @@ EVERY_S = 600
 GRACE = timedelta(minutes=10)
 RESTATE_DAYS = 2
 
+# GROUPING(public_model, api_key_id) is the level: 0 by model and key, 1 by model, 2 by key, 3 all.
+_LEVEL = ("GROUPING(public_model, api_key_id)::smallint AS level, "
+          f"coalesce(public_model, '') AS public_model, coalesce(api_key_id, '{NO_KEY}') AS api_key_id")
+
+
+def _sets(extra: str = "") -> str:
+    """The four levels' grouping sets, each also grouped by `extra`."""
+    groups = (", public_model, api_key_id", ", public_model", ", api_key_id", "")
+    return "GROUPING SETS (" + ", ".join(f"(organization_id, day{g}{extra})" for g in groups) + ")"
+
+
+def _histogram(value: str, where: str) -> str:
+    """Value and count arrays per level and group, of the raw rows' `value` where `where`."""
+    return (f"SELECT organization_id, day, level, public_model, api_key_id, array_agg(v ORDER BY v) AS vs, "
+            f"array_agg(n ORDER BY v) AS ns FROM (SELECT organization_id, day, {_LEVEL}, {value} AS v, "
+            f"count(*)::integer AS n FROM raw WHERE {where} GROUP BY {_sets(', ' + value)}) AS h "
+            "GROUP BY 1, 2, 3, 4, 5")
+
+
 _ROLL = f"""
 WITH raw AS (
     SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, public_model,
@@ -36,36 +55,23 @@ WITH raw AS (
            analytics_bucket_ms(latency_ms) AS latency, analytics_bucket_ms(time_to_first_token_ms) AS ttft
     FROM request_analytics WHERE created_at >= $1 AND created_at < $2),
 counters AS (
-    SELECT organization_id, day, public_model, api_key_id, count(*)::integer AS requests,
+    SELECT organization_id, day, {_LEVEL}, count(*)::integer AS requests,
            (count(*) FILTER (WHERE status <> 'succeeded'))::integer AS failed,
            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
            sum(cached_tokens) AS cached_tokens, sum(reasoning_tokens) AS reasoning_tokens,
            sum(cost_usd) AS cost_usd
-    FROM raw GROUP BY 1, 2, 3, 4),
-latency AS (
-    SELECT organization_id, day, public_model, api_key_id, array_agg(v ORDER BY v) AS vs,
-           array_agg(n ORDER BY v) AS ns
-    FROM (SELECT organization_id, day, public_model, api_key_id, latency AS v, count(*)::integer AS n
-          FROM raw GROUP BY 1, 2, 3, 4, 5) AS h GROUP BY 1, 2, 3, 4),
-ttft AS (
-    SELECT organization_id, day, public_model, api_key_id, array_agg(v ORDER BY v) AS vs,
-           array_agg(n ORDER BY v) AS ns
-    FROM (SELECT organization_id, day, public_model, api_key_id, ttft AS v, count(*)::integer AS n
-          FROM raw WHERE ttft IS NOT NULL GROUP BY 1, 2, 3, 4, 5) AS h GROUP BY 1, 2, 3, 4),
-errors AS (
-    SELECT organization_id, day, public_model, api_key_id, array_agg(v ORDER BY v) AS vs,
-           array_agg(n ORDER BY v) AS ns
-    FROM (SELECT organization_id, day, public_model, api_key_id, coalesce(error_reason, status) AS v,
-                 count(*)::integer AS n
-          FROM raw WHERE status <> 'succeeded' GROUP BY 1, 2, 3, 4, 5) AS h GROUP BY 1, 2, 3, 4)
+    FROM raw GROUP BY {_sets()}),
+latency AS ({_histogram("latency", "true")}),
+ttft AS ({_histogram("ttft", "ttft IS NOT NULL")}),
+errors AS ({_histogram("coalesce(error_reason, status)", "status <> 'succeeded'")})
 INSERT INTO request_analytics_daily
-SELECT c.organization_id, c.day, c.public_model, c.api_key_id, c.requests, c.failed, c.prompt_tokens,
+SELECT c.organization_id, c.day, c.level, c.public_model, c.api_key_id, c.requests, c.failed, c.prompt_tokens,
        c.completion_tokens, c.cached_tokens, c.reasoning_tokens, c.cost_usd, l.vs, l.ns,
        coalesce(t.vs, '{{}}'), coalesce(t.ns, '{{}}'), coalesce(e.vs, '{{}}'), coalesce(e.ns, '{{}}')
 FROM counters c
-JOIN latency l USING (organization_id, day, public_model, api_key_id)
-LEFT JOIN ttft t USING (organization_id, day, public_model, api_key_id)
-LEFT JOIN errors e USING (organization_id, day, public_model, api_key_id)
+JOIN latency l USING (organization_id, day, level, public_model, api_key_id)
+LEFT JOIN ttft t USING (organization_id, day, level, public_model, api_key_id)
+LEFT JOIN errors e USING (organization_id, day, level, public_model, api_key_id)
 """
 
 

@@ -4,8 +4,8 @@ time-to-first-token percentiles of an organization's requests.
 
 Closed days come from the rollup (request_analytics_daily, services/analytics/rollup.py), the days
 after its watermark from request_analytics itself; an hourly series reads request_analytics only.
-Both sides bucket latencies alike (SQL analytics_bucket_ms: three significant digits), so a
-series is the same before and after its days are rolled up. The three statements run in one
+Both sides bucket latencies alike (SQL analytics_bucket_ms: exact below 100 ms, then at most 5 %
+low), so a series is the same before and after its days are rolled up. The three statements run in one
 read-only REPEATABLE READ transaction: they see one snapshot, watermark included.
 """
 
@@ -39,7 +39,7 @@ _CUT = ("WITH cut AS (SELECT CASE WHEN $5 THEN least(greatest(coalesce("
         "ELSE $2 END AS at) ")
 _ROLLUP_WHERE = ("FROM request_analytics_daily d, cut{unnest} WHERE d.organization_id = $1::uuid "
                  "AND d.day >= ($2 AT TIME ZONE 'UTC')::date AND d.day < (cut.at AT TIME ZONE 'UTC')::date "
-                 "AND ($4 = '' OR d.public_model = $4)")
+                 "AND d.level = $6 AND ($4 = '' OR d.public_model = $4)")
 _RAW_WHERE = ("FROM request_analytics WHERE organization_id = $1::uuid "
               "AND created_at >= (SELECT at FROM cut) AND created_at < $3 AND ($4 = '' OR public_model = $4)")
 
@@ -128,13 +128,28 @@ def percentiles(histogram: Counter[int], quantiles: Iterable[float] = QUANTILES)
     return answers
 
 
+def level(group: str, model: str) -> int:
+    """The rollup level a series reads (migration 0019): one row per point and group."""
+    if group == "key":
+        return 0 if model else 2
+    return 1 if group == "model" or model else 3
+
+
+def arguments(scope: Scope, interval: str, group: str) -> tuple[Any, ...]:
+    """The parameters of the statements of `_sql`."""
+    return (scope.organization_id, scope.since, scope.until, scope.model, interval == "day",
+            level(group, scope.model))
+
+
 async def series(pool: Any, scope: Scope, interval: str, group: str, *,
                  detail: bool) -> tuple[list[Point], Point]:
     """The points of `scope` in time then group order, and their totals; with `detail`, the
     latency and time-to-first-token histograms and the errors per type as well."""
     counters, histograms, errors = _sql(interval, group)
-    args = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day")
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # JIT compiling these short statements costs more than it saves (docs/analytics.md §4).
+        await conn.execute("SET LOCAL jit = off")
+        args = arguments(scope, interval, group)
         points = {(r["bucket"], r["grp"]): Point(
             r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
             int(r["completion"]), int(r["cached"]), int(r["reasoning"]), r["cost"] or Decimal(0))

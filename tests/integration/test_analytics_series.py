@@ -112,8 +112,9 @@ async def test_percentiles_errors_tokens_and_cost_from_raw_rows_and_the_rollup(p
 
     first, until = await roll_up(pool, NOW)
     assert first <= DAY.date() < until
-    assert await pool.fetchval("SELECT sum(requests) FROM request_analytics_daily WHERE organization_id = $1",
-                               ORG) == 100
+    assert await pool.fetch("SELECT level, sum(requests) AS n FROM request_analytics_daily "
+                            "WHERE organization_id = $1 GROUP BY 1 ORDER BY 1", ORG) == [
+        (level, 100) for level in range(4)]  # each level counts every request once
     assert await all_three(pool) == before  # the rollup answers what the raw rows did
     for group, expected in (("model", {("m-even", 50), ("m-odd", 50)}), ("key", {(KEY, 75), ("", 25)})):
         field = "model" if group == "model" else "api_key_id"
@@ -136,12 +137,13 @@ async def test_hourly_points_read_the_raw_rows(pool: asyncpg.Pool) -> None:
 async def test_only_the_organization_s_requests_are_counted(pool: asyncpg.Pool) -> None:
     other = await ask(pool, "GetCostAnalytics", OTHER)
     assert other["totals"] == {"requests": 1, "cost_usd": str(PRICE)}
-    # Latencies from 1000 ms on are kept to three significant digits: 1230, 5670, 98700.
+    # From 100 ms on latencies are bucketed (5, 50, 500 ms wide...): 1234, 5678, 98765 count as
+    # 1200, 5650, 98500.
     big = await ask(pool, "GetRequestAnalytics", BIG_VALUES)
-    assert big["totals"]["latency_ms"] == {"p50": 5670.0, "p95": 89397.0, "p99": 96839.4}
+    assert big["totals"]["latency_ms"] == {"p50": 5650.0, "p95": 89215.0, "p99": 96643.0}
     assert await pool.fetchval("SELECT array_agg(analytics_bucket_ms(v)) FROM unnest($1::int[]) AS v",
-                               [0, 999, 1000, 1009, 12345, 2_147_483_647]) == [
-        0, 999, 1000, 1000, 12300, 2_140_000_000]
+                               [0, 99, 100, 104, 999, 1000, 1049, 12345, 2_147_483_647]) == [
+        0, 99, 100, 100, 995, 1000, 1000, 12000, 2_100_000_000]
 
 
 async def test_a_request_recorded_late_joins_its_day_at_the_next_run(pool: asyncpg.Pool) -> None:
