@@ -60,7 +60,6 @@ FROM (SELECT i, random() AS r,
 
 
 async def fill(url: str, rows: int, days: int, now: datetime) -> None:
-    await apply_migrations(url)
     conn = await asyncpg.connect(url)
     try:
         first = now - timedelta(days=days)
@@ -133,6 +132,7 @@ def main() -> None:
     parser.add_argument("--skip-fill", action="store_true")
     args = parser.parse_args()
     now = datetime.now(UTC)
+    asyncio.run(apply_migrations(args.url))
     if not args.skip_fill:
         asyncio.run(fill(args.url, args.rows, args.days, now))
     asyncio.run(measure(args.url, now, args.days))

@@ -32,6 +32,9 @@ _GROUP_SQL = {
     "model": ("public_model", "public_model"),
     "key": ("coalesce(api_key_id::text, '')", f"coalesce(nullif(api_key_id, '{NO_KEY}')::text, '')"),
 }
+# Latency and time to first token of each raw row, in one scan.
+_BOTH_METRICS = (", LATERAL (VALUES ('latency', latency_ms), ('ttft', time_to_first_token_ms)) "
+                 "AS m(metric, ms)")
 # Where the raw rows start: the rollup's watermark for a daily series (clamped into the range),
 # the range's start for an hourly one ($5 false).
 _CUT = ("WITH cut AS (SELECT CASE WHEN $5 THEN least(greatest(coalesce("
@@ -57,15 +60,24 @@ def _sql(interval: str, group: str) -> tuple[str, str, str]:
         f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_ROLLUP_WHERE.format(unnest='')} UNION ALL "
         f"SELECT {bucket}, {raw_group}, 1, (status <> 'succeeded')::int, prompt_tokens, completion_tokens, "
         f"cached_tokens, reasoning_tokens, cost_usd {_RAW_WHERE}) AS u GROUP BY 1, 2 ORDER BY 1, 2")
+    # Each (bucket, group, metric)'s histogram, and each metric's over the whole range (total = 1),
+    # ranked: a row holds the ranks [below, below + n); only the rows around the ranks the
+    # percentiles need come back (`percentiles` reads them), not whole histograms.
     histograms = (
-        f"{_CUT}SELECT bucket, grp, metric, value, sum(n)::bigint AS n FROM ("
-        f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, 'latency' AS metric, h.value, h.n "
+        f"{_CUT}, hist AS (SELECT bucket, grp, metric, value, sum(n)::bigint AS n, "
+        "GROUPING(bucket)::int AS total "
+        f"FROM (SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, 'latency' AS metric, h.value, h.n "
         f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
         f" UNION ALL SELECT d.day::timestamp, {rolled_group}, 'ttft', h.value, h.n "
         f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
-        f" UNION ALL SELECT {bucket}, {raw_group}, 'latency', analytics_bucket_ms(latency_ms), 1 {_RAW_WHERE}"
-        f" UNION ALL SELECT {bucket}, {raw_group}, 'ttft', analytics_bucket_ms(time_to_first_token_ms), 1 "
-        f"{_RAW_WHERE} AND time_to_first_token_ms IS NOT NULL) AS u GROUP BY 1, 2, 3, 4")
+        f" UNION ALL SELECT {bucket}, {raw_group}, m.metric, analytics_bucket_ms(m.ms), 1 "
+        f"{_RAW_WHERE.replace(' WHERE', _BOTH_METRICS + ' WHERE')} AND m.ms IS NOT NULL) AS u "
+        "GROUP BY GROUPING SETS ((bucket, grp, metric, value), (metric, value))), "
+        "c AS (SELECT *, sum(n) OVER (PARTITION BY total, bucket, grp, metric ORDER BY value) - n AS below, "
+        "sum(n) OVER (PARTITION BY total, bucket, grp, metric) AS count FROM hist) "
+        "SELECT total, bucket, grp, metric, value, below, n, count FROM c WHERE EXISTS ("
+        "SELECT FROM unnest($7::float8[]) AS q WHERE below <= floor(q * (count - 1)) + 1 "
+        "AND below + n > floor(q * (count - 1)) - 1)")
     errors = (
         f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
         f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, e.type, e.n "
@@ -88,9 +100,9 @@ class Point:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost: Decimal = Decimal(0)
-    latency: Counter[int] = field(default_factory=Counter)
-    ttft: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    # metric ("latency", "ttft") -> p50, p95, p99
+    percentiles: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, other: Point) -> None:
         self.requests += other.requests
@@ -100,28 +112,37 @@ class Point:
         self.cached_tokens += other.cached_tokens
         self.reasoning_tokens += other.reasoning_tokens
         self.cost += other.cost
-        self.latency.update(other.latency)
-        self.ttft.update(other.ttft)
         self.errors.update(other.errors)
 
 
-def percentiles(histogram: Counter[int], quantiles: Iterable[float] = QUANTILES) -> list[float] | None:
-    """PostgreSQL's percentile_cont over the values of `histogram` (value -> count): the value at
-    fractional rank q*(n-1), interpolated linearly between its two neighbours; None when empty."""
-    values = sorted(v for v, n in histogram.items() if n > 0)
-    ends, total = [], 0  # ends[i]: the rank after the last copy of values[i]
-    for value in values:
-        total += histogram[value]
-        ends.append(total)
-    if not total:
+@dataclass(frozen=True, slots=True)
+class Run:
+    """`n` copies of `value` holding the ranks [below, below + n) of a sorted distribution."""
+
+    value: int
+    below: int
+    n: int
+
+
+def percentiles(runs: Iterable[Run], count: int,
+                quantiles: Iterable[float] = QUANTILES) -> list[float] | None:
+    """PostgreSQL's percentile_cont over a distribution of `count` values, of which `runs` hold at
+    least the ranks around each quantile's: the value at fractional rank q*(count-1), interpolated
+    linearly between its two neighbours (the same float arithmetic); None when empty."""
+    ordered = sorted(runs, key=lambda run: run.below)
+    starts = [run.below for run in ordered]
+    if not count or not ordered:
         return None
 
     def at(rank: int) -> int:
-        return values[bisect.bisect_right(ends, rank)]
+        run = ordered[bisect.bisect_right(starts, rank) - 1]
+        if not run.below <= rank < run.below + run.n:
+            raise ValueError(f"rank {rank} is not among the runs")
+        return run.value
 
     answers = []
     for q in quantiles:
-        position = q * (total - 1)
+        position = q * (count - 1)
         below = int(position)
         low = at(below)
         answers.append(low + (position - below) * (at(below + 1) - low) if position > below else float(low))
@@ -154,13 +175,20 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
             r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
             int(r["completion"]), int(r["cached"]), int(r["reasoning"]), r["cost"] or Decimal(0))
             for r in await conn.fetch(counters, *args)}
+        totals = Point(None, "")
+        for point in points.values():
+            totals.add(point)
         if detail:
-            for r in await conn.fetch(histograms, *args):
-                point = points[(r["bucket"], r["grp"])]
-                (point.latency if r["metric"] == "latency" else point.ttft)[r["value"]] += int(r["n"])
+            runs: dict[tuple[Any, ...], list[Run]] = {}
+            counts: dict[tuple[Any, ...], int] = {}
+            for r in await conn.fetch(histograms, *args, list(QUANTILES)):
+                key = (r["total"], r["bucket"], r["grp"], r["metric"])
+                runs.setdefault(key, []).append(Run(r["value"], int(r["below"]), int(r["n"])))
+                counts[key] = int(r["count"])
+            for (total, bucket, grp, metric), found in runs.items():
+                point = totals if total else points[(bucket, grp)]
+                point.percentiles[metric] = percentiles(found, counts[(total, bucket, grp, metric)]) or []
             for r in await conn.fetch(errors, *args):
                 points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
-    totals = Point(None, "")
-    for point in points.values():
-        totals.add(point)
+                totals.errors[r["type"]] += int(r["n"])
     return list(points.values()), totals

@@ -96,9 +96,9 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
                 errors=[pb.ErrorCount(type=t, count=_count(n))
                         for t, n in sorted(point.errors.items(), key=lambda e: (-e[1], e[0]))]),
                 point, request.group_by, scope)
-            for field, histogram in (("latency_ms", point.latency), ("time_to_first_token_ms", point.ttft)):
-                found = series.percentiles(histogram)
-                if found is not None:
+            for field, metric in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
+                found = point.percentiles.get(metric)
+                if found:
                     getattr(item, field).CopyFrom(pb.Percentiles(
                         p50=round(found[0], 3), p95=round(found[1], 3), p99=round(found[2], 3)))
             (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
