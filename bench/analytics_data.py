@@ -81,7 +81,8 @@ async def measure(url: str, now: datetime, days: int) -> None:
     try:
         began = time.monotonic()
         first, until = await roll_up(pool, now)
-        print(f"\nRollup of days {first} to {until} (the first run): {time.monotonic() - began:.1f} s")
+        print(f"\nRollup run, days {first} to {until} (all of them on the first run): "
+              f"{time.monotonic() - began:.1f} s")
         await pool.execute("VACUUM ANALYZE request_analytics_daily")
         raw = await pool.fetchval("SELECT count(*) FROM request_analytics")
         rolled = await pool.fetchval("SELECT count(*) FROM request_analytics_daily")

@@ -12,6 +12,7 @@ read-only REPEATABLE READ transaction: they see one snapshot, watermark included
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,24 +61,22 @@ def _sql(interval: str, group: str) -> tuple[str, str, str]:
         f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_ROLLUP_WHERE.format(unnest='')} UNION ALL "
         f"SELECT {bucket}, {raw_group}, 1, (status <> 'succeeded')::int, prompt_tokens, completion_tokens, "
         f"cached_tokens, reasoning_tokens, cost_usd {_RAW_WHERE}) AS u GROUP BY 1, 2 ORDER BY 1, 2")
-    # Each (bucket, group, metric)'s histogram, and each metric's over the whole range (total = 1),
-    # ranked: a row holds the ranks [below, below + n); only the rows around the ranks the
-    # percentiles need come back (`percentiles` reads them), not whole histograms.
+    # Each (bucket, group, metric)'s histogram as sorted value and count arrays, then each metric's
+    # over the whole range (bucket NULL): hash aggregates and small sorts, decoded by asyncpg in C.
     histograms = (
-        f"{_CUT}, hist AS (SELECT bucket, grp, metric, value, sum(n)::bigint AS n, "
-        "GROUPING(bucket)::int AS total "
+        f"{_CUT}, hist AS (SELECT bucket, grp, metric, value, sum(n)::bigint AS n "
         f"FROM (SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, 'latency' AS metric, h.value, h.n "
         f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
         f" UNION ALL SELECT d.day::timestamp, {rolled_group}, 'ttft', h.value, h.n "
         f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
         f" UNION ALL SELECT {bucket}, {raw_group}, m.metric, analytics_bucket_ms(m.ms), 1 "
         f"{_RAW_WHERE.replace(' WHERE', _BOTH_METRICS + ' WHERE')} AND m.ms IS NOT NULL) AS u "
-        "GROUP BY GROUPING SETS ((bucket, grp, metric, value), (metric, value))), "
-        "c AS (SELECT *, sum(n) OVER (PARTITION BY total, bucket, grp, metric ORDER BY value) - n AS below, "
-        "sum(n) OVER (PARTITION BY total, bucket, grp, metric) AS count FROM hist) "
-        "SELECT total, bucket, grp, metric, value, below, n, count FROM c WHERE EXISTS ("
-        "SELECT FROM unnest($7::float8[]) AS q WHERE below <= floor(q * (count - 1)) + 1 "
-        "AND below + n > floor(q * (count - 1)) - 1)")
+        "GROUP BY 1, 2, 3, 4) "
+        "SELECT bucket, grp, metric, array_agg(value ORDER BY value) AS vs, "
+        "array_agg(n ORDER BY value) AS ns "
+        "FROM hist GROUP BY 1, 2, 3 UNION ALL "
+        "SELECT NULL, NULL, metric, array_agg(value ORDER BY value), array_agg(n ORDER BY value) "
+        "FROM (SELECT metric, value, sum(n)::bigint AS n FROM hist GROUP BY 1, 2) AS t GROUP BY 3")
     errors = (
         f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
         f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, e.type, e.n "
@@ -115,34 +114,22 @@ class Point:
         self.errors.update(other.errors)
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """`n` copies of `value` holding the ranks [below, below + n) of a sorted distribution."""
-
-    value: int
-    below: int
-    n: int
-
-
-def percentiles(runs: Iterable[Run], count: int,
+def percentiles(values: list[int], counts: list[int],
                 quantiles: Iterable[float] = QUANTILES) -> list[float] | None:
-    """PostgreSQL's percentile_cont over a distribution of `count` values, of which `runs` hold at
-    least the ranks around each quantile's: the value at fractional rank q*(count-1), interpolated
-    linearly between its two neighbours (the same float arithmetic); None when empty."""
-    ordered = sorted(runs, key=lambda run: run.below)
-    starts = [run.below for run in ordered]
-    if not count or not ordered:
+    """PostgreSQL's percentile_cont over a histogram (sorted `values`, each `counts` times): the
+    value at fractional rank q*(n-1), interpolated linearly between its two neighbours, in the same
+    float arithmetic; None when empty."""
+    ends = list(itertools.accumulate(counts))  # ends[i]: the rank after the last copy of values[i]
+    if not ends or not ends[-1]:
         return None
+    total = ends[-1]
 
     def at(rank: int) -> int:
-        run = ordered[bisect.bisect_right(starts, rank) - 1]
-        if not run.below <= rank < run.below + run.n:
-            raise ValueError(f"rank {rank} is not among the runs")
-        return run.value
+        return values[bisect.bisect_right(ends, rank)]
 
     answers = []
     for q in quantiles:
-        position = q * (count - 1)
+        position = q * (total - 1)
         below = int(position)
         low = at(below)
         answers.append(low + (position - below) * (at(below + 1) - low) if position > below else float(low))
@@ -179,15 +166,9 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
         for point in points.values():
             totals.add(point)
         if detail:
-            runs: dict[tuple[Any, ...], list[Run]] = {}
-            counts: dict[tuple[Any, ...], int] = {}
-            for r in await conn.fetch(histograms, *args, list(QUANTILES)):
-                key = (r["total"], r["bucket"], r["grp"], r["metric"])
-                runs.setdefault(key, []).append(Run(r["value"], int(r["below"]), int(r["n"])))
-                counts[key] = int(r["count"])
-            for (total, bucket, grp, metric), found in runs.items():
-                point = totals if total else points[(bucket, grp)]
-                point.percentiles[metric] = percentiles(found, counts[(total, bucket, grp, metric)]) or []
+            for r in await conn.fetch(histograms, *args):
+                point = totals if r["bucket"] is None else points[(r["bucket"], r["grp"])]
+                point.percentiles[r["metric"]] = percentiles(r["vs"], r["ns"]) or []
             for r in await conn.fetch(errors, *args):
                 points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
                 totals.errors[r["type"]] += int(r["n"])

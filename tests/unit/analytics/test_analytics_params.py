@@ -4,7 +4,6 @@ and percentiles follow PostgreSQL's percentile_cont over a value -> count histog
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from aggregator.analytics.v1 import analytics_service_pb2 as pb
 from aggregator.auth.v1 import auth_service_pb2
 from services.analytics.scope import resolve
-from services.analytics.series import Run, percentiles
+from services.analytics.series import percentiles
 from services.analytics.servicer import AnalyticsServicer
 from services.core.errors import GatewayError
 
@@ -75,24 +74,10 @@ def test_the_scope_is_whole_utc_days_and_a_platform_admin_may_name_an_organizati
     assert raised.value.param == "organization_id"
 
 
-def ranked(histogram: Counter[int]) -> tuple[list[Run], int]:
-    runs, below = [], 0
-    for value in sorted(histogram):
-        runs.append(Run(value, below, histogram[value]))
-        below += histogram[value]
-    return runs, below
-
-
 def test_percentiles_are_percentile_cont() -> None:
     # 1..100: rank q*(n-1) interpolated, as PostgreSQL's percentile_cont(0.5/0.95/0.99) answers.
-    assert percentiles(*ranked(Counter(range(1, 101)))) == pytest.approx([50.5, 95.05, 99.01])
+    assert percentiles(list(range(1, 101)), [1] * 100) == pytest.approx([50.5, 95.05, 99.01])
     # Counts are copies: (10 x3, 20 x1) is the list 10, 10, 10, 20.
-    assert percentiles(*ranked(Counter({10: 3, 20: 1}))) == pytest.approx([10.0, 18.5, 19.7])
-    assert percentiles(*ranked(Counter({7: 1}))) == [7.0, 7.0, 7.0]
-    assert percentiles(*ranked(Counter())) is None
-    # Only the runs around the ranks needed: 49-50 (p50), 94-95 (p95), 98-99 (p99) of 1..100.
-    runs, count = ranked(Counter(range(1, 101)))
-    assert percentiles([r for r in runs if r.below in (49, 50, 94, 95, 98, 99)], count) == pytest.approx(
-        [50.5, 95.05, 99.01])
-    with pytest.raises(ValueError, match="rank 49"):
-        percentiles([r for r in runs if r.below != 49], count)
+    assert percentiles([10, 20], [3, 1]) == pytest.approx([10.0, 18.5, 19.7])
+    assert percentiles([7], [1]) == [7.0, 7.0, 7.0]
+    assert percentiles([], []) is None
