@@ -9,11 +9,18 @@
 -- of its second significant digit (5 ms from 100 ms, 50 ms from 1000 ms, 500 ms from 10 s: at most
 -- 5 % low, 180 buckets a decade). Percentiles are computed over these values, from the raw rows
 -- and from the rollup alike, so both give the same answer (docs/analytics.md §2).
+-- Integer arithmetic only: it runs once per raw row a series reads.
 CREATE FUNCTION analytics_bucket_ms(ms integer) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE WHEN ms < 100 THEN greatest(ms, 0)
-                ELSE ms / ((10 ^ (length(ms::text) - 2))::integer / 2)
-                        * ((10 ^ (length(ms::text) - 2))::integer / 2)
+                WHEN ms < 1000 THEN ms / 5 * 5
+                WHEN ms < 10000 THEN ms / 50 * 50
+                WHEN ms < 100000 THEN ms / 500 * 500
+                WHEN ms < 1000000 THEN ms / 5000 * 5000
+                WHEN ms < 10000000 THEN ms / 50000 * 50000
+                WHEN ms < 100000000 THEN ms / 500000 * 500000
+                WHEN ms < 1000000000 THEN ms / 5000000 * 5000000
+                ELSE ms / 50000000 * 50000000
            END
 $$;
 

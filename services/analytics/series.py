@@ -61,22 +61,18 @@ def _sql(interval: str, group: str) -> tuple[str, str, str]:
         f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_ROLLUP_WHERE.format(unnest='')} UNION ALL "
         f"SELECT {bucket}, {raw_group}, 1, (status <> 'succeeded')::int, prompt_tokens, completion_tokens, "
         f"cached_tokens, reasoning_tokens, cost_usd {_RAW_WHERE}) AS u GROUP BY 1, 2 ORDER BY 1, 2")
-    # Each (bucket, group, metric)'s histogram as sorted value and count arrays, then each metric's
-    # over the whole range (bucket NULL): hash aggregates and small sorts, decoded by asyncpg in C.
+    # Each point's latency and time-to-first-token histograms as sorted value and count arrays: a
+    # rolled-up point is one rollup row, as stored; a point after the watermark is aggregated from
+    # its raw rows (one scan for both metrics).
     histograms = (
-        f"{_CUT}, hist AS (SELECT bucket, grp, metric, value, sum(n)::bigint AS n "
-        f"FROM (SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, 'latency' AS metric, h.value, h.n "
-        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
-        f" UNION ALL SELECT d.day::timestamp, {rolled_group}, 'ttft', h.value, h.n "
-        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
-        f" UNION ALL SELECT {bucket}, {raw_group}, m.metric, analytics_bucket_ms(m.ms), 1 "
-        f"{_RAW_WHERE.replace(' WHERE', _BOTH_METRICS + ' WHERE')} AND m.ms IS NOT NULL) AS u "
-        "GROUP BY 1, 2, 3, 4) "
-        "SELECT bucket, grp, metric, array_agg(value ORDER BY value) AS vs, "
-        "array_agg(n ORDER BY value) AS ns "
-        "FROM hist GROUP BY 1, 2, 3 UNION ALL "
-        "SELECT NULL, NULL, metric, array_agg(value ORDER BY value), array_agg(n ORDER BY value) "
-        "FROM (SELECT metric, value, sum(n)::bigint AS n FROM hist GROUP BY 1, 2) AS t GROUP BY 3")
+        f"{_CUT}SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, d.latency_values AS lv, "
+        f"d.latency_counts AS lc, d.ttft_values AS tv, d.ttft_counts AS tc {_ROLLUP_WHERE.format(unnest='')} "
+        "UNION ALL SELECT bucket, grp, "
+        + ", ".join(f"coalesce(array_agg({c} ORDER BY value) FILTER (WHERE metric = '{m}'), '{{}}')"
+                    for m in ("latency", "ttft") for c in ("value", "n"))
+        + f" FROM (SELECT {bucket} AS bucket, {raw_group} AS grp, m.metric, "
+        f"analytics_bucket_ms(m.ms) AS value, count(*)::integer AS n {_RAW_WHERE.replace(' WHERE', _BOTH_METRICS + ' WHERE')} "
+        "AND m.ms IS NOT NULL GROUP BY 1, 2, 3, 4) AS r GROUP BY 1, 2")
     errors = (
         f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
         f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, e.type, e.n "
@@ -157,6 +153,8 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # JIT compiling these short statements costs more than it saves (docs/analytics.md §4).
         await conn.execute("SET LOCAL jit = off")
+        # A point's rows are few or pre-summed: starting parallel workers costs more than it saves.
+        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         args = arguments(scope, interval, group)
         points = {(r["bucket"], r["grp"]): Point(
             r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
@@ -166,9 +164,16 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
         for point in points.values():
             totals.add(point)
         if detail:
+            merged: dict[str, Counter[int]] = {"latency": Counter(), "ttft": Counter()}
             for r in await conn.fetch(histograms, *args):
-                point = totals if r["bucket"] is None else points[(r["bucket"], r["grp"])]
-                point.percentiles[r["metric"]] = percentiles(r["vs"], r["ns"]) or []
+                point = points[(r["bucket"], r["grp"])]
+                for metric, values, counts in (("latency", r["lv"], r["lc"]), ("ttft", r["tv"], r["tc"])):
+                    point.percentiles[metric] = percentiles(values, counts) or []
+                    for value, n in zip(values, counts, strict=True):
+                        merged[metric][value] += n
+            for metric, histogram in merged.items():
+                values = sorted(histogram)
+                totals.percentiles[metric] = percentiles(values, [histogram[v] for v in values]) or []
             for r in await conn.fetch(errors, *args):
                 points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
                 totals.errors[r["type"]] += int(r["n"])
