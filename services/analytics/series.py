@@ -46,6 +46,7 @@ _ROLLUP_WHERE = ("FROM request_analytics_daily d, cut{unnest} WHERE d.organizati
                  "AND d.level = $6 AND ($4 = '' OR d.public_model = $4)")
 _RAW_WHERE = ("FROM request_analytics WHERE organization_id = $1::uuid "
               "AND created_at >= (SELECT at FROM cut) AND created_at < $3 AND ($4 = '' OR public_model = $4)")
+_RAW_BOTH_METRICS = _RAW_WHERE.replace(" WHERE", _BOTH_METRICS + " WHERE")
 
 
 def _sql(interval: str, group: str) -> tuple[str, str, str]:
@@ -71,7 +72,7 @@ def _sql(interval: str, group: str) -> tuple[str, str, str]:
         + ", ".join(f"coalesce(array_agg({c} ORDER BY value) FILTER (WHERE metric = '{m}'), '{{}}')"
                     for m in ("latency", "ttft") for c in ("value", "n"))
         + f" FROM (SELECT {bucket} AS bucket, {raw_group} AS grp, m.metric, "
-        f"analytics_bucket_ms(m.ms) AS value, count(*)::integer AS n {_RAW_WHERE.replace(' WHERE', _BOTH_METRICS + ' WHERE')} "
+        f"analytics_bucket_ms(m.ms) AS value, count(*)::integer AS n {_RAW_BOTH_METRICS} "
         "AND m.ms IS NOT NULL GROUP BY 1, 2, 3, 4) AS r GROUP BY 1, 2")
     errors = (
         f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
