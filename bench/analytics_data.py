@@ -119,7 +119,7 @@ async def report(pool: Any, title: str, scope: Scope, interval: str, group: str)
     args = series.arguments(scope, interval, group)
     for name, sql in zip(("counters", "histograms", "errors"), series._sql(interval, group), strict=True):
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL jit = off")  # as series.series does
+            await series.configure(conn)
             lines = [r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)]
         print(f"<details><summary>{name}: {lines[-1].strip()}</summary>\n\n```\n" + "\n".join(lines)
               + "\n```\n</details>\n")

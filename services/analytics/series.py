@@ -133,6 +133,14 @@ def percentiles(values: list[int], counts: list[int],
     return answers
 
 
+async def configure(conn: Any) -> None:
+    """Settings of a series' transaction: JIT compiling these short statements, or starting
+    parallel workers for a point's few or pre-summed rows, costs more than it saves
+    (docs/analytics.md §4)."""
+    await conn.execute("SET LOCAL jit = off")
+    await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
 def level(group: str, model: str) -> int:
     """The rollup level a series reads (migration 0019): one row per point and group."""
     if group == "key":
@@ -152,10 +160,7 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
     latency and time-to-first-token histograms and the errors per type as well."""
     counters, histograms, errors = _sql(interval, group)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        # JIT compiling these short statements costs more than it saves (docs/analytics.md §4).
-        await conn.execute("SET LOCAL jit = off")
-        # A point's rows are few or pre-summed: starting parallel workers costs more than it saves.
-        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        await configure(conn)
         args = arguments(scope, interval, group)
         points = {(r["bucket"], r["grp"]): Point(
             r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
