@@ -55,7 +55,7 @@ def _placed(item: Message, point: series.Point, group: str, scope: Scope) -> Mes
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
-    """Usage reports of an organization."""
+    """Usage reports and analytics series of an organization (docs/analytics.md)."""
 
     def __init__(self, pool: asyncpg.Pool | None = None, authenticate: Authenticate | None = None) -> None:
         self._pool = pool
