@@ -114,10 +114,9 @@ async def report(pool: Any, title: str, scope: Scope, interval: str, group: str)
         points, totals = await series.series(pool, scope, interval, group, detail=True)
         timings.append(time.monotonic() - began)
     print(f"\n### {title}\n\n{len(points)} points, {totals.requests} requests; the requests series "
-          f"(all three statements): {min(timings) * 1000:.0f} ms best of 3, "
+          f"(all four statements): {min(timings) * 1000:.0f} ms best of 3, "
           f"{max(timings) * 1000:.0f} ms worst\n")
-    args = series.arguments(scope, interval, group)
-    for name, sql in zip(("counters", "histograms", "errors"), series._sql(interval, group), strict=True):
+    for name, (sql, args) in series.statements(scope, interval, group).items():
         async with pool.acquire() as conn, conn.transaction():
             await series.configure(conn)
             lines = [r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)]

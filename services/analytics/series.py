@@ -5,7 +5,7 @@ time-to-first-token percentiles of an organization's requests.
 Closed days come from the rollup (request_analytics_daily, services/analytics/rollup.py), the days
 after its watermark from request_analytics itself; an hourly series reads request_analytics only.
 Both sides bucket latencies alike (SQL analytics_bucket_ms: exact below 100 ms, then at most 5 %
-low), so a series is the same before and after its days are rolled up. The three statements run in one
+low), so a series is the same before and after its days are rolled up. The four statements run in one
 read-only REPEATABLE READ transaction: they see one snapshot, watermark included.
 """
 
@@ -49,8 +49,8 @@ _RAW_WHERE = ("FROM request_analytics WHERE organization_id = $1::uuid "
 _RAW_BOTH_METRICS = _RAW_WHERE.replace(" WHERE", _BOTH_METRICS + " WHERE")
 
 
-def _sql(interval: str, group: str) -> tuple[str, str, str]:
-    """The counters, histograms and errors statements of a series."""
+def _sql(interval: str, group: str) -> tuple[str, str, str, str]:
+    """The counters, histograms, errors and totals' histograms statements of a series."""
     raw_group, rolled_group = _GROUP_SQL[group]
     bucket = f"date_trunc('{interval}', created_at AT TIME ZONE 'UTC')"
     counters = (
@@ -80,7 +80,18 @@ def _sql(interval: str, group: str) -> tuple[str, str, str]:
         f"{_ROLLUP_WHERE.format(unnest=', unnest(d.error_types, d.error_counts) AS e(type, n)')}"
         f" UNION ALL SELECT {bucket}, {raw_group}, coalesce(error_reason, status), 1 {_RAW_WHERE}"
         " AND status <> 'succeeded') AS u GROUP BY 1, 2, 3")
-    return counters, histograms, errors
+    # The whole range's histograms, from the rollup rows of one level coarser than the points'
+    # when grouped (one row a day: fewer values to merge than the points') and the raw tail.
+    totals = (
+        f"{_CUT}SELECT metric, array_agg(value ORDER BY value) AS vs, array_agg(n ORDER BY value) AS ns "
+        "FROM (SELECT metric, value, sum(n)::bigint AS n FROM ("
+        "SELECT 'latency' AS metric, h.value, h.n "
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
+        " UNION ALL SELECT 'ttft', h.value, h.n "
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
+        f" UNION ALL SELECT m.metric, analytics_bucket_ms(m.ms), 1 {_RAW_BOTH_METRICS} AND m.ms IS NOT NULL"
+        ") AS u GROUP BY 1, 2) AS t GROUP BY 1")
+    return counters, histograms, errors, totals
 
 
 @dataclass(slots=True)
@@ -148,39 +159,37 @@ def level(group: str, model: str) -> int:
     return 1 if group == "model" or model else 3
 
 
-def arguments(scope: Scope, interval: str, group: str) -> tuple[Any, ...]:
-    """The parameters of the statements of `_sql`."""
-    return (scope.organization_id, scope.since, scope.until, scope.model, interval == "day",
-            level(group, scope.model))
+def statements(scope: Scope, interval: str, group: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """The statements of a series and their parameters, by name."""
+    counters, histograms, errors, totals = _sql(interval, group)
+    points = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day",
+              level(group, scope.model))
+    return {"counters": (counters, points), "histograms": (histograms, points), "errors": (errors, points),
+            "totals": (totals, (*points[:5], level("", scope.model)))}
 
 
 async def series(pool: Any, scope: Scope, interval: str, group: str, *,
                  detail: bool) -> tuple[list[Point], Point]:
     """The points of `scope` in time then group order, and their totals; with `detail`, the
     latency and time-to-first-token histograms and the errors per type as well."""
-    counters, histograms, errors = _sql(interval, group)
+    sql = statements(scope, interval, group)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         await configure(conn)
-        args = arguments(scope, interval, group)
         points = {(r["bucket"], r["grp"]): Point(
             r["bucket"], r["grp"], int(r["requests"]), int(r["failed"]), int(r["prompt"]),
             int(r["completion"]), int(r["cached"]), int(r["reasoning"]), r["cost"] or Decimal(0))
-            for r in await conn.fetch(counters, *args)}
+            for r in await conn.fetch(sql["counters"][0], *sql["counters"][1])}
         totals = Point(None, "")
         for point in points.values():
             totals.add(point)
         if detail:
-            merged: dict[str, Counter[int]] = {"latency": Counter(), "ttft": Counter()}
-            for r in await conn.fetch(histograms, *args):
+            for r in await conn.fetch(sql["histograms"][0], *sql["histograms"][1]):
                 point = points[(r["bucket"], r["grp"])]
                 for metric, values, counts in (("latency", r["lv"], r["lc"]), ("ttft", r["tv"], r["tc"])):
                     point.percentiles[metric] = percentiles(values, counts) or []
-                    for value, n in zip(values, counts, strict=True):
-                        merged[metric][value] += n
-            for metric, histogram in merged.items():
-                values = sorted(histogram)
-                totals.percentiles[metric] = percentiles(values, [histogram[v] for v in values]) or []
-            for r in await conn.fetch(errors, *args):
+            for r in await conn.fetch(sql["totals"][0], *sql["totals"][1]):
+                totals.percentiles[r["metric"]] = percentiles(r["vs"], r["ns"]) or []
+            for r in await conn.fetch(sql["errors"][0], *sql["errors"][1]):
                 points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
                 totals.errors[r["type"]] += int(r["n"])
     return list(points.values()), totals
