@@ -114,7 +114,7 @@ async def report(pool: Any, title: str, scope: Scope, interval: str, group: str)
         points, totals = await series.series(pool, scope, interval, group, detail=True)
         timings.append(time.monotonic() - began)
     print(f"\n### {title}\n\n{len(points)} points, {totals.requests} requests; the requests series "
-          f"(all four statements): {min(timings) * 1000:.0f} ms best of 3, "
+          f"(all three statements): {min(timings) * 1000:.0f} ms best of 3, "
           f"{max(timings) * 1000:.0f} ms worst\n")
     for name, (sql, args) in series.statements(scope, interval, group).items():
         async with pool.acquire() as conn, conn.transaction():

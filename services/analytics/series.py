@@ -5,7 +5,7 @@ time-to-first-token percentiles of an organization's requests.
 Closed days come from the rollup (request_analytics_daily, services/analytics/rollup.py), the days
 after its watermark from request_analytics itself; an hourly series reads request_analytics only.
 Both sides bucket latencies alike (SQL analytics_bucket_ms: exact below 100 ms, then at most 5 %
-low), so a series is the same before and after its days are rolled up. The four statements run in one
+low), so a series is the same before and after its days are rolled up. The three statements run in one
 read-only REPEATABLE READ transaction: they see one snapshot, watermark included.
 """
 
@@ -43,14 +43,21 @@ _CUT = ("WITH cut AS (SELECT CASE WHEN $5 THEN least(greatest(coalesce("
         "ELSE $2 END AS at) ")
 _ROLLUP_WHERE = ("FROM request_analytics_daily d, cut{unnest} WHERE d.organization_id = $1::uuid "
                  "AND d.day >= ($2 AT TIME ZONE 'UTC')::date AND d.day < (cut.at AT TIME ZONE 'UTC')::date "
-                 "AND d.level = $6 AND ($4 = '' OR d.public_model = $4)")
+                 "AND d.level = {level} AND ($4 = '' OR d.public_model = $4)")
 _RAW_WHERE = ("FROM request_analytics WHERE organization_id = $1::uuid "
               "AND created_at >= (SELECT at FROM cut) AND created_at < $3 AND ($4 = '' OR public_model = $4)")
 _RAW_BOTH_METRICS = _RAW_WHERE.replace(" WHERE", _BOTH_METRICS + " WHERE")
 
 
-def _sql(interval: str, group: str) -> tuple[str, str, str, str]:
-    """The counters, histograms, errors and totals' histograms statements of a series."""
+def _rolled(histogram: str = "", level: str = "$6") -> str:
+    """FROM and WHERE of the rollup rows of a series at `level`, each with the (value, n) rows of
+    its `histogram` ("latency" or "ttft") when named."""
+    unnest = f", unnest(d.{histogram}_values, d.{histogram}_counts) AS h(value, n)" if histogram else ""
+    return _ROLLUP_WHERE.format(unnest=unnest, level=level)
+
+
+def _sql(interval: str, group: str) -> tuple[str, str, str]:
+    """The counters, histograms and errors statements of a series."""
     raw_group, rolled_group = _GROUP_SQL[group]
     bucket = f"date_trunc('{interval}', created_at AT TIME ZONE 'UTC')"
     counters = (
@@ -59,39 +66,35 @@ def _sql(interval: str, group: str) -> tuple[str, str, str, str]:
         "sum(cached)::bigint AS cached, sum(reasoning)::bigint AS reasoning, sum(cost) AS cost FROM ("
         f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, d.requests, d.failed, "
         "d.prompt_tokens AS prompt, d.completion_tokens AS completion, d.cached_tokens AS cached, "
-        f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_ROLLUP_WHERE.format(unnest='')} UNION ALL "
+        f"d.reasoning_tokens AS reasoning, d.cost_usd AS cost {_rolled()} UNION ALL "
         f"SELECT {bucket}, {raw_group}, 1, (status <> 'succeeded')::int, prompt_tokens, completion_tokens, "
         f"cached_tokens, reasoning_tokens, cost_usd {_RAW_WHERE}) AS u GROUP BY 1, 2 ORDER BY 1, 2")
-    # Each point's latency and time-to-first-token histograms as sorted value and count arrays: a
-    # rolled-up point is one rollup row, as stored; a point after the watermark is aggregated from
-    # its raw rows (one scan for both metrics).
+    # Each point's latency and time-to-first-token histograms as sorted value and count arrays
+    # (total false), then the whole range's (total true). A rolled-up point is one rollup row, as
+    # stored; a point after the watermark is aggregated from its raw rows (r: one scan for both
+    # metrics and for the totals). The totals merge the rollup rows of the ungrouped level ($7:
+    # one row a day, fewer values than the points') and r.
+    arrays = ", ".join(f"coalesce(array_agg({c} ORDER BY value) FILTER (WHERE metric = '{m}'), '{{}}')"
+                       for m in ("latency", "ttft") for c in ("value", "n"))
     histograms = (
-        f"{_CUT}SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, d.latency_values AS lv, "
-        f"d.latency_counts AS lc, d.ttft_values AS tv, d.ttft_counts AS tc {_ROLLUP_WHERE.format(unnest='')} "
-        "UNION ALL SELECT bucket, grp, "
-        + ", ".join(f"coalesce(array_agg({c} ORDER BY value) FILTER (WHERE metric = '{m}'), '{{}}')"
-                    for m in ("latency", "ttft") for c in ("value", "n"))
-        + f" FROM (SELECT {bucket} AS bucket, {raw_group} AS grp, m.metric, "
-        f"analytics_bucket_ms(m.ms) AS value, count(*)::integer AS n {_RAW_BOTH_METRICS} "
-        "AND m.ms IS NOT NULL GROUP BY 1, 2, 3, 4) AS r GROUP BY 1, 2")
+        f"{_CUT}, r AS MATERIALIZED (SELECT {bucket} AS bucket, {raw_group} AS grp, m.metric, "
+        f"analytics_bucket_ms(m.ms) AS value, count(*) AS n {_RAW_BOTH_METRICS} AND m.ms IS NOT NULL "
+        "GROUP BY 1, 2, 3, 4) "
+        f"SELECT false AS total, d.day::timestamp AS bucket, {rolled_group} AS grp, d.latency_values, "
+        "d.latency_counts::bigint[], d.ttft_values, d.ttft_counts::bigint[] "
+        f"{_rolled()} "
+        f"UNION ALL SELECT false, bucket, grp, {arrays} FROM r GROUP BY 2, 3 "
+        f"UNION ALL SELECT true, NULL, NULL, {arrays} FROM (SELECT metric, value, sum(n)::bigint AS n FROM ("
+        f"SELECT 'latency' AS metric, h.value, h.n {_rolled('latency', '$7')}"
+        f" UNION ALL SELECT 'ttft', h.value, h.n {_rolled('ttft', '$7')}"
+        " UNION ALL SELECT metric, value, n FROM r) AS u GROUP BY 1, 2) AS t")
     errors = (
         f"{_CUT}SELECT bucket, grp, type, sum(n)::bigint AS n FROM ("
         f"SELECT d.day::timestamp AS bucket, {rolled_group} AS grp, e.type, e.n "
-        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.error_types, d.error_counts) AS e(type, n)')}"
+        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.error_types, d.error_counts) AS e(type, n)', level='$6')}"
         f" UNION ALL SELECT {bucket}, {raw_group}, coalesce(error_reason, status), 1 {_RAW_WHERE}"
         " AND status <> 'succeeded') AS u GROUP BY 1, 2, 3")
-    # The whole range's histograms, from the rollup rows of one level coarser than the points'
-    # when grouped (one row a day: fewer values to merge than the points') and the raw tail.
-    totals = (
-        f"{_CUT}SELECT metric, array_agg(value ORDER BY value) AS vs, array_agg(n ORDER BY value) AS ns "
-        "FROM (SELECT metric, value, sum(n)::bigint AS n FROM ("
-        "SELECT 'latency' AS metric, h.value, h.n "
-        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.latency_values, d.latency_counts) AS h(value, n)')}"
-        " UNION ALL SELECT 'ttft', h.value, h.n "
-        f"{_ROLLUP_WHERE.format(unnest=', unnest(d.ttft_values, d.ttft_counts) AS h(value, n)')}"
-        f" UNION ALL SELECT m.metric, analytics_bucket_ms(m.ms), 1 {_RAW_BOTH_METRICS} AND m.ms IS NOT NULL"
-        ") AS u GROUP BY 1, 2) AS t GROUP BY 1")
-    return counters, histograms, errors, totals
+    return counters, histograms, errors
 
 
 @dataclass(slots=True)
@@ -161,11 +164,11 @@ def level(group: str, model: str) -> int:
 
 def statements(scope: Scope, interval: str, group: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
     """The statements of a series and their parameters, by name."""
-    counters, histograms, errors, totals = _sql(interval, group)
+    counters, histograms, errors = _sql(interval, group)
     points = (scope.organization_id, scope.since, scope.until, scope.model, interval == "day",
               level(group, scope.model))
-    return {"counters": (counters, points), "histograms": (histograms, points), "errors": (errors, points),
-            "totals": (totals, (*points[:5], level("", scope.model)))}
+    return {"counters": (counters, points), "histograms": (histograms, (*points, level("", scope.model))),
+            "errors": (errors, points)}
 
 
 async def series(pool: Any, scope: Scope, interval: str, group: str, *,
@@ -184,11 +187,9 @@ async def series(pool: Any, scope: Scope, interval: str, group: str, *,
             totals.add(point)
         if detail:
             for r in await conn.fetch(sql["histograms"][0], *sql["histograms"][1]):
-                point = points[(r["bucket"], r["grp"])]
-                for metric, values, counts in (("latency", r["lv"], r["lc"]), ("ttft", r["tv"], r["tc"])):
-                    point.percentiles[metric] = percentiles(values, counts) or []
-            for r in await conn.fetch(sql["totals"][0], *sql["totals"][1]):
-                totals.percentiles[r["metric"]] = percentiles(r["vs"], r["ns"]) or []
+                point = totals if r[0] else points[(r[1], r[2])]
+                point.percentiles["latency"] = percentiles(r[3], r[4]) or []
+                point.percentiles["ttft"] = percentiles(r[5], r[6]) or []
             for r in await conn.fetch(sql["errors"][0], *sql["errors"][1]):
                 points[(r["bucket"], r["grp"])].errors[r["type"]] += int(r["n"])
                 totals.errors[r["type"]] += int(r["n"])
