@@ -80,7 +80,9 @@ async def measure(url: str, now: datetime, days: int) -> None:
     assert pool is not None
     try:
         began = time.monotonic()
-        first, until = await roll_up(pool, now)
+        rolled = await roll_up(pool, now)
+        assert rolled is not None, "another process is rolling this database up"
+        first, until = rolled
         print(f"\nRollup run, days {first} to {until} (all of them on the first run): "
               f"{time.monotonic() - began:.1f} s")
         await pool.execute("VACUUM ANALYZE request_analytics_daily")

@@ -7,7 +7,8 @@ A day is closed GRACE after it ends (the ledger writes a request within seconds;
 covers a short NATS outage). Each run also recomputes the RESTATE_DAYS before the watermark, so a
 request recorded late (a usage event replayed from an outbox) joins its day's rollup at the next
 run; one recorded later than that stays in request_analytics (and GET /v1/usage) only. Runs are
-serialised by an advisory lock and each is one transaction: a reader sees the rollup and its
+serialised by an advisory lock (a process finding it taken skips its run) and each is one
+transaction: a reader sees the rollup and its
 watermark before or after a run, never half of one. Rollup rows past the analytics retention
 (config `retention.analytics_days`) are deleted with it.
 """
@@ -80,13 +81,15 @@ def _midnight(day: date) -> datetime:
 
 
 async def roll_up(pool: Any, now: datetime, *, analytics_days: int = 730, grace: timedelta = GRACE,
-                  restate_days: int = RESTATE_DAYS) -> tuple[date, date]:
+                  restate_days: int = RESTATE_DAYS) -> tuple[date, date] | None:
     """Rolls up the closed days not rolled up yet (and the `restate_days` before them) as of
-    `now`; returns the days [first, watermark) it (re)wrote."""
+    `now`; returns the days [first, watermark) it (re)wrote, or None when another process's run
+    holds the lock (it does the same work)."""
     until = (now - grace).date()
     keep_from = (now - timedelta(days=analytics_days)).date()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('analytics_rollup'))")
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('analytics_rollup'))"):
+            return None
         rolled = await conn.fetchval("SELECT rolled_until FROM analytics_rollup_state")
         if rolled is None:  # the first run: every day recorded so far
             oldest = await conn.fetchval("SELECT min(created_at) FROM request_analytics")

@@ -110,7 +110,9 @@ async def test_percentiles_errors_tokens_and_cost_from_raw_rows_and_the_rollup(p
     assert cost["data"] == [{"start_time": start, "requests": 100, "cost_usd": "6.23456739"}]
     assert cost["totals"] == {"requests": 100, "cost_usd": str(PRICE * 5050).rstrip("0")}
 
-    first, until = await roll_up(pool, NOW)
+    rolled = await roll_up(pool, NOW)
+    assert rolled is not None
+    first, until = rolled
     assert first <= DAY.date() < until
     assert await pool.fetch("SELECT level, sum(requests) AS n FROM request_analytics_daily "
                             "WHERE organization_id = $1 GROUP BY 1 ORDER BY 1", ORG) == [
@@ -147,7 +149,9 @@ async def test_only_the_organization_s_requests_are_counted(pool: asyncpg.Pool) 
 
 
 async def test_a_request_recorded_late_joins_its_day_at_the_next_run(pool: asyncpg.Pool) -> None:
-    _, until = await roll_up(pool, NOW)
+    rolled = await roll_up(pool, NOW)
+    assert rolled is not None
+    until = rolled[1]
     late_day = until - timedelta(days=1)  # the last day rolled up
     await pool.execute(_INSERT, "late", ORG, KEY, "m-odd", "succeeded", 200, None, 1, 1, 0, 0, PRICE, 7, None,
                        datetime.combine(late_day, time(5), tzinfo=UTC))
@@ -155,3 +159,10 @@ async def test_a_request_recorded_late_joins_its_day_at_the_next_run(pool: async
     await roll_up(pool, NOW + timedelta(days=1))  # each run recomputes the days before its watermark
     assert (await ask(pool, "GetCostAnalytics", day=late_day))["totals"] == {"requests": 1,
                                                                            "cost_usd": str(PRICE)}
+
+
+async def test_a_run_while_another_holds_the_lock_is_skipped(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        assert await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('analytics_rollup'))")
+        assert await roll_up(pool, NOW) is None  # the other connection holds it: nothing waits
+    assert await roll_up(pool, NOW) is not None
