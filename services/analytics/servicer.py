@@ -1,5 +1,7 @@
-"""AnalyticsService: `GET /v1/usage` (docs/reference.md §4), read from `request_analytics`, which
-the usage ledger writes a few seconds behind the requests (services/analytics/ledger.py).
+"""AnalyticsService: `GET /v1/usage` and `GET /v1/analytics/{requests,tokens,cost}`
+(docs/reference.md §4, docs/analytics.md), read from `request_analytics`, which the usage ledger
+writes a few seconds behind the requests (services/analytics/ledger.py), and from its daily rollup
+(services/analytics/rollup.py).
 
 Scoped to the caller's organization (`read:usage`); a caller holding `admin:platform` may name
 another with `organization_id`. Days are UTC; both dates are inclusive. Every request counts,
@@ -9,22 +11,23 @@ whatever its outcome; costs are summed exactly (NUMERIC) and answered as decimal
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from aggregator.analytics.v1 import analytics_service_pb2 as pb
 from aggregator.analytics.v1 import analytics_service_pb2_grpc
 from aggregator.auth.v1 import auth_service_pb2
-from services.auth.permissions import ADMIN_PLATFORM, READ_USAGE, check, requires
-from services.auth.validation import key_id
+from services.analytics import series
+from services.analytics.scope import Scope, invalid, resolve
+from services.auth.permissions import READ_USAGE, requires
 from services.core.errors import GatewayError, Reason, quote
 from services.core.money import decimal_str
 from services.core.rpc import rpc_method
 
-MAX_DAYS = 366
+HOURLY_MAX_DAYS = 7
 _INT32 = 2_147_483_647
 # group_by -> (the SQL expression grouped by, the row field it fills)
 _GROUPS = {
@@ -33,59 +36,117 @@ _GROUPS = {
     "key": "coalesce(api_key_id::text, '')",
 }
 Authenticate = Callable[[Any], Awaitable[auth_service_pb2.Principal]]
-
-
-def _invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(Reason.INVALID_REQUEST, message, param=param)
-
-
-def _day(value: str, param: str) -> date:
-    try:
-        return date.fromisoformat(value) if len(value) == 10 else date.fromisoformat("x")
-    except ValueError:
-        raise _invalid(f"{param} must be a date, YYYY-MM-DD (UTC); got {quote(value)}.", param) from None
+Message = TypeVar("Message", pb.RequestPoint, pb.TokenPoint, pb.CostPoint)
 
 
 def _count(value: Any) -> int:
     return min(int(value or 0), _INT32)
 
 
+def _placed(item: Message, point: series.Point, group: str, scope: Scope) -> Message:
+    """`item` with its interval's start (none in totals) and its model or key."""
+    if point.start is not None:
+        item.start_time = datetime.isoformat(point.start) + "Z"
+        if group:
+            setattr(item, "model" if group == "model" else "api_key_id", point.group)
+    if group != "model" and scope.model:
+        item.model = scope.model
+    return item
+
+
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
-    """Usage reports of an organization."""
+    """Usage reports and analytics series of an organization (docs/analytics.md)."""
 
     def __init__(self, pool: asyncpg.Pool | None = None, authenticate: Authenticate | None = None) -> None:
         self._pool = pool
         self._authenticate = authenticate
 
+    async def _scope(self, request: Any, context: Any) -> tuple[asyncpg.Pool, Scope]:
+        if self._pool is None or self._authenticate is None:
+            raise GatewayError(Reason.UNIMPLEMENTED, "Usage reports are not served by this process.")
+        return self._pool, resolve(await self._authenticate(context), request)
+
+    async def _series(self, request: Any, context: Any, *,
+                      detail: bool) -> tuple[str, list[series.Point], series.Point, Scope]:
+        pool, scope = await self._scope(request, context)
+        interval = request.interval or "day"
+        if interval not in series.INTERVALS:
+            raise invalid(f"Invalid interval {quote(interval)}: expected 'day' or 'hour'.", "interval")
+        if interval == "hour" and scope.days > HOURLY_MAX_DAYS:
+            raise invalid(f"An hourly series covers at most {HOURLY_MAX_DAYS} days; use interval=day.",
+                          "end_date")
+        if request.group_by not in series.GROUPS:
+            raise invalid(f"Invalid group_by {quote(request.group_by)}: expected 'model' or 'key'.",
+                          "group_by")
+        points, totals = await series.series(pool, scope, interval, request.group_by, detail=detail)
+        return interval, points, totals, scope
+
+    @rpc_method
+    @requires(READ_USAGE)
+    async def GetRequestAnalytics(self, request: pb.GetRequestAnalyticsRequest,
+                                  context: Any) -> pb.GetRequestAnalyticsResponse:
+        """Requests per UTC day or hour: outcomes, failures per error type, latency and
+        time-to-first-token percentiles (docs/analytics.md §2)."""
+        interval, points, totals, scope = await self._series(request, context, detail=True)
+        answer = pb.GetRequestAnalyticsResponse(object="analytics.requests", interval=interval)
+        for point in [*points, totals]:
+            item = _placed(pb.RequestPoint(
+                requests=_count(point.requests), succeeded=_count(point.requests - point.failed),
+                failed=_count(point.failed),
+                errors=[pb.ErrorCount(type=t, count=_count(n))
+                        for t, n in sorted(point.errors.items(), key=lambda e: (-e[1], e[0]))]),
+                point, request.group_by, scope)
+            for field, metric in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
+                found = point.percentiles.get(metric)
+                if found:
+                    getattr(item, field).CopyFrom(pb.Percentiles(
+                        p50=round(found[0], 3), p95=round(found[1], 3), p99=round(found[2], 3)))
+            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
+        return answer
+
+    @rpc_method
+    @requires(READ_USAGE)
+    async def GetTokenAnalytics(self, request: pb.GetTokenAnalyticsRequest,
+                                context: Any) -> pb.GetTokenAnalyticsResponse:
+        """Prompt, completion, cached, reasoning and total tokens per UTC day or hour."""
+        interval, points, totals, scope = await self._series(request, context, detail=False)
+        answer = pb.GetTokenAnalyticsResponse(object="analytics.tokens", interval=interval)
+        for point in [*points, totals]:
+            item = _placed(pb.TokenPoint(
+                requests=_count(point.requests), prompt_tokens=point.prompt_tokens,
+                completion_tokens=point.completion_tokens, cached_tokens=point.cached_tokens,
+                reasoning_tokens=point.reasoning_tokens,
+                total_tokens=point.prompt_tokens + point.completion_tokens), point, request.group_by, scope)
+            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
+        return answer
+
+    @rpc_method
+    @requires(READ_USAGE)
+    async def GetCostAnalytics(self, request: pb.GetCostAnalyticsRequest,
+                               context: Any) -> pb.GetCostAnalyticsResponse:
+        """Exact cost (a decimal string in USD) per UTC day or hour."""
+        interval, points, totals, scope = await self._series(request, context, detail=False)
+        answer = pb.GetCostAnalyticsResponse(object="analytics.cost", interval=interval)
+        for point in [*points, totals]:
+            item = _placed(pb.CostPoint(requests=_count(point.requests), cost_usd=decimal_str(point.cost)),
+                           point, request.group_by, scope)
+            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
+        return answer
+
     @rpc_method
     @requires(READ_USAGE)
     async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
         """Requests, tokens and cost per day, model or key between two UTC days (inclusive)."""
-        if self._pool is None or self._authenticate is None:
-            raise GatewayError(Reason.UNIMPLEMENTED, "Usage reports are not served by this process.")
-        caller = await self._authenticate(context)
-        organization = caller.organization_id
-        if request.organization_id and request.organization_id != caller.organization_id:
-            check(caller, ADMIN_PLATFORM)
-            organization = key_id(request.organization_id) or ""
-            if not organization:
-                raise _invalid("organization_id must be an organization id.", "organization_id")
-        start, end = _day(request.start_date, "start_date"), _day(request.end_date, "end_date")
-        if end < start:
-            raise _invalid("end_date must not be before start_date.", "end_date")
-        if (end - start).days >= MAX_DAYS:
-            raise _invalid(f"A report covers at most {MAX_DAYS} days.", "end_date")
+        pool, scope = await self._scope(request, context)
         group = request.group_by or "day"
         if group not in _GROUPS:
-            raise _invalid(f"Invalid group_by {quote(group)}: expected 'day', 'model' or 'key'.", "group_by")
-        since = datetime(start.year, start.month, start.day, tzinfo=UTC)
-        until = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
-        rows = await self._pool.fetch(
+            raise invalid(f"Invalid group_by {quote(group)}: expected 'day', 'model' or 'key'.", "group_by")
+        rows = await pool.fetch(
             f"SELECT {_GROUPS[group]} AS grouped, count(*) AS requests, sum(prompt_tokens) AS prompt, "
             "sum(completion_tokens) AS completion, sum(cost_usd) AS cost FROM request_analytics "
             "WHERE organization_id = $1::uuid AND created_at >= $2 AND created_at < $3 "
             "AND ($4 = '' OR public_model = $4) GROUP BY 1 ORDER BY 1",
-            organization, since, until, request.model)
+            scope.organization_id, scope.since, scope.until, scope.model)
         answer = pb.GetUsageResponse(object="usage")
         counted, prompts, completions, spent = 0, 0, 0, Decimal(0)
         for row in rows:

@@ -302,10 +302,16 @@ async def _wire_ledger(settings: WorkerSettings, wiring: Wiring, pool: Any, nc: 
     wiring.closers.append(retention.stop)
 
 
-async def _wire_analytics(topology: Topology, wiring: Wiring, pool: Any) -> None:
-    """`GET /v1/usage` and the analytics reports, read from the request log."""
+async def _wire_analytics(settings: WorkerSettings, topology: Topology, wiring: Wiring,
+                          pool: Any) -> None:
+    """`GET /v1/usage` and `GET /v1/analytics/*`, read from the request log, and the analytics
+    rollup job (services/analytics/rollup.py) that keeps their long ranges fast."""
+    from services.analytics.rollup import RollupJob
     from services.analytics.servicer import AnalyticsServicer
 
+    rollup = RollupJob(pool, settings.retention_days[1])
+    await rollup.start()
+    wiring.closers.append(rollup.stop)
     wiring.serve(topology, analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server,
                  AnalyticsServicer(pool, _authenticate_through_auth(topology)),
                  "aggregator.analytics.v1.AnalyticsService")
@@ -377,7 +383,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
         if "ledger" in services:
             await _wire_ledger(settings, wiring, pool, nc)
         if "analytics" in services:
-            await _wire_analytics(topology, wiring, pool)
+            await _wire_analytics(settings, topology, wiring, pool)
         if "billing" in services:
             await _wire_billing(topology, wiring, pool)
     except BaseException:

@@ -20,7 +20,7 @@ TABLES = {
     "api_responses", "request_analytics", "rate_limit_rules", "usage_quotas", "rate_limit_tracking",
     "billing_plans", "subscriptions", "usage_billing", "audit_log", "schema_migrations",
     "signing_keys", "auth_sessions", "refresh_tokens", "oauth_clients", "oauth_codes", "route_prices",
-    "invoices", "invoice_lines", "credit_purchases",
+    "invoices", "invoice_lines", "credit_purchases", "request_analytics_daily", "analytics_rollup_state",
 }
 PARTITIONED = ("api_requests", "api_responses", "request_analytics")
 # Columns other services rely on (their SQL names them).
