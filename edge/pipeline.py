@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
+from services.adapters.capabilities import ALWAYS_ACCEPTED
 from services.analytics import bodies
 from services.analytics.bodies import StoredBodies
 from services.auth.audit import AuditTrail, audited_check
@@ -48,6 +50,9 @@ from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
 
 BEARER = "bearer "
+# The chat or completion request being served, whose provider preferences and parameters
+# `_candidates` sends to ResolveRoute (docs/routing.md §2); set by `chat` and `complete`.
+routed_request: ContextVar[Any] = ContextVar("routed_request", default=None)
 NOTHING_ANSWERED = "The upstream provider answered nothing."
 T = TypeVar("T")
 
@@ -161,20 +166,26 @@ class Pipeline:
     async def _candidates(
         self, model: str, fallbacks: list[str], model_type: str, created_at: float
     ) -> list[route_pb2.RouteCandidate]:
-        """The candidates, priced as in effect when the request arrived (docs/pricing.md §3)."""
+        """The candidates, priced as in effect when the request arrived (docs/pricing.md §3), chosen
+        by the request's provider preferences (docs/routing.md §2)."""
         at = timestamp_pb2.Timestamp()
         at.FromNanoseconds(int(created_at * 1e9))
-        answer = await calls.unary(
-            self.clients.routing.ResolveRoute,
-            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type,
-                                           at=at),
-        )
+        message = routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks,
+                                                 model_type=model_type, at=at)
+        request = routed_request.get()
+        if request is not None and request.model == model and request.HasField("provider"):
+            message.provider.CopyFrom(request.provider)
+            if "require_parameters" in request.provider.fields:
+                message.parameters.extend(sorted(f.name for f, _ in request.ListFields()
+                                                 if f.name not in ALWAYS_ACCEPTED))
+        answer = await calls.unary(self.clients.routing.ResolveRoute, message)
         return list(answer.candidates)
 
     def chat(
         self, request: chat_pb2.ChatCompletionRequest, context: Any, record: RequestRecord
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Yields the adapter's events of the first candidate that answers."""
+        routed_request.set(request)
         return self._streamed(request, context, record, validate_chat, "chat", self.clients.adapter.Chat,
                               adapter_pb.ChatRequest)
 
@@ -182,6 +193,7 @@ class Pipeline:
         self, request: completion_pb2.CompletionRequest, context: Any, record: RequestRecord
     ) -> AsyncGenerator[adapter_pb.ChatResponse, None]:
         """Legacy completions: the adapter's events of the first candidate that answers."""
+        routed_request.set(request)
         return self._streamed(request, context, record, validate_completion, "completion",
                               self.clients.adapter.Complete, adapter_pb.CompleteRequest)
 

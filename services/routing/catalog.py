@@ -160,9 +160,14 @@ class Catalog:
                 at: datetime | None = None) -> list[route_pb2.RouteCandidate]:
         """Candidates for `model_id`, then for each fallback model, without repeats, priced as in
         effect at `at` (default: now)."""
+        return [c for group in self.resolve_groups(model_id, fallbacks, model_type, at) for c in group]
+
+    def resolve_groups(self, model_id: str, fallbacks: list[str], model_type: str,
+                       at: datetime | None = None) -> list[list[route_pb2.RouteCandidate]]:
+        """`resolve`'s candidates grouped by model: the requested model's, then each fallback's."""
         if not model_id:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
-        candidates: list[route_pb2.RouteCandidate] = []
+        groups: list[list[route_pb2.RouteCandidate]] = []
         seen: set[tuple[str, str]] = set()
         for index, wanted in enumerate([model_id, *fallbacks]):
             model = self.get(wanted, at)
@@ -172,9 +177,11 @@ class Catalog:
                     f"The model {quote(wanted, '`')} is a {model.type} model and cannot serve this endpoint.",
                     param="model" if index == 0 else "models",
                 )
+            group: list[route_pb2.RouteCandidate] = []
             for candidate in model.candidates:
                 key = (candidate.endpoint.provider, candidate.upstream_model)
                 if key not in seen:
                     seen.add(key)
-                    candidates.append(candidate)
-        return candidates
+                    group.append(candidate)
+            groups.append(group)
+        return groups
