@@ -64,8 +64,8 @@ def test_floor_suffix_sorts_by_price_and_an_explicit_sort_wins() -> None:
     assert policy.split_suffix("gpt-4o:nitro") == ("gpt-4o", "throughput")
     assert policy.split_suffix("gpt-4o") == ("gpt-4o", "")
     assert choose(None, suffix="price") == ["b", "c", "a"]
-    assert choose({"sort": "latency"}, suffix="price",
-                  health={"c|http://c": Health(ttft_s=0.1), "a|http://a": Health(ttft_s=0.5)}) == ["c", "a", "b"]
+    health = {"c|http://c": Health(ttft_s=0.1), "a|http://a": Health(ttft_s=0.5)}
+    assert choose({"sort": "latency"}, suffix="price", health=health) == ["c", "a", "b"]
 
 
 def test_nitro_and_throughput_put_the_fastest_first_unmeasured_last() -> None:
