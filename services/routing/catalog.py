@@ -56,6 +56,18 @@ def supported_parameters(kind: str, model_type: str) -> tuple[str, ...]:
     return supported_chat_parameters(kind)
 
 
+def pricing(candidate: route_pb2.RouteCandidate) -> model_pb2.ModelPricing:
+    """A route's prices in effect, as `GET /v1/models` shows them."""
+    prices = of_candidate(candidate)
+    return model_pb2.ModelPricing(
+        input_per_1k=candidate.input_per_1k, output_per_1k=candidate.output_per_1k,
+        per_image=candidate.per_image or None,
+        cached_input_per_1k=decimal_str(prices.cached_input_per_1k),
+        cache_write_per_1k=decimal_str(prices.cache_write_per_1k),
+        reasoning_per_1k=decimal_str(prices.reasoning_per_1k),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogModel:
     """A public model id and its candidates in order; `timelines`, when given, holds each
@@ -79,7 +91,6 @@ class CatalogModel:
 
     def to_proto(self) -> model_pb2.Model:
         first = self.candidates[0]
-        prices = of_candidate(first)
         return model_pb2.Model(
             id=self.id,
             object="model",
@@ -88,13 +99,7 @@ class CatalogModel:
             type=self.type,
             context_window=self.context_window,
             max_output_tokens=first.max_output_tokens,
-            pricing=model_pb2.ModelPricing(
-                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k,
-                per_image=first.per_image or None,
-                cached_input_per_1k=decimal_str(prices.cached_input_per_1k),
-                cache_write_per_1k=decimal_str(prices.cache_write_per_1k),
-                reasoning_per_1k=decimal_str(prices.reasoning_per_1k),
-            ),
+            pricing=pricing(first),
             supported_parameters=supported_parameters(first.endpoint.kind, self.type),
         )
 

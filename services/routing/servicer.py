@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC
 from typing import Any
 
@@ -10,12 +11,13 @@ import asyncpg
 from google.protobuf import json_format
 
 from aggregator.openai.v1 import model_pb2
+from aggregator.routing.v1 import route_pb2, routing_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2 as pb
-from aggregator.routing.v1 import routing_service_pb2_grpc
+from services.core.errors import GatewayError
 from services.core.rpc import rpc_method
 from services.routing import policy
-from services.routing.catalog import Catalog, supported_parameters
-from services.routing.health import RouteHealth, endpoint_id
+from services.routing.catalog import Catalog, pricing, supported_parameters
+from services.routing.health import Health, RouteHealth, endpoint_id
 from services.routing.repository import load_catalog
 
 log = logging.getLogger(__name__)
@@ -70,30 +72,49 @@ class RoutingServicer(routing_service_pb2_grpc.RoutingServiceServicer):
     async def ListCatalogModels(
         self, request: pb.ListCatalogModelsRequest, context: Any
     ) -> pb.ListCatalogModelsResponse:
-        return pb.ListCatalogModelsResponse(models=[m.to_proto() for m in self._catalog.models()])
+        """The catalog; with `id`, that model alone with its endpoints' health."""
+        if not request.id:
+            return pb.ListCatalogModelsResponse(models=[m.to_proto() for m in self._catalog.models()])
+        try:
+            model = self._catalog.get(request.id)
+        except GatewayError:
+            return pb.ListCatalogModelsResponse()
+        shown = model.to_proto()
+        health = await self._health_of(model.candidates)
+        for c in model.candidates:
+            shown.endpoints.add(provider=c.endpoint.provider, model=c.upstream_model, pricing=pricing(c),
+                                weight=c.weight, health=health[endpoint_id(c)])
+        return pb.ListCatalogModelsResponse(models=[shown])
+
+    async def _health_of(
+        self, candidates: Iterable[route_pb2.RouteCandidate]
+    ) -> dict[str, model_pb2.ProviderHealth]:
+        """The endpoints' health as the API shows it (closed and unmeasured without Redis)."""
+        endpoints = [endpoint_id(c) for c in candidates]
+        read = await self._health.snapshot(endpoints) if self._health is not None else {}
+        return {e: shown_health(read.get(e, Health())) for e in endpoints}
 
     @rpc_method
     async def ListCatalogProviders(
         self, request: pb.ListCatalogProvidersRequest, context: Any
     ) -> pb.ListCatalogProvidersResponse:
-        """The providers, each with its breaker and measured figures (docs/routing.md §4)."""
-        if self._health is None:
-            return pb.ListCatalogProvidersResponse(providers=self._catalog.providers)
-        endpoints = {c.endpoint.provider: endpoint_id(c)
-                     for m in self._catalog.models() for c in m.candidates}
-        health = await self._health.snapshot(endpoints.values())
+        """The providers, each with its endpoint's breaker and measured figures (docs/routing.md §4)."""
+        routes = {c.endpoint.provider: c for m in self._catalog.models() for c in m.candidates}
+        health = await self._health_of(routes.values())
         providers = []
         for provider in self._catalog.providers:
             shown = model_pb2.Provider()
             shown.CopyFrom(provider)
-            h = health.get(endpoints.get(provider.id, ""))
-            if h is not None:
-                shown.health.CopyFrom(model_pb2.ProviderHealth(
-                    circuit=h.circuit, consecutive_failures=h.failures,
-                    time_to_first_token_ms=None if h.ttft_s is None else round(h.ttft_s * 1000, 1),
-                    tokens_per_second=None if h.tokens_per_s is None else round(h.tokens_per_s, 1),
-                    error_rate=None if h.error_rate is None else round(h.error_rate, 4)))
-            else:
-                shown.health.circuit = "closed"
+            route = routes.get(provider.id)
+            shown.health.CopyFrom(health[endpoint_id(route)] if route is not None else shown_health(Health()))
             providers.append(shown)
         return pb.ListCatalogProvidersResponse(providers=providers)
+
+
+def shown_health(h: Health) -> model_pb2.ProviderHealth:
+    """A provider endpoint's health as the API shows it: milliseconds, rounded figures."""
+    return model_pb2.ProviderHealth(
+        circuit=h.circuit, consecutive_failures=h.failures,
+        time_to_first_token_ms=None if h.ttft_s is None else round(h.ttft_s * 1000, 1),
+        tokens_per_second=None if h.tokens_per_s is None else round(h.tokens_per_s, 1),
+        error_rate=None if h.error_rate is None else round(h.error_rate, 4))

@@ -1,7 +1,7 @@
 """Routing through Envoy with the official SDK (docs/routing.md): provider preferences and the model-id
 suffixes choose the serving provider, a preference nothing satisfies is a 400 that says why, weights
-share the traffic, and `/v1/providers` shows each provider's breaker and the figures every process
-shares in Redis."""
+share the traffic, and `/v1/providers` and `/v1/models/{id}` show each provider's breaker and the
+figures every process shares in Redis."""
 
 from __future__ import annotations
 
@@ -92,3 +92,10 @@ async def test_providers_show_their_breaker_and_shared_figures(
     assert 0 < figures["time_to_first_token_ms"] <= 250.1 and 0 < figures["tokens_per_second"]
     assert 0 <= figures["error_rate"] <= 1
     assert all(h.get("circuit") in ("closed", "open", "half_open") for h in shown.values())
+    # The same figures per route of a model.
+    model = (await http.get("/v1/models/weighted-chat")).json()
+    endpoints = {e["provider"]: e for e in model["endpoints"]}
+    assert endpoints["fakeai"]["weight"] == 3 and endpoints["backup"]["weight"] == 1
+    assert endpoints["backup"]["health"]["time_to_first_token_ms"] == figures["time_to_first_token_ms"]
+    assert endpoints["backup"]["pricing"]["input_per_1k"] == "0.003"
+    assert not (await http.get("/v1/models")).json()["data"][0].get("endpoints")

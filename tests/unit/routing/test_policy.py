@@ -170,3 +170,18 @@ async def test_resolve_route_applies_the_request_preferences_and_suffix() -> Non
     assert names(list(answer.candidates)) == ["c", "a"]
     answer = await servicer.ResolveRoute(pb.ResolveRouteRequest(model="m"), None)
     assert names(list(answer.candidates)) == ["a", "b", "c"]
+
+
+async def test_get_model_shows_each_endpoint_with_its_health() -> None:
+    servicer = RoutingServicer(None)  # type: ignore[arg-type]
+    routes = [route("a", weight=3), route("b", "0.0005", weight=1)]
+    servicer._catalog = Catalog([CatalogModel("m", "chat", 0, 0, tuple(routes))], [])
+    answer = await servicer.ListCatalogModels(pb.ListCatalogModelsRequest(id="m"), None)
+    endpoints = answer.models[0].endpoints
+    assert [(e.provider, e.model, e.weight, e.health.circuit) for e in endpoints] == [
+        ("a", "a-up", 3, "closed"), ("b", "b-up", 1, "closed")]
+    assert endpoints[1].pricing.input_per_1k == "0.0005"
+    assert not endpoints[0].health.HasField("time_to_first_token_ms")  # unmeasured
+    assert not (await servicer.ListCatalogModels(pb.ListCatalogModelsRequest(id="nope"), None)).models
+    listed = await servicer.ListCatalogModels(pb.ListCatalogModelsRequest(), None)
+    assert [m.id for m in listed.models] == ["m", "a/a-up", "b/b-up"] and not listed.models[0].endpoints
