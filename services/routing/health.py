@@ -26,10 +26,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
 
 log = logging.getLogger(__name__)
+# Redis away: health is advice, never a reason to fail a request (docs/routing.md §5).
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 PREFIX = "routing:health:"
 TRIAL_PREFIX = "routing:trial:"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -173,18 +177,34 @@ class RouteHealth:
         wanted = list(dict.fromkeys(endpoints))
         stale = [e for e in wanted if e not in self._cache or now - self._cache[e][0] >= self._cache_s]
         if stale:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for endpoint in stale:
+                        pipe.hgetall(PREFIX + endpoint)
+                    rows = await pipe.execute()
+            except REDIS_ERRORS:
+                # Health is advice: without Redis, route as last known (or as configured) for a second.
+                log.warning("route health: Redis unavailable; routing on the last known state")
                 for endpoint in stale:
-                    pipe.hgetall(PREFIX + endpoint)
-                rows = await pipe.execute()
-            now_ms = self._now_ms()
-            for endpoint, raw in zip(stale, rows, strict=True):
-                self._remember(endpoint, parse(_decoded(raw), now_ms))
+                    self._cache[endpoint] = (now, self._cache.get(endpoint, (now, Health()))[1])
+            else:
+                now_ms = self._now_ms()
+                for endpoint, raw in zip(stale, rows, strict=True):
+                    self._remember(endpoint, parse(_decoded(raw), now_ms))
         return {e: self._cache[e][1] for e in wanted}
 
     async def admit(self, endpoint: str) -> bool:
-        """Whether a request may send to a half-open endpoint: exactly one wins the trial."""
-        return bool(await self._redis.eval(_ADMIT, 2, *self._keys(endpoint), self._now_ms(), self._trial_ms))
+        """Whether a request may send to a half-open endpoint: exactly one wins the trial (none
+        while Redis is away)."""
+        return bool(await self._eval(_ADMIT, endpoint, self._now_ms(), self._trial_ms))
+
+    async def _eval(self, script: str, endpoint: str, *args: Any) -> Any:
+        """One script call on an endpoint's keys; None (logged) while Redis is away."""
+        try:
+            return await self._redis.eval(script, 2, *self._keys(endpoint), *args)
+        except REDIS_ERRORS:
+            log.warning("route health: Redis unavailable; %s not updated", endpoint.split("|", 1)[0])
+            return None
 
     async def order(self, candidates: list[route_pb2.RouteCandidate]) -> list[route_pb2.RouteCandidate]:
         """The candidates with closed breakers (and a won half-open trial) first, the others after
@@ -207,8 +227,11 @@ class RouteHealth:
     async def failed(self, candidate: route_pb2.RouteCandidate) -> None:
         """A retriable failure before the first event: counted now, in one script call."""
         endpoint = endpoint_id(candidate)
-        failures, open_until = await self._redis.eval(
-            _FAIL, 2, *self._keys(endpoint), self._threshold, self._now_ms() + self._open_ms, self._ttl_ms)
+        open_until_ms = self._now_ms() + self._open_ms
+        answer = await self._eval(_FAIL, endpoint, self._threshold, open_until_ms, self._ttl_ms)
+        if answer is None:
+            return
+        failures, open_until = answer
         known = self._cache.get(endpoint, (0.0, Health()))[1]
         circuit = CLOSED if int(open_until) < 0 else OPEN if int(open_until) > self._now_ms() else HALF_OPEN
         self._remember(endpoint, Health(circuit, int(failures), known.ttft_s, known.tokens_per_s,
@@ -221,7 +244,8 @@ class RouteHealth:
         known = self._cache.get(endpoint)
         if known is None or (known[1].failures == 0 and known[1].circuit == CLOSED):
             return
-        await self._redis.eval(_SUCCEED, 2, *self._keys(endpoint))
+        if await self._eval(_SUCCEED, endpoint) is None:
+            return
         h = known[1]
         self._remember(endpoint, Health(CLOSED, 0, h.ttft_s, h.tokens_per_s, h.error_rate, h.samples))
 

@@ -16,7 +16,7 @@ import pytest
 from aggregator.routing.v1 import route_pb2
 from services.core.config import StoreUrls
 from services.core.redis import create_redis
-from services.routing.health import RouteHealth
+from services.routing.health import PREFIX, RouteHealth
 from tests.fakes.openai_upstream import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,19 @@ async def test_unsatisfiable_preferences_are_400s(client: openai.AsyncOpenAI) ->
         "provider.sort must be one of price, latency, throughput.")
 
 
-async def test_weights_share_the_traffic(client: openai.AsyncOpenAI) -> None:
+async def test_weights_share_the_traffic(client: openai.AsyncOpenAI, store_urls: StoreUrls,
+                                        upstream: FakeOpenAI, backup: FakeOpenAI) -> None:
+    # Earlier tests may have opened a breaker (shared in Redis): start from closed ones, and wait
+    # until the gateway's second-long cache has seen it.
+    redis = create_redis(store_urls.redis_url)
+    try:
+        await redis.delete(*(PREFIX + f"{name}|{fake.base_url.rstrip('/')}"
+                             for name, fake in (("fakeai", upstream), ("backup", backup))))
+    finally:
+        await redis.aclose()
+    for _ in range(100):
+        if "fakeai" in await asyncio.gather(*(served_by(client, "weighted-chat") for _ in range(8))):
+            break
     served: Counter[str] = Counter()
     for _ in range(10):
         served.update(await asyncio.gather(*(served_by(client, "weighted-chat") for _ in range(20))))

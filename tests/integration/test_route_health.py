@@ -212,3 +212,20 @@ async def test_refused_parameters_do_not_count_against_health(clients: tuple[aio
     fakes.adapter.calls.clear()
     await run_chat(pipeline, new_record())
     assert [c.candidate.endpoint.provider for c in fakes.adapter.calls] == [p1, p2]
+
+
+async def test_redis_away_never_fails_a_request() -> None:
+    from services.runtime.stores import free_port
+
+    away = create_redis(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        health = RouteHealth(away, failure_threshold=1)
+        a, b = unique("a"), unique("b")
+        assert await health.order([a, b]) == [a, b]  # as configured
+        await health.failed(a)  # not counted, not raised
+        await health.succeeded(a)
+        health.record(a, ok=True, ttft_s=0.1, output_tokens=2, duration_s=0.2)
+        await health.close()  # the flush fails quietly
+        assert await health.order([a, b]) == [a, b]
+    finally:
+        await away.aclose()
