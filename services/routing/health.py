@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -220,6 +221,9 @@ class RouteHealth:
             circuit = health[endpoint].circuit
             if circuit == HALF_OPEN and endpoint not in admitted:
                 admitted[endpoint] = await self.admit(endpoint)
+                if not admitted[endpoint]:  # another request holds the trial: open, until the next read
+                    read_at, h = self._cache[endpoint]
+                    self._cache[endpoint] = (read_at, dataclasses.replace(h, circuit=OPEN))
             ok = circuit == CLOSED or (circuit == HALF_OPEN and admitted[endpoint])
             (first if ok else last).append(candidate)
         return first + last

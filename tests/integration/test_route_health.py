@@ -229,3 +229,26 @@ async def test_redis_away_never_fails_a_request() -> None:
         assert await health.order([a, b]) == [a, b]
     finally:
         await away.aclose()
+
+
+async def test_a_lost_trial_costs_one_round_trip_per_cache_period(
+        clients: tuple[aioredis.Redis, ...]) -> None:
+    clock = Clock()
+    writer = RouteHealth(clients[0], clock=clock, cache_seconds=0, failure_threshold=1)
+    reader = RouteHealth(clients[1], clock=clock, cache_seconds=1.0)
+    a, b = unique("a"), unique("b")
+    await writer.failed(a)
+    clock.now += 31
+    assert await writer.order([a, b]) == [a, b]  # the writer holds the trial
+    calls = 0
+    admit = reader.admit
+
+    async def counted(endpoint: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return await admit(endpoint)
+
+    reader.admit = counted  # type: ignore[method-assign]
+    for _ in range(10):
+        assert await reader.order([a, b]) == [b, a]
+    assert calls == 1
