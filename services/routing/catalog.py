@@ -151,6 +151,10 @@ class Catalog:
     def models(self) -> list[CatalogModel]:
         return list(self._models().values())
 
+    def knows(self, model_id: str) -> bool:
+        """Whether `model_id` is a model id of the catalog."""
+        return model_id in self._models()
+
     def get(self, model_id: str, at: datetime | None = None) -> CatalogModel:
         model = self._models(at).get(model_id)
         if model is None:

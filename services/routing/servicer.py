@@ -58,6 +58,8 @@ class RoutingServicer(routing_service_pb2_grpc.RoutingServiceServicer):
         provider preferences and model-id suffix (docs/routing.md §2)."""
         at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else None
         model_id, suffix_sort = policy.split_suffix(request.model)
+        if suffix_sort and self._catalog.knows(request.model):  # an id that ends so itself
+            model_id, suffix_sort = request.model, ""
         raw = json_format.MessageToDict(request.provider) if request.HasField("provider") else None
         prefs = policy.parse(raw, suffix_sort)
         groups = self._catalog.resolve_groups(model_id, list(request.fallback_models), request.model_type, at)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from aggregator.routing.v1 import route_pb2
 from edge.health import CircuitBreakers
@@ -78,6 +79,10 @@ async def test_failures_in_two_processes_open_one_shared_breaker(clients: tuple[
     for health in (first, second):
         assert await circuit(health, a) == OPEN
         assert await health.order([a, b]) == [b, a]  # open: behind the healthy, a last resort
+    labels = {"provider": a.endpoint.provider}
+    assert REGISTRY.get_sample_value("aggregator_provider_circuit_open", labels) == 1
+    await second.succeeded(a)
+    assert REGISTRY.get_sample_value("aggregator_provider_circuit_open", labels) == 0
 
 
 async def test_a_success_in_one_process_resets_the_count_for_all(clients: tuple[aioredis.Redis, ...]) -> None:

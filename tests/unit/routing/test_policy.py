@@ -170,6 +170,10 @@ async def test_resolve_route_applies_the_request_preferences_and_suffix() -> Non
     assert names(list(answer.candidates)) == ["c", "a"]
     answer = await servicer.ResolveRoute(pb.ResolveRouteRequest(model="m"), None)
     assert names(list(answer.candidates)) == ["a", "b", "c"]
+    # A configured id that ends like a suffix is that model.
+    servicer._catalog = Catalog([CatalogModel("m:floor", "chat", 0, 0, tuple(ROUTES))], [])
+    answer = await servicer.ResolveRoute(pb.ResolveRouteRequest(model="m:floor"), None)
+    assert names(list(answer.candidates)) == ["a", "b", "c"]
 
 
 async def test_get_model_shows_each_endpoint_with_its_health() -> None:
