@@ -74,7 +74,7 @@ def _price(raw: Mapping[str, Any], name: str) -> Decimal | None:
 def parse(raw: Mapping[str, Any] | None, suffix_sort: str = "") -> Preferences:
     """Validates the `provider` object (as JSON values); `suffix_sort` is the sort a model-id suffix
     asks for, which an explicit `sort` overrides."""
-    raw = raw or {}
+    raw = {k: v for k, v in (raw or {}).items() if v is not None}  # null: as if absent
     unknown = sorted(set(raw) - _KNOWN)
     if unknown:
         raise _bad(unknown[0], f"Unrecognized provider preference {quote(unknown[0])}; supported: "

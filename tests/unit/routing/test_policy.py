@@ -53,6 +53,7 @@ def refused(raw: dict[str, Any], groups: list[list[route_pb2.RouteCandidate]] | 
 def test_no_preferences_keep_the_configured_order() -> None:
     assert choose(None) == ["a", "b", "c"]
     assert choose({}) == ["a", "b", "c"]
+    assert choose({"order": None, "sort": None, "max_price": None}) == ["a", "b", "c"]  # null: absent
 
 
 def test_sort_price_puts_the_cheapest_first() -> None:
