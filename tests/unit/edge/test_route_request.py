@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from tests.unit.edge.test_pipeline import Script, chat_request, event, make, new_record, run_chat
+from aggregator.openai.v1 import completion_pb2
+from tests.unit.edge.test_pipeline import AUTHORIZED, Script, chat_request, event, make, new_record, run_chat
 
 
 async def test_resolve_route_carries_the_provider_preferences() -> None:
@@ -28,3 +29,12 @@ async def test_no_preferences_send_none() -> None:
     pipeline, clients = make({"p1": Script([event("ok")])})
     await run_chat(pipeline, new_record())
     assert not clients.routing.requests[-1].HasField("provider")
+
+
+async def test_completions_carry_them_too() -> None:
+    pipeline, clients = make({"p1": Script([event("ok")])})
+    clients.adapter.Complete = clients.adapter.Chat  # type: ignore[attr-defined]  # the fake streams alike
+    request = json_format.ParseDict({"model": "gpt-4o-mini", "prompt": "hi", "provider": {"only": ["p1"]}},
+                                    completion_pb2.CompletionRequest())
+    assert [e.body async for e in pipeline.complete(request, AUTHORIZED, new_record())] == [b"ok"]
+    assert json_format.MessageToDict(clients.routing.requests[-1].provider) == {"only": ["p1"]}
