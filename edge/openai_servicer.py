@@ -186,8 +186,9 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             check_model_allowed(principal, [request.id])
         except GatewayError:
             raise self._model_not_found(request.id) from None
-        answer = await calls.unary(
-            self._pipeline.clients.routing.ListCatalogModels, routing_pb.ListCatalogModelsRequest()
+        answer = await calls.unary(  # this model alone, with its endpoints' health
+            self._pipeline.clients.routing.ListCatalogModels,
+            routing_pb.ListCatalogModelsRequest(id=request.id),
         )
         for model in answer.models:
             if model.id == request.id:

@@ -28,6 +28,7 @@ from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
+from services.adapters.capabilities import ALWAYS_ACCEPTED
 from services.analytics import bodies
 from services.analytics.bodies import StoredBodies
 from services.auth.audit import AuditTrail, audited_check
@@ -159,16 +160,20 @@ class Pipeline:
             record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
-        self, model: str, fallbacks: list[str], model_type: str, created_at: float
+        self, model: str, fallbacks: list[str], model_type: str, created_at: float, request: Any = None
     ) -> list[route_pb2.RouteCandidate]:
-        """The candidates, priced as in effect when the request arrived (docs/pricing.md §3)."""
+        """The candidates, priced as in effect when the request arrived (docs/pricing.md §3), chosen
+        by the request's provider preferences (docs/routing.md §2)."""
         at = timestamp_pb2.Timestamp()
         at.FromNanoseconds(int(created_at * 1e9))
-        answer = await calls.unary(
-            self.clients.routing.ResolveRoute,
-            routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type,
-                                           at=at),
-        )
+        message = routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks,
+                                                 model_type=model_type, at=at)
+        if request is not None and request.HasField("provider"):
+            message.provider.CopyFrom(request.provider)
+            if "require_parameters" in request.provider.fields:
+                message.parameters.extend(sorted(f.name for f, _ in request.ListFields()
+                                                 if f.name not in ALWAYS_ACCEPTED))
+        answer = await calls.unary(self.clients.routing.ResolveRoute, message)
         return list(answer.candidates)
 
     def chat(
@@ -195,7 +200,7 @@ class Pipeline:
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), model_type,
-                                            record.created_at)
+                                            record.created_at, request)
         record.prompt_bytes = request.ByteSize()
         record.request = request  # a reference, for the estimate of a stream cut before its usage
         await self.limit(principal, request.model, candidates, record, context, max_output(request))

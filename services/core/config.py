@@ -41,6 +41,9 @@ class RouteConfig:
     # Every price set of the route in order of its start, the route's own keys first (in effect
     # since ever): docs/pricing.md. Empty: the route's own input, output and image prices only.
     prices: tuple[Prices, ...] = ()
+    # The route's share of requests among its model's weighted routes (docs/routing.md §3); 0 (the
+    # default): not balanced, tried in the configured order.
+    weight: int = 0
 
     def timeline(self) -> tuple[Prices, ...]:
         """The route's price sets, oldest first."""
@@ -144,8 +147,11 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             except PriceError as exc:
                 raise ConfigError(str(exc)) from exc
             base = timeline[0]
+            weight = r.get("weight", 0)
+            if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 10000:
+                raise ConfigError(f"{rwhere}: weight must be an integer between 0 and 10000")
             routes.append(RouteConfig(r["provider"], str(r["model"]), base.input_per_1k, base.output_per_1k,
-                                      base.per_image, timeline))
+                                      base.per_image, timeline, weight))
         if not routes:
             raise ConfigError(f"{where}: at least one route is required")
         max_output = int(m.get("max_output_tokens") or 0)

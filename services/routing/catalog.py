@@ -56,6 +56,18 @@ def supported_parameters(kind: str, model_type: str) -> tuple[str, ...]:
     return supported_chat_parameters(kind)
 
 
+def pricing(candidate: route_pb2.RouteCandidate) -> model_pb2.ModelPricing:
+    """A route's prices in effect, as `GET /v1/models` shows them."""
+    prices = of_candidate(candidate)
+    return model_pb2.ModelPricing(
+        input_per_1k=candidate.input_per_1k, output_per_1k=candidate.output_per_1k,
+        per_image=candidate.per_image or None,
+        cached_input_per_1k=decimal_str(prices.cached_input_per_1k),
+        cache_write_per_1k=decimal_str(prices.cache_write_per_1k),
+        reasoning_per_1k=decimal_str(prices.reasoning_per_1k),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogModel:
     """A public model id and its candidates in order; `timelines`, when given, holds each
@@ -79,7 +91,6 @@ class CatalogModel:
 
     def to_proto(self) -> model_pb2.Model:
         first = self.candidates[0]
-        prices = of_candidate(first)
         return model_pb2.Model(
             id=self.id,
             object="model",
@@ -88,13 +99,7 @@ class CatalogModel:
             type=self.type,
             context_window=self.context_window,
             max_output_tokens=first.max_output_tokens,
-            pricing=model_pb2.ModelPricing(
-                input_per_1k=first.input_per_1k, output_per_1k=first.output_per_1k,
-                per_image=first.per_image or None,
-                cached_input_per_1k=decimal_str(prices.cached_input_per_1k),
-                cache_write_per_1k=decimal_str(prices.cache_write_per_1k),
-                reasoning_per_1k=decimal_str(prices.reasoning_per_1k),
-            ),
+            pricing=pricing(first),
             supported_parameters=supported_parameters(first.endpoint.kind, self.type),
         )
 
@@ -146,6 +151,10 @@ class Catalog:
     def models(self) -> list[CatalogModel]:
         return list(self._models().values())
 
+    def knows(self, model_id: str) -> bool:
+        """Whether `model_id` is a model id of the catalog."""
+        return model_id in self._models()
+
     def get(self, model_id: str, at: datetime | None = None) -> CatalogModel:
         model = self._models(at).get(model_id)
         if model is None:
@@ -160,9 +169,14 @@ class Catalog:
                 at: datetime | None = None) -> list[route_pb2.RouteCandidate]:
         """Candidates for `model_id`, then for each fallback model, without repeats, priced as in
         effect at `at` (default: now)."""
+        return [c for group in self.resolve_groups(model_id, fallbacks, model_type, at) for c in group]
+
+    def resolve_groups(self, model_id: str, fallbacks: list[str], model_type: str,
+                       at: datetime | None = None) -> list[list[route_pb2.RouteCandidate]]:
+        """`resolve`'s candidates grouped by model: the requested model's, then each fallback's."""
         if not model_id:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
-        candidates: list[route_pb2.RouteCandidate] = []
+        groups: list[list[route_pb2.RouteCandidate]] = []
         seen: set[tuple[str, str]] = set()
         for index, wanted in enumerate([model_id, *fallbacks]):
             model = self.get(wanted, at)
@@ -172,9 +186,11 @@ class Catalog:
                     f"The model {quote(wanted, '`')} is a {model.type} model and cannot serve this endpoint.",
                     param="model" if index == 0 else "models",
                 )
+            group: list[route_pb2.RouteCandidate] = []
             for candidate in model.candidates:
                 key = (candidate.endpoint.provider, candidate.upstream_model)
                 if key not in seen:
                     seen.add(key)
-                    candidates.append(candidate)
-        return candidates
+                    group.append(candidate)
+            groups.append(group)
+        return groups

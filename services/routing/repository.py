@@ -87,11 +87,12 @@ async def sync_catalog(pool: asyncpg.Pool, config: Config) -> None:
             await conn.execute("DELETE FROM provider_endpoints WHERE model_id = $1", model_id)
             await conn.executemany(
                 """INSERT INTO provider_endpoints
-                   (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, per_image, position)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                   (model_id, provider_id, upstream_model, input_per_1k, output_per_1k, per_image, position,
+                    weight)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
                 [
                     (model_id, provider_ids[r.provider], r.model, r.input_per_1k, r.output_per_1k,
-                     r.per_image, i)
+                     r.per_image, i, r.weight)
                     for i, r in enumerate(m.routes)
                 ],
             )
@@ -112,7 +113,7 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
             """SELECT m.public_id, m.type, m.context_window, m.max_output_tokens, e.per_image,
                       extract(epoch FROM m.created_at)::bigint AS created,
                       p.name, p.kind, p.base_url, p.api_key_env,
-                      e.upstream_model, e.input_per_1k, e.output_per_1k
+                      e.upstream_model, e.input_per_1k, e.output_per_1k, e.weight
                FROM models m
                JOIN provider_endpoints e ON e.model_id = m.id AND e.enabled
                JOIN providers p ON p.id = e.provider_id AND p.enabled
@@ -154,6 +155,7 @@ async def load_catalog(pool: asyncpg.Pool) -> Catalog:
                 model_type=r["type"],
                 max_output_tokens=r["max_output_tokens"],
                 per_image=decimal_str(r["per_image"]) if r["per_image"] is not None else "",
+                weight=r["weight"],
             )
             for r in routes
         )

@@ -164,10 +164,15 @@ async def _wire_people(
         wiring.serve(topology, registration.add_to_server, registration.servicer, registration.service_name)
 
 
-async def _wire_routing(topology: Topology, wiring: Wiring, pool: Any, nc: Any) -> None:
+async def _wire_routing(settings: WorkerSettings, topology: Topology, wiring: Wiring, pool: Any,
+                        nc: Any) -> None:
+    from services.core.redis import create_redis
+    from services.routing.health import RouteHealth
     from services.routing.servicer import RoutingServicer
 
-    routing = RoutingServicer(pool, nc)
+    redis = create_redis(settings.stores.redis_url)  # route health: read for sort and /v1/providers
+    wiring.closers.append(redis.aclose)
+    routing = RoutingServicer(pool, nc, health=RouteHealth(redis))
     await routing.start()
     wiring.closers.append(routing.close)
     wiring.serve(
@@ -200,6 +205,7 @@ async def _wire_edge(
 ) -> None:
     from edge.accounting import UsageRecorder
     from edge.clients import ServiceClients
+    from edge.health import CircuitBreakers
     from edge.inference_servicer import InferenceServicer
     from edge.openai_servicer import OpenAIServicer
     from edge.ops_port import admin_only
@@ -215,6 +221,7 @@ async def _wire_edge(
     from services.limits.reconcile import Reconciler
     from services.limits.response_cache import ResponseCache
     from services.limits.rules import RuleBook
+    from services.routing.health import RouteHealth
 
     redis = create_redis(settings.stores.redis_url)
     wiring.closers.append(redis.aclose)
@@ -262,9 +269,13 @@ async def _wire_edge(
     audit = AuditTrail(audit_publisher)
     wiring.closers.append(audit_publisher.stop)
     wiring.closers.append(audit.close)  # closed before its publisher stops
+    # Circuit breakers and measured figures shared by every process (docs/routing.md §4, §5).
+    route_health = RouteHealth(redis)
+    wiring.closers.append(route_health.close)  # flushed before Redis closes (closers run last first)
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
-        audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas, stored_bodies=stored_bodies,
+        breakers=CircuitBreakers(route_health), audit=audit, limiter=limiter, rules=rules, cache=cache,
+        quotas=quotas, stored_bodies=stored_bodies,
     )
     wiring.serve(
         topology,
@@ -375,7 +386,7 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
         if "auth" in services:
             await _wire_auth(settings, topology, wiring, pool, nc)
         if "routing" in services:
-            await _wire_routing(topology, wiring, pool, nc)
+            await _wire_routing(settings, topology, wiring, pool, nc)
         if "adapter" in services:
             await _wire_adapter(settings, topology, wiring)
         if "edge" in services:

@@ -89,6 +89,15 @@ def _vendor_catalog(vendors: dict[str, Any]) -> tuple[list[dict[str, Any]], list
             ],
         },
         {
+            # Load balanced 3:1 (tests/e2e/test_routing.py, docs/routing.md §3).
+            "id": "weighted-chat",
+            "type": "chat",
+            "routes": [
+                {"provider": "fakeai", "model": "gpt-4o-mini", **price, "weight": 3},
+                {"provider": "backup", "model": "gpt-4o-mini", **price, "weight": 1},
+            ],
+        },
+        {
             "id": "gemini-embed",
             "type": "embedding",
             "routes": [{"provider": "google", "model": "gemini-embedding-001", **price}],

@@ -40,7 +40,9 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI, http: httpx.
 async def test_providers_list(http: httpx.AsyncClient) -> None:
     body = (await http.get("/v1/providers")).json()
     assert body["object"] == "list"
-    assert {"id": "backup", "object": "provider", "kind": "openai_compatible"} in body["data"]
+    backup = next(p for p in body["data"] if p["id"] == "backup")
+    assert {k: backup[k] for k in ("object", "kind")} == {"object": "provider", "kind": "openai_compatible"}
+    assert backup["health"]["circuit"] in ("closed", "open", "half_open")  # docs/routing.md §4
 
 
 async def test_key_create_use_delete_then_401(gateway: Gateway, http: httpx.AsyncClient) -> None:

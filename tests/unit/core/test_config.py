@@ -214,3 +214,14 @@ def test_retention_defaults_and_bounds() -> None:
         30, 730, 7 * 365, 3650)
     with pytest.raises(ConfigError, match="retention"):
         parse_config({"retention": {"analytics_days": 0}})
+
+
+def test_route_weight_defaults_to_unbalanced_and_is_checked() -> None:
+    assert [r.weight for r in parse_config(BASE).models[0].routes] == [0, 0]
+    raw = copy.deepcopy(BASE)
+    raw["models"][0]["routes"][0]["weight"] = 3
+    assert parse_config(raw).models[0].routes[0].weight == 3
+    for bad in (-1, 1.5, "2", True, 10001):
+        raw["models"][0]["routes"][0]["weight"] = bad
+        with pytest.raises(ConfigError, match=r"routes\[0\]: weight must be an integer between 0 and 10000"):
+            parse_config(raw)
