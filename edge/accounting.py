@@ -90,6 +90,7 @@ class RequestRecord:
     content_events: int = 0  # upstream chunks that carried content: at least one token each
     content_chars: int = 0  # characters of generated output so far (a cut stream's estimate)
     request: Any = None  # the client's request: a cut stream's prompt is estimated from it
+    default_provider: dict[str, Any] | None = None  # the organization's and key's provider defaults
     upstream_answered: bool = False  # the upstream accepted the request: its prompt is spent
     images: int = 0
     prompt_bytes: int = 0

@@ -30,9 +30,9 @@ from edge.health import CircuitBreakers
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.adapters.capabilities import ALWAYS_ACCEPTED
 from services.analytics import bodies
-from services.analytics.bodies import StoredBodies
 from services.auth.audit import AuditTrail, audited_check
 from services.auth.audit_repository import client_ip
+from services.auth.org_settings import OrganizationSettingsBook
 from services.core import calls, telemetry
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
@@ -112,14 +112,15 @@ class Pipeline:
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
                  cache: ResponseCache | None = None, quotas: Any = None,
-                 stored_bodies: StoredBodies | None = None) -> None:
+                 org_settings: OrganizationSettingsBook | None = None) -> None:
         self.clients = clients
         self.audit = audit  # where permission denials go (docs/architecture.md §2.11)
         self.limiter = limiter  # rate limits (docs/limits.md); None: none are enforced
         self.rules = rules  # rate-limit rules (services/limits/rules.py RuleBook), when served
         self.cache = cache  # the response cache (services/limits/response_cache.py); None: no caching
         self.quotas = quotas  # organization quotas (services/limits/quotas.py QuotaBook), when served
-        self.stored_bodies = stored_bodies  # who keeps bodies in the request log (analytics/bodies.py)
+        # Each organization's store_prompts and default provider preferences (auth/org_settings.py).
+        self.org_settings = org_settings
         self.recorder = recorder
         self._timeout_ms = upstream_timeout_ms
         self._breakers = breakers or CircuitBreakers()
@@ -147,8 +148,13 @@ class Pipeline:
             record.organization_id = principal.organization_id
             record.api_key_id = principal.api_key_id
             record.user_id = principal.user_id
-            if self.stored_bodies is not None and principal.organization_id:
-                record.store_bodies = await self.stored_bodies.of(principal.organization_id)
+            if self.org_settings is not None and principal.organization_id:
+                settings = await self.org_settings.of(principal.organization_id)
+                record.store_bodies = settings.store_prompts
+                record.default_provider = settings.provider
+            if principal.HasField("provider"):  # the key's defaults win over its organization's
+                record.default_provider = {**(record.default_provider or {}),
+                                           **json_format.MessageToDict(principal.provider)}
         return answer.principal
 
     @staticmethod
@@ -160,19 +166,26 @@ class Pipeline:
             record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
-        self, model: str, fallbacks: list[str], model_type: str, created_at: float, request: Any = None
+        self, model: str, fallbacks: list[str], model_type: str, created_at: float, request: Any = None,
+        defaults: dict[str, Any] | None = None,
     ) -> list[route_pb2.RouteCandidate]:
         """The candidates, priced as in effect when the request arrived (docs/pricing.md §3), chosen
-        by the request's provider preferences (docs/routing.md §2)."""
+        by the provider preferences: the request's own fields over its key's defaults, over its
+        organization's (docs/routing.md §2)."""
         at = timestamp_pb2.Timestamp()
         at.FromNanoseconds(int(created_at * 1e9))
         message = routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks,
                                                  model_type=model_type, at=at)
-        if request is not None and request.HasField("provider"):
+        asked = request is not None and request.HasField("provider")
+        if defaults:
+            message.provider.update(defaults)
+            if asked:
+                message.provider.update(json_format.MessageToDict(request.provider))
+        elif asked:
             message.provider.CopyFrom(request.provider)
-            if "require_parameters" in request.provider.fields:
-                message.parameters.extend(sorted(f.name for f, _ in request.ListFields()
-                                                 if f.name not in ALWAYS_ACCEPTED))
+        if request is not None and "require_parameters" in message.provider.fields:
+            message.parameters.extend(sorted(f.name for f, _ in request.ListFields()
+                                             if f.name not in ALWAYS_ACCEPTED))
         answer = await calls.unary(self.clients.routing.ResolveRoute, message)
         return list(answer.candidates)
 
@@ -200,7 +213,7 @@ class Pipeline:
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), model_type,
-                                            record.created_at, request)
+                                            record.created_at, request, record.default_provider)
         record.prompt_bytes = request.ByteSize()
         record.request = request  # a reference, for the estimate of a stream cut before its usage
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
@@ -350,7 +363,7 @@ class Pipeline:
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
         candidates = await self._candidates(request.model, list(request.models), "embedding",
-                                            record.created_at)
+                                            record.created_at, request, record.default_provider)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 
@@ -386,7 +399,9 @@ class Pipeline:
         if not model:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
-        candidates = await self._candidates(model, fallbacks, "image", record.created_at)
+        generation = operation if isinstance(operation, image_pb2.ImageGenerationRequest) else None
+        candidates = await self._candidates(model, fallbacks, "image", record.created_at, generation,
+                                            record.default_provider)
         await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 

@@ -1,9 +1,8 @@
 """Request and response bodies in the request log, for organizations that opt in (`store_prompts`;
 docs/ledger.md §2).
 
-* Which organizations opted in is answered from memory (`StoredBodies`, an OrganizationBook kept
-  current over NATS subject `tenancy.organizations.changed`), so a request of an organization that
-  did not opt in pays one dictionary lookup and nothing else.
+* Which organizations opted in is answered from memory (services/auth/org_settings.py), so a
+  request of an organization that did not opt in pays one dictionary lookup and nothing else.
 * The edge keeps at most MAX_BODY_BYTES of each body in the usage event; a larger one becomes a
   note of its size, so a 10 MiB prompt never travels through JetStream twice.
 * The ledger redacts before it writes (`Redactor`): the default one masks e-mail addresses, card
@@ -22,33 +21,13 @@ from typing import Any
 import orjson
 
 from services.core.config import ConfigError
-from services.limits.org_book import OrganizationBook, publish_change
 
 log = logging.getLogger(__name__)
 
-SUBJECT = "tenancy.organizations.changed"
 MAX_BODY_BYTES = 1 << 20
 REDACTED = "[REDACTED]"
 
 Redact = Callable[[Any], Any]
-
-
-async def _load_store_prompts(pool: Any, organization_id: str) -> bool:
-    return bool(await pool.fetchval("SELECT store_prompts FROM organizations WHERE id = $1::uuid",
-                                    organization_id))
-
-
-class StoredBodies(OrganizationBook[bool]):
-    """Per process: whether each organization keeps its bodies (services/limits/org_book.py)."""
-
-    def __init__(self, pool: Any, *, ttl_s: float = 30.0) -> None:
-        super().__init__(lambda organization_id: _load_store_prompts(pool, organization_id), SUBJECT,
-                         ttl_s=ttl_s)
-
-
-async def announce_change(nc: Any | None) -> bool:
-    """Tells every process that an organization's settings changed (they read them again)."""
-    return await publish_change(nc, SUBJECT)
 
 
 def bounded(body: bytes) -> bytes:

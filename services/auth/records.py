@@ -39,6 +39,7 @@ class KeySettings:
     cache: bool = False  # its requests use the response cache without asking (docs/limits.md)
     max_budget_usd: Decimal | None = None  # at most this per budget_period (docs/limits.md, "Budgets")
     budget_period: str | None = None  # "daily", "monthly" or "total"; set with max_budget_usd
+    provider_policy: dict[str, Any] | None = None  # default provider preferences (docs/routing.md §2)
 
     @classmethod
     def from_row(cls, row: Any) -> KeySettings:
@@ -126,6 +127,8 @@ def api_key_message(row: KeyRow, plaintext: str | None = None) -> api_key_pb2.Ap
     if s.max_budget_usd is not None:
         message.max_budget_usd = decimal_str(s.max_budget_usd)
         message.budget_period = s.budget_period or ""
+    if s.provider_policy:
+        message.provider.update(s.provider_policy)
     if s.allowed_models is not None:
         message.allowed_models.CopyFrom(list_value(s.allowed_models))
     if s.expires_at is not None:
@@ -146,6 +149,8 @@ def auth_record(row: KeyRow) -> AuthRecord:
     if s.max_budget_usd is not None:
         principal.max_budget_usd = decimal_str(s.max_budget_usd)
         principal.budget_period = s.budget_period or ""
+    if s.provider_policy:
+        principal.provider.update(s.provider_policy)
     if s.allowed_models is not None:
         principal.allowed_models.CopyFrom(list_value(s.allowed_models))
     ends = row.secret_expires_at()

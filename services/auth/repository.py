@@ -23,10 +23,11 @@ DEFAULT_ORGANIZATION = "default"
 
 _KEY_COLUMN_NAMES = ("id", "organization_id", "key_hash", "prefix", "name", "role", "allowed_models",
                      *LIMIT_FIELDS, "expires_at", "created_at", "revoked_at", "scopes",
-                     "previous_key_expires_at", "cache", "max_budget_usd", "budget_period")
+                     "previous_key_expires_at", "cache", "max_budget_usd", "budget_period", "provider_policy")
 # The columns an update may set (validation.changes_from_update's keys), with their casts.
 _UPDATABLE = {"name": "", "role": "", "allowed_models": "::text[]", "expires_at": "::timestamptz",
               "scopes": "::text[]", "cache": "::boolean", "max_budget_usd": "::numeric", "budget_period": "",
+              "provider_policy": "::jsonb",
               **dict.fromkeys(LIMIT_FIELDS, "::integer")}
 _KEY_COLUMNS = ", ".join(_KEY_COLUMN_NAMES)
 _K_KEY_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLUMN_NAMES)
@@ -126,12 +127,12 @@ async def insert_key_in(conn: Any, *, organization_id: str, key_hash: str, prefi
     row = await conn.fetchrow(
         f"INSERT INTO api_keys (organization_id, user_id, name, key_hash, prefix, role, allowed_models, "
         f"{', '.join(LIMIT_FIELDS)}, expires_at, scopes, oauth_client_id, cache, max_budget_usd, "
-        f"budget_period) "
+        f"budget_period, provider_policy) "
         f"VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::text[], $8, $9, $10, $11, $12, $13::text[], "
-        f"$14::uuid, $15, $16, $17) RETURNING {_KEY_COLUMNS}",
+        f"$14::uuid, $15, $16, $17, $18::jsonb) RETURNING {_KEY_COLUMNS}",
         organization_id, user_id, settings.name, key_hash, prefix, settings.role, models, *limits,
         settings.expires_at, list(settings.scopes), oauth_client_id, settings.cache, settings.max_budget_usd,
-        settings.budget_period)
+        settings.budget_period, settings.provider_policy)
     key = KeyRow.from_row(row)
     await _audit(conn, organization_id, actor, "api_key.create", key.id,
                  {"name": settings.name, "role": settings.role, "prefix": prefix, **(details or {})},

@@ -18,15 +18,15 @@ from typing import Any
 import asyncpg
 
 from aggregator.auth.v1.auth_service_pb2 import Principal
-from services.analytics.bodies import announce_change
 from services.auth import tenancy_repository as store
 from services.auth.management import actor_of
+from services.auth.org_settings import announce_change
 from services.auth.passwords import hash_password
 from services.auth.records import ROLES
 from services.auth.sessions import live_sessions, publish_revocation, revoke_user_sessions
 from services.auth.target_org import is_platform_admin, organization_not_found, target_organization
 from services.auth.tenancy_repository import OrganizationRow, Page, UserRow
-from services.auth.validation import key_id
+from services.auth.validation import key_id, validate_provider_policy
 from services.core.errors import GatewayError, Reason, quote
 
 MAX_NAME_LENGTH = 200
@@ -138,17 +138,21 @@ class TenancyManager:
         return row
 
     async def update_organization(self, caller: Principal, ident: str, name: str | None,
-                                  store_prompts: bool | None = None) -> OrganizationRow:
-        """Renames the organization and/or opts it in or out of keeping bodies in the request log;
-        every process learns the latter within 2 s (services/analytics/bodies.py)."""
+                                  store_prompts: bool | None = None,
+                                  provider: dict[str, Any] | None = None) -> OrganizationRow:
+        """Renames the organization, opts it in or out of keeping bodies in the request log, and
+        sets its default provider preferences (checked as a request's are; `{}` removes them);
+        every process learns of the last two within 2 s (services/auth/org_settings.py)."""
         canonical = self._visible(caller, ident)
-        if name is None and store_prompts is None:
+        if provider is not None:
+            provider = validate_provider_policy(provider) or {}
+        if name is None and store_prompts is None and provider is None:
             row = await store.get_organization(self._pool, canonical)
         else:
             row = await store.update_organization(
                 self._pool, canonical, None if name is None else organization_name(name), store_prompts,
-                actor_of(caller))
-            if store_prompts is not None:
+                actor_of(caller), provider)
+            if store_prompts is not None or provider is not None:
                 await announce_change(self._nc)
         if row is None:
             raise organization_not_found(ident)

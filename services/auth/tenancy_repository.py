@@ -19,7 +19,7 @@ import asyncpg
 from services.auth.repository import _audit
 from services.core.errors import GatewayError, Reason, quote
 
-_ORG_COLUMNS = "id, name, created_at, updated_at, store_prompts"
+_ORG_COLUMNS = "id, name, created_at, updated_at, store_prompts, provider_policy"
 _USER_COLUMNS = "id, organization_id, email, name, role, created_at, updated_at"
 # The user columns an update may set; the password arrives here already hashed.
 USER_UPDATABLE = ("email", "name", "role", "password_hash")
@@ -34,14 +34,16 @@ class OrganizationRow:
     created_at: datetime
     updated_at: datetime
     store_prompts: bool = False  # bodies kept in the request log (docs/ledger.md §2)
+    provider: dict[str, Any] | None = None  # default provider preferences (docs/routing.md §2)
 
     @classmethod
     def from_row(cls, row: Any) -> OrganizationRow:
-        return cls(str(row["id"]), row["name"], row["created_at"], row["updated_at"], row["store_prompts"])
+        return cls(str(row["id"]), row["name"], row["created_at"], row["updated_at"], row["store_prompts"],
+                   row["provider_policy"])
 
     def view(self) -> dict[str, Any]:
         """What the audit trail keeps of it."""
-        return {"name": self.name, "store_prompts": self.store_prompts}
+        return {"name": self.name, "store_prompts": self.store_prompts, "provider": self.provider}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +143,11 @@ async def list_organizations(pool: asyncpg.Pool, limit: int, after: str | None =
 
 
 async def update_organization(pool: asyncpg.Pool, organization_id: str, name: str | None,
-                              store_prompts: bool | None, actor: str) -> OrganizationRow | None:
-    """Renames an organization and/or sets its `store_prompts` (None: unchanged); None when it does
-    not exist, INVALID_REQUEST when the name is taken."""
+                              store_prompts: bool | None, actor: str,
+                              provider: dict[str, Any] | None = None) -> OrganizationRow | None:
+    """Renames an organization and/or sets its `store_prompts` and default `provider` preferences
+    (None: unchanged; an empty `provider` removes them); None when it does not exist,
+    INVALID_REQUEST when the name is taken."""
     async with pool.acquire() as conn, conn.transaction():
         old = await conn.fetchrow(f"SELECT {_ORG_COLUMNS} FROM organizations WHERE id = $1::uuid FOR UPDATE",
                                   organization_id)
@@ -152,8 +156,11 @@ async def update_organization(pool: asyncpg.Pool, organization_id: str, name: st
         try:
             row = await conn.fetchrow(
                 "UPDATE organizations SET name = coalesce($2, name), "
-                "store_prompts = coalesce($3, store_prompts) "
-                f"WHERE id = $1::uuid RETURNING {_ORG_COLUMNS}", organization_id, name, store_prompts)
+                "store_prompts = coalesce($3, store_prompts), "
+                "provider_policy = CASE WHEN $4::boolean THEN nullif($5::jsonb, '{}'::jsonb) "
+                "ELSE provider_policy END "
+                f"WHERE id = $1::uuid RETURNING {_ORG_COLUMNS}", organization_id, name, store_prompts,
+                provider is not None, provider)
         except asyncpg.UniqueViolationError:
             raise _name_taken(name or "") from None
         org = OrganizationRow.from_row(row)

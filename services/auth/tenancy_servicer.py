@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from aggregator.tenancy.v1 import (
     organization_pb2,
@@ -38,10 +38,13 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def organization_message(row: OrganizationRow) -> organization_pb2.Organization:
-    return organization_pb2.Organization(id=row.id, object="organization", name=row.name,
+    message = organization_pb2.Organization(id=row.id, object="organization", name=row.name,
                                          created_at=_timestamp(row.created_at),
                                          updated_at=_timestamp(row.updated_at),
                                          store_prompts=row.store_prompts)
+    if row.provider:
+        message.provider.update(row.provider)
+    return message
 
 
 def user_message(row: UserRow) -> user_pb2.User:
@@ -104,8 +107,9 @@ class OrganizationServicer(_Authenticated, organization_service_pb2_grpc.Organiz
         caller = await self._caller(context)
         name = request.name if request.HasField("name") else None
         store_prompts = request.store_prompts if request.HasField("store_prompts") else None
+        provider = json_format.MessageToDict(request.provider) if request.HasField("provider") else None
         return organization_message(await self._manager.update_organization(caller, request.id, name,
-                                                                            store_prompts))
+                                                                            store_prompts, provider))
 
 
 class UserServicer(_Authenticated, user_service_pb2_grpc.UserServiceServicer):

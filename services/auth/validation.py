@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from aggregator.auth.v1 import api_key_service_pb2
 from services.auth.permissions import PERMISSIONS
 from services.auth.records import LIMIT_FIELDS, ROLES, KeySettings, to_datetime
 from services.core.errors import GatewayError, Reason, quote
+from services.routing import policy
 
 MAX_NAME_LENGTH = 200
 MAX_MODELS = 1000
@@ -132,7 +133,8 @@ def _validate_expiry(expires_at: datetime | None, now: datetime | None) -> datet
 def validate_settings(*, name: str = "", role: str | None = None, allowed_models: Iterable[Any] | None = None,
                       expires_at: datetime | None = None, now: datetime | None = None,
                       scopes: Iterable[Any] = (), cache: bool = False, max_budget_usd: Any = None,
-                      budget_period: str | None = None, **limits: int | None) -> KeySettings:
+                      budget_period: str | None = None, provider_policy: dict[str, Any] | None = None,
+                      **limits: int | None) -> KeySettings:
     """Checks every field of a key's settings; raises GatewayError(INVALID_REQUEST) on the first bad one."""
     unknown = set(limits) - set(LIMIT_FIELDS)
     if unknown:
@@ -146,7 +148,22 @@ def validate_settings(*, name: str = "", role: str | None = None, allowed_models
                        allowed_models=validate_models(allowed_models),
                        expires_at=_validate_expiry(expires_at, now), scopes=validate_scopes(scopes),
                        cache=bool(cache), max_budget_usd=budget,
-                       budget_period=None if budget is None else period or "monthly", **checked)
+                       budget_period=None if budget is None else period or "monthly",
+                       provider_policy=validate_provider_policy(provider_policy), **checked)
+
+
+def validate_provider_policy(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Default provider preferences, checked as a request's are (the same 400s, naming
+    `provider.<field>`); `{}` or None: none (docs/routing.md §2)."""
+    if not raw:
+        return None
+    policy.parse(raw)
+    return raw
+
+
+def provider_policy_of(request: Any) -> dict[str, Any] | None:
+    """The `provider` Struct of a create or update request as JSON values; None when absent."""
+    return json_format.MessageToDict(request.provider) if request.HasField("provider") else None
 
 
 def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
@@ -159,7 +176,7 @@ def settings_from_create(request: api_key_service_pb2.CreateApiKeyRequest,
     period = request.budget_period if request.HasField("budget_period") else None
     return validate_settings(name=request.name, role=request.role, allowed_models=models, expires_at=expires,
                              now=now, scopes=request.scopes, cache=request.cache, max_budget_usd=budget,
-                             budget_period=period, **limits)
+                             budget_period=period, provider_policy=provider_policy_of(request), **limits)
 
 
 def _nullable(value: struct_pb2.Value) -> Any:
@@ -230,6 +247,8 @@ def changes_from_update(request: api_key_service_pb2.UpdateApiKeyRequest,
             else None)
     if request.HasField("budget_period"):
         changes["budget_period"] = validate_budget_period(request.budget_period)
+    if request.HasField("provider"):
+        changes["provider_policy"] = validate_provider_policy(provider_policy_of(request))
     return changes
 
 

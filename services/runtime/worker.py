@@ -212,7 +212,7 @@ async def _wire_edge(
     from edge.ops_servicer import OpsServicer
     from edge.pipeline import Pipeline
     from edge.readiness import cached_probes
-    from services.analytics.bodies import StoredBodies
+    from services.auth.org_settings import OrganizationSettingsBook
     from services.core.events import UsagePublisher
     from services.core.redis import create_redis
     from services.limits.budgets import SpendStore
@@ -241,10 +241,10 @@ async def _wire_edge(
     await quotas.subscribe(nc)
     wiring.closers.append(quotas.close)
     wiring.on_nats_reconnect.append(quotas.invalidate)
-    stored_bodies = StoredBodies(pool)  # organizations keeping bodies in the request log
-    await stored_bodies.subscribe(nc)
-    wiring.closers.append(stored_bodies.close)
-    wiring.on_nats_reconnect.append(stored_bodies.invalidate)
+    org_settings = OrganizationSettingsBook(pool)  # store_prompts, default provider preferences
+    await org_settings.subscribe(nc)
+    wiring.closers.append(org_settings.close)
+    wiring.on_nats_reconnect.append(org_settings.invalidate)
     publisher = UsagePublisher(nc, settings.data_dir / "outbox")
     await publisher.start()
     recorder = UsageRecorder(publisher, limiter)
@@ -275,7 +275,7 @@ async def _wire_edge(
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
         breakers=CircuitBreakers(route_health), audit=audit, limiter=limiter, rules=rules, cache=cache,
-        quotas=quotas, stored_bodies=stored_bodies,
+        quotas=quotas, org_settings=org_settings,
     )
     wiring.serve(
         topology,
