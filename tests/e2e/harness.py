@@ -130,6 +130,7 @@ def config_document(config: Config) -> dict[str, Any]:
                         **_prices(r.timeline()[0]),
                         "prices": [{"effective_from": p.effective_from.isoformat(), **_prices(p)}
                                    for p in r.timeline()[1:]],
+                        **({"weight": r.weight} if r.weight else {}),
                     }
                     for r in m.routes
                 ],

@@ -1,0 +1,23 @@
+"""The e2e harness writes the config file its service processes read, and a replica started from
+that file re-syncs the catalog from it: the file must say everything the test config says (a route
+weight once went missing, and the replica of tests/e2e/test_budgets.py reset every weight)."""
+
+from __future__ import annotations
+
+from services.core.config import parse_config
+from tests.e2e.conftest import _vendor_catalog
+from tests.e2e.harness import config_document, gateway_config
+
+
+class _Fake:
+    base_url = "http://127.0.0.1:1"
+
+
+def test_the_config_file_says_everything_the_config_does() -> None:
+    providers, models = _vendor_catalog({"anthropic": _Fake(), "google": _Fake(), "cohere": _Fake()})
+    config = gateway_config("http://127.0.0.1:2/v1", "http://127.0.0.1:3/v1", "http://127.0.0.1:4/v1",
+                            providers, models)
+    again = parse_config(config_document(config))
+    assert again.providers == config.providers
+    assert again.models == config.models
+    assert any(r.weight for m in config.models for r in m.routes)  # the case that went missing
