@@ -176,7 +176,9 @@ class RouteHealth:
         `cache_seconds` (docs/routing.md §4: the hot path's only Redis read)."""
         now = self._clock()
         wanted = list(dict.fromkeys(endpoints))
-        stale = [e for e in wanted if e not in self._cache or now - self._cache[e][0] >= self._cache_s]
+        found = {e: self._cache[e][1] for e in wanted
+                 if e in self._cache and now - self._cache[e][0] < self._cache_s}
+        stale = [e for e in wanted if e not in found]
         if stale:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -187,12 +189,16 @@ class RouteHealth:
                 # Health is advice: without Redis, route as last known (or as configured) for a second.
                 log.warning("route health: Redis unavailable; routing on the last known state")
                 for endpoint in stale:
-                    self._cache[endpoint] = (now, self._cache.get(endpoint, (now, Health()))[1])
+                    found[endpoint] = self._cache.get(endpoint, (now, Health()))[1]
+                    self._cache[endpoint] = (now, found[endpoint])
             else:
                 now_ms = self._now_ms()
                 for endpoint, raw in zip(stale, rows, strict=True):
-                    self._remember(endpoint, parse(_decoded(raw), now_ms))
-        return {e: self._cache[e][1] for e in wanted}
+                    found[endpoint] = parse(_decoded(raw), now_ms)
+                    self._remember(endpoint, found[endpoint])
+        # Built from what was read, not from the cache: a flush while Redis answered may have
+        # dropped an entry since (it pops what it wrote, to be read afresh).
+        return {e: found[e] for e in wanted}
 
     async def admit(self, endpoint: str) -> bool:
         """Whether a request may send to a half-open endpoint: exactly one wins the trial (none
