@@ -10,6 +10,8 @@ After the first event the stream belongs to that candidate.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -27,12 +29,27 @@ from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
+from edge.hedging import HedgeFailed, Opened, hedged
+from edge.resilience import (
+    ATTEMPTS_HEADER,
+    HEDGE_HEADER,
+    PROVIDER_HEADER,
+    TIMEOUT_HEADER,
+    Deadline,
+    deadline_spent,
+    header_ms,
+    may_try_next,
+    output_tokens,
+    request_policy,
+    retry_delay,
+)
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.analytics import bodies
 from services.analytics.bodies import StoredBodies
 from services.auth.audit import AuditTrail, audited_check
 from services.auth.audit_repository import client_ip
 from services.core import calls, telemetry
+from services.core.config import Resilience
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
 from services.limits.budgets import (
@@ -65,12 +82,6 @@ def bearer_key(authorization: str | None) -> str:
         "You didn't provide an API key. You need to provide your API key in an Authorization "
         "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
     )
-
-
-def may_try_next(error: GatewayError) -> bool:
-    """Whether a candidate's failure before its first event lets the next candidate try: the
-    retriable upstream failures, and a parameter this provider cannot honour."""
-    return error.retriable or error.reason is Reason.UNSUPPORTED_PARAMETER
 
 
 def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None:
@@ -107,7 +118,8 @@ def max_output(request: Any) -> int:
 class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
-    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
+    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int = 0,
+                 resilience: Resilience | None = None, model_resilience: dict[str, Resilience] | None = None,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
                  cache: ResponseCache | None = None, quotas: Any = None,
@@ -120,7 +132,11 @@ class Pipeline:
         self.quotas = quotas  # organization quotas (services/limits/quotas.py QuotaBook), when served
         self.stored_bodies = stored_bodies  # who keeps bodies in the request log (analytics/bodies.py)
         self.recorder = recorder
-        self._timeout_ms = upstream_timeout_ms
+        # Timeouts, retries, hedging (docs/resilience.md); `upstream_timeout_ms` is the older
+        # single timeout, taken as the first-token one when no policy is given.
+        self._resilience = resilience or Resilience(
+            first_token_timeout_s=upstream_timeout_ms / 1000 if upstream_timeout_ms else 120.0)
+        self._policies = model_resilience or {}
         self._breakers = breakers or CircuitBreakers()
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
@@ -215,40 +231,116 @@ class Pipeline:
                     yield event
                 return
             filling = Filling(lookup)
-        last_error: GatewayError | None = None
-        for candidate in await self._breakers.order(candidates):
-            record.candidate = candidate
-            record.attempts += 1
+        policy = self._policy(request.model, context)
+        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
+                               record.started)
+
+        def open_attempt(candidate: route_pb2.RouteCandidate) -> Awaitable[Opened]:
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
-                                timeout_ms=self._timeout_ms)
-            async with calls.stream(method, message) as events:
-                first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
+                                timeout_ms=deadline.remaining_ms())
+            return self._attempt(candidate, method, message, policy, deadline)
+
+        opened = await self._first_content(candidates, record, policy, deadline, open_attempt)
+        ok = False
+        try:
+            await self._breakers.succeeded(opened.candidate)
+            record.candidate = opened.candidate
+            record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
+            record.headers.append((PROVIDER_HEADER, opened.candidate.endpoint.provider))
+            await self.send_headers(context, record)
+            for event in opened.held:  # the role-only chunks held until content, then the content
+                self._observe(record, event)
+                if filling is not None:
+                    filling.add(event)
+                yield event
+            async for event in opened.events:
+                self._observe(record, event)
+                if filling is not None:
+                    filling.add(event)
+                yield event
+            ok = True
+            if filling is not None and self.cache is not None:  # complete: worth replaying
+                await self.cache.put(filling)
+        finally:
+            await opened.stack.aclose()
+            await self._breakers.record(
+                opened.candidate, ok=ok,
+                ttft_s=record.first_token_at - opened.started if record.first_token_at else None,
+                output_tokens=output_tokens(record), duration_s=time.monotonic() - opened.started)
+
+    def _policy(self, model: str, context: Any) -> Resilience:
+        """The model's resilience policy, with the client's hedging header applied."""
+        policy = self._policies.get(model, self._resilience)
+        return request_policy(policy, header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
+
+    async def _attempt(self, candidate: route_pb2.RouteCandidate, method: Any, message: Any,
+                       policy: Resilience, deadline: Deadline) -> Opened:
+        """One attempt, read until its first content: OpenAI's first chunk carries only the role,
+        so role-only chunks are held (not sent) until content, a tool call, a finish or the end
+        arrives; a provider that dies before that fails over invisibly (docs/resilience.md §2).
+        Bounded by the first-token timeout and the request's deadline."""
+        started = time.monotonic()
+        remaining = deadline.remaining()
+        stack = contextlib.AsyncExitStack()
+        try:
+            events = await stack.enter_async_context(calls.stream(method, message, timeout=remaining))
+            held: list[adapter_pb.ChatResponse] = []
+            try:
+                async with asyncio.timeout(min(policy.first_token_timeout_s, remaining)):
+                    async for event in events:
+                        held.append(event)
+                        if event.has_content or event.finish_reason:
+                            break
+            except TimeoutError:
+                raise GatewayError(Reason.UPSTREAM_TIMEOUT, "The upstream provider sent no first token in "
+                                   "time." if policy.first_token_timeout_s < remaining
+                                   else deadline_spent().message) from None
+            if not held:
+                raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
+        except BaseException as error:
+            await stack.aclose()
+            if isinstance(error, GatewayError) and may_try_next(error):
+                await self._failed(candidate, error)
+                await self._breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
+                                            duration_s=time.monotonic() - started)
+            raise
+        return Opened(candidate, events, held, stack, started)
+
+    async def _first_content(self, candidates: list[route_pb2.RouteCandidate], record: RequestRecord,
+                             policy: Resilience, deadline: Deadline,
+                             open_attempt: Callable[[route_pb2.RouteCandidate], Awaitable[Opened]]) -> Opened:
+        """The first attempt to bring content: candidates in the breakers' order, each retried
+        per the policy (retry_delay), the next one hedged when the policy says so (hedging.py);
+        504 once the deadline is spent."""
+        order = await self._breakers.order(candidates)
+        last_error: GatewayError | None = None
+        index = 0
+        while index < len(order):
+            candidate = order[index]
+            retry = 0
+            while True:
+                deadline.remaining()  # 504 once spent
+                record.candidate = candidate
+                record.attempts += 1
                 try:
-                    first = await anext(events)
-                except StopAsyncIteration:
-                    last_error = GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
-                    await self._breakers.failed(candidate)
+                    if policy.hedge_after_ms and index + 1 < len(order) and retry == 0:
+                        return await hedged(candidate, order[index + 1], open_attempt, policy, record,
+                                            self.recorder)
+                    return await open_attempt(candidate)
+                except HedgeFailed as both:
+                    last_error = both.error
+                    index += 1  # both candidates failed: the one after them is next
+                    break
                 except GatewayError as error:
                     if not may_try_next(error):
                         raise
                     last_error = error
-                    await self._failed(candidate, error)
-                if first is None:
-                    continue
-                await self._breakers.succeeded(candidate)
-                self._observe(record, first)
-                await self.send_headers(context, record)
-                if filling is not None:
-                    filling.add(first)
-                yield first
-                async for event in events:
-                    self._observe(record, event)
-                    if filling is not None:
-                        filling.add(event)
-                    yield event
-                if filling is not None and self.cache is not None:  # complete: worth replaying
-                    await self.cache.put(filling)
-                return
+                    retry += 1
+                    delay = retry_delay(policy, error, retry, deadline)
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+            index += 1
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
     async def limit(self, principal: auth_pb.Principal, model: str,
@@ -316,24 +408,49 @@ class Pipeline:
         self,
         candidates: list[route_pb2.RouteCandidate],
         record: RequestRecord,
-        call: Callable[[route_pb2.RouteCandidate], Awaitable[T]],
+        context: Any,
+        model: str,
+        call: Callable[[route_pb2.RouteCandidate, Deadline], Awaitable[T]],
     ) -> T:
-        """The answer of the first candidate that answers a unary call."""
+        """The answer of the first candidate that answers a unary call: the candidates in the
+        breakers' order, each retried per the policy, within the request's deadline."""
+        policy = self._policy(model, context)
+        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
+                               record.started)
         last_error: GatewayError | None = None
         for candidate in await self._breakers.order(candidates):
-            record.candidate = candidate
-            record.attempts += 1
-            try:
-                answer = await call(candidate)
-            except GatewayError as error:
+            retry = 0
+            while True:
+                remaining = deadline.remaining()
+                record.candidate = candidate
+                record.attempts += 1
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(remaining):
+                        answer = await call(candidate, deadline)
+                except TimeoutError:
+                    error = deadline_spent()
+                except GatewayError as failure:
+                    error = failure
+                else:
+                    await self._breakers.succeeded(candidate)
+                    record.first_token_at = time.monotonic()
+                    await self._breakers.record(candidate, ok=True, ttft_s=record.first_token_at - started,
+                                                output_tokens=0, duration_s=record.first_token_at - started)
+                    record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
+                    record.headers.append((PROVIDER_HEADER, candidate.endpoint.provider))
+                    return answer
                 if not may_try_next(error):
-                    raise
+                    raise error
                 last_error = error
                 await self._failed(candidate, error)
-                continue
-            await self._breakers.succeeded(candidate)
-            record.first_token_at = time.monotonic()
-            return answer
+                await self._breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
+                                            duration_s=time.monotonic() - started)
+                retry += 1
+                delay = retry_delay(policy, error, retry, deadline)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
     async def embed(
@@ -349,18 +466,13 @@ class Pipeline:
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 
-        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.EmbedResponse:
-            return await calls.unary(
-                self.clients.adapter.Embed,
-                adapter_pb.EmbedRequest(
-                    candidate=candidate,
-                    request=request,
-                    request_id=record.request_id,
-                    timeout_ms=self._timeout_ms,
-                ),
-            )
+        async def call(candidate: route_pb2.RouteCandidate, deadline: Deadline) -> adapter_pb.EmbedResponse:
+            message = adapter_pb.EmbedRequest(candidate=candidate, request=request,
+                                              request_id=record.request_id,
+                                              timeout_ms=deadline.remaining_ms())
+            return await calls.unary(self.clients.adapter.Embed, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, call)
+        answer = await self._first_answer(candidates, record, context, request.model, call)
         record.usage = answer.usage
         if record.store_bodies:
             record.response_chunks.append(answer.body)
@@ -385,16 +497,12 @@ class Pipeline:
         await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 
-        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.ImageResponse:
-            message = adapter_pb.ImageRequest(
-                candidate=candidate,
-                request_id=record.request_id,
-                timeout_ms=self._timeout_ms,
-                **{field: operation},
-            )
-            return await calls.unary(self.clients.adapter.Image, message)
+        async def call(candidate: route_pb2.RouteCandidate, deadline: Deadline) -> adapter_pb.ImageResponse:
+            message = adapter_pb.ImageRequest(candidate=candidate, request_id=record.request_id,
+                                              timeout_ms=deadline.remaining_ms(), **{field: operation})
+            return await calls.unary(self.clients.adapter.Image, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, call)
+        answer = await self._first_answer(candidates, record, context, model, call)
         if answer.HasField("usage"):
             record.usage = answer.usage
         record.images = answer.images
