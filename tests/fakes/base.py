@@ -33,6 +33,7 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     after_chunks: int | None = None
+    drop: bool = False  # with after_chunks: the connection is cut there, without any error event
 
     def response(self) -> web.Response:
         """This failure as a whole answer: its status, body, headers and content type."""
@@ -186,6 +187,10 @@ class FakeUpstream:
         try:
             for i, frame in enumerate(frames):
                 if failure is not None and i == failure.after_chunks:
+                    if failure.drop:  # the provider dies: no error event, no end
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return response
                     if tail := failure_frame(failure.body):
                         await response.write(tail)
                     return response
