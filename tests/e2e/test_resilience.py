@@ -210,7 +210,8 @@ async def test_hedging_cuts_the_time_to_first_token(client: openai.AsyncOpenAI, 
     assert hedged < STALL_S / 2 and hedged < unhedged / 2  # the hedge (300 ms) served instead
 
 
-async def test_a_provider_refusing_stream_options_streams(client: openai.AsyncOpenAI, picky: FakeOpenAI) -> None:
+async def test_a_provider_refusing_stream_options_streams(client: openai.AsyncOpenAI,
+                                                         picky: FakeOpenAI) -> None:
     headers, text, _ = await _stream(client, "picky-chat")
     _served(headers, "picky", 1)
     assert text and "stream_options" not in picky.requests[0].json

@@ -18,8 +18,10 @@ from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
+from edge.health import CircuitBreakers
 from edge.pipeline import Pipeline, bearer_key, check_model_allowed
 from services.core import telemetry
+from services.core.config import Resilience
 from services.core.errors import GatewayError, Reason
 
 KEY = "sk-test-123"
@@ -369,3 +371,76 @@ def test_start_uses_the_envoy_request_id_or_makes_one() -> None:
     assert (record.endpoint, record.public_model, record.stream) == ("chat.completions", "m", True)
     record, current = contextvars.copy_context().run(start, Context())
     assert len(record.request_id) == 32 and record.request_id == current
+
+
+# --- resilience (docs/resilience.md) ---------------------------------------------------------------
+
+async def test_a_failure_after_the_role_chunk_fails_over_invisibly() -> None:
+    pipeline, clients = make({
+        "p1": Script([event("role", content=False)], error=GatewayError(Reason.UPSTREAM_ERROR, "cut")),
+        "p2": Script([event("role2", content=False), event("hi")]),
+    })
+    record = new_record()
+    context = Context(*AUTHORIZED.pairs)
+    assert await run_chat(pipeline, record, context=context) == [b"role2", b"hi"]
+    assert ("x-aggregator-attempts", "2") in context.sent and ("x-aggregator-provider", "p2") in context.sent
+    assert len(clients.adapter.calls) == 2
+
+
+async def test_a_finish_without_content_ends_the_hold() -> None:
+    finished = adapter_pb.ChatResponse(body=b"stop", finish_reason="stop")
+    pipeline, clients = make({"p1": Script([event("role", content=False), finished,
+                                            event("tail", content=False)]), "p2": Script([event("x")])})
+    assert await run_chat(pipeline, new_record()) == [b"role", b"stop", b"tail"]
+    assert len(clients.adapter.calls) == 1
+
+
+class Breakers(CircuitBreakers):
+    """Records what the pipeline reports through the seam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, bool, bool, int]] = []
+
+    async def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
+                     output_tokens: int, duration_s: float) -> None:
+        assert duration_s >= 0
+        self.records.append((candidate.endpoint.provider, ok, ttft_s is not None, output_tokens))
+
+
+async def test_every_attempt_is_recorded_once() -> None:
+    usage = chat_pb2.Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+    pipeline, _ = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_UNAVAILABLE, "down")),
+                        "p2": Script([event("a"), event("u", content=False, usage=usage)])})
+    breakers = pipeline._breakers = Breakers()
+    await run_chat(pipeline, new_record())
+    assert breakers.records == [("p1", False, False, 0), ("p2", True, True, 7)]
+
+
+async def test_a_cut_after_content_is_recorded_as_not_ok() -> None:
+    pipeline, _ = make({"p1": Script([event("abcdefgh")], error=GatewayError(Reason.UPSTREAM_ERROR, "cut"))})
+    breakers = pipeline._breakers = Breakers()
+    with pytest.raises(GatewayError):
+        await run_chat(pipeline, new_record())
+    assert breakers.records == [("p1", False, True, 1)]  # the estimate of what came: 1 content event
+
+
+async def test_retries_on_one_candidate_then_the_next() -> None:
+    pipeline, clients = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_ERROR, "boom")),
+                              "p2": Script([event("ok")])})
+    pipeline._resilience = Resilience(retries=2, backoff_initial_s=0.001, backoff_max_s=0.002)
+    record = new_record()
+    assert await run_chat(pipeline, record) == [b"ok"]
+    assert [c.candidate.endpoint.provider for c in clients.adapter.calls] == ["p1", "p1", "p1", "p2"]
+    assert record.attempts == 4
+
+
+async def test_a_spent_deadline_is_a_504() -> None:
+    pipeline, clients = make({"p1": Script([event("x")])})
+    context = Context(*AUTHORIZED.pairs, ("x-aggregator-timeout-ms", "500"))
+    record = new_record()
+    record.started -= 1  # a request that arrived a second ago
+    with pytest.raises(GatewayError) as info:
+        await run_chat(pipeline, record, context=context)
+    assert info.value.reason is Reason.UPSTREAM_TIMEOUT and info.value.http_status == 504
+    assert not clients.adapter.calls
