@@ -4,14 +4,13 @@
         -> response cache (when asked) -> adapt -> account
 
 Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
-last; a retriable failure before the first event moves on to the next candidate (docs/architecture.md §2.8).
-After the first event the stream belongs to that candidate.
+last; a retriable failure before the first content moves on to the next candidate, with retries,
+one deadline per request and hedging as the model's policy says (edge/attempts.py,
+docs/resilience.md). After the first content the stream belongs to that candidate.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -27,21 +26,19 @@ from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2, image_
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
+from edge.attempts import Attempts
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
-from edge.hedging import HedgeFailed, Opened, hedged
+from edge.hedging import Opened
 from edge.resilience import (
     ATTEMPTS_HEADER,
     HEDGE_HEADER,
     PROVIDER_HEADER,
     TIMEOUT_HEADER,
     Deadline,
-    deadline_spent,
     header_ms,
-    may_try_next,
     output_tokens,
     request_policy,
-    retry_delay,
 )
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.analytics import bodies
@@ -65,7 +62,6 @@ from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
 
 BEARER = "bearer "
-NOTHING_ANSWERED = "The upstream provider answered nothing."
 T = TypeVar("T")
 
 
@@ -138,6 +134,7 @@ class Pipeline:
             first_token_timeout_s=upstream_timeout_ms / 1000 if upstream_timeout_ms else 120.0)
         self._policies = model_resilience or {}
         self._breakers = breakers or CircuitBreakers()
+        self.attempts = Attempts(self._breakers, recorder)
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
@@ -238,9 +235,9 @@ class Pipeline:
         def open_attempt(candidate: route_pb2.RouteCandidate) -> Awaitable[Opened]:
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
                                 timeout_ms=deadline.remaining_ms())
-            return self._attempt(candidate, method, message, policy, deadline)
+            return self.attempts.attempt(candidate, method, message, policy, deadline)
 
-        opened = await self._first_content(candidates, record, policy, deadline, open_attempt)
+        opened = await self.attempts.first_content(candidates, record, policy, deadline, open_attempt)
         ok = False
         try:
             await self._breakers.succeeded(opened.candidate)
@@ -272,76 +269,6 @@ class Pipeline:
         """The model's resilience policy, with the client's hedging header applied."""
         policy = self._policies.get(model, self._resilience)
         return request_policy(policy, header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
-
-    async def _attempt(self, candidate: route_pb2.RouteCandidate, method: Any, message: Any,
-                       policy: Resilience, deadline: Deadline) -> Opened:
-        """One attempt, read until its first content: OpenAI's first chunk carries only the role,
-        so role-only chunks are held (not sent) until content, a tool call, a finish or the end
-        arrives; a provider that dies before that fails over invisibly (docs/resilience.md §2).
-        Bounded by the first-token timeout and the request's deadline."""
-        started = time.monotonic()
-        remaining = deadline.remaining()
-        stack = contextlib.AsyncExitStack()
-        try:
-            events = await stack.enter_async_context(calls.stream(method, message, timeout=remaining))
-            held: list[adapter_pb.ChatResponse] = []
-            try:
-                async with asyncio.timeout(min(policy.first_token_timeout_s, remaining)):
-                    async for event in events:
-                        held.append(event)
-                        if event.has_content or event.finish_reason:
-                            break
-            except TimeoutError:
-                raise GatewayError(Reason.UPSTREAM_TIMEOUT, "The upstream provider sent no first token in "
-                                   "time." if policy.first_token_timeout_s < remaining
-                                   else deadline_spent().message) from None
-            if not held:
-                raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
-        except BaseException as error:
-            await stack.aclose()
-            if isinstance(error, GatewayError) and may_try_next(error):
-                await self._failed(candidate, error)
-                await self._breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
-                                            duration_s=time.monotonic() - started)
-            raise
-        return Opened(candidate, events, held, stack, started)
-
-    async def _first_content(self, candidates: list[route_pb2.RouteCandidate], record: RequestRecord,
-                             policy: Resilience, deadline: Deadline,
-                             open_attempt: Callable[[route_pb2.RouteCandidate], Awaitable[Opened]]) -> Opened:
-        """The first attempt to bring content: candidates in the breakers' order, each retried
-        per the policy (retry_delay), the next one hedged when the policy says so (hedging.py);
-        504 once the deadline is spent."""
-        order = await self._breakers.order(candidates)
-        last_error: GatewayError | None = None
-        index = 0
-        while index < len(order):
-            candidate = order[index]
-            retry = 0
-            while True:
-                deadline.remaining()  # 504 once spent
-                record.candidate = candidate
-                record.attempts += 1
-                try:
-                    if policy.hedge_after_ms and index + 1 < len(order) and retry == 0:
-                        return await hedged(candidate, order[index + 1], open_attempt, policy, record,
-                                            self.recorder)
-                    return await open_attempt(candidate)
-                except HedgeFailed as both:
-                    last_error = both.error
-                    index += 1  # both candidates failed: the one after them is next
-                    break
-                except GatewayError as error:
-                    if not may_try_next(error):
-                        raise
-                    last_error = error
-                    retry += 1
-                    delay = retry_delay(policy, error, retry, deadline)
-                    if delay is None:
-                        break
-                    await asyncio.sleep(delay)
-            index += 1
-        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
     async def limit(self, principal: auth_pb.Principal, model: str,
                     candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,
@@ -384,10 +311,14 @@ class Pipeline:
             record.headers_sent = True
             await context.send_initial_metadata(tuple(record.headers))
 
-    async def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
-        telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
-        if error.retriable:  # the endpoint's health; a refused parameter says nothing about it
-            await self._breakers.failed(candidate)
+    async def _first_answer(self, candidates: list[route_pb2.RouteCandidate], record: RequestRecord,
+                            context: Any, model: str,
+                            call: Callable[[route_pb2.RouteCandidate, Deadline], Awaitable[T]]) -> T:
+        """The answer of the first candidate that answers a unary call (Attempts.first_answer)."""
+        policy = self._policy(model, context)
+        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
+                               record.started)
+        return await self.attempts.first_answer(candidates, record, policy, deadline, call)
 
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
@@ -403,55 +334,6 @@ class Pipeline:
             record.content_chars += event.content_chars
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
-
-    async def _first_answer(
-        self,
-        candidates: list[route_pb2.RouteCandidate],
-        record: RequestRecord,
-        context: Any,
-        model: str,
-        call: Callable[[route_pb2.RouteCandidate, Deadline], Awaitable[T]],
-    ) -> T:
-        """The answer of the first candidate that answers a unary call: the candidates in the
-        breakers' order, each retried per the policy, within the request's deadline."""
-        policy = self._policy(model, context)
-        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
-                               record.started)
-        last_error: GatewayError | None = None
-        for candidate in await self._breakers.order(candidates):
-            retry = 0
-            while True:
-                remaining = deadline.remaining()
-                record.candidate = candidate
-                record.attempts += 1
-                started = time.monotonic()
-                try:
-                    async with asyncio.timeout(remaining):
-                        answer = await call(candidate, deadline)
-                except TimeoutError:
-                    error = deadline_spent()
-                except GatewayError as failure:
-                    error = failure
-                else:
-                    await self._breakers.succeeded(candidate)
-                    record.first_token_at = time.monotonic()
-                    await self._breakers.record(candidate, ok=True, ttft_s=record.first_token_at - started,
-                                                output_tokens=0, duration_s=record.first_token_at - started)
-                    record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
-                    record.headers.append((PROVIDER_HEADER, candidate.endpoint.provider))
-                    return answer
-                if not may_try_next(error):
-                    raise error
-                last_error = error
-                await self._failed(candidate, error)
-                await self._breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
-                                            duration_s=time.monotonic() - started)
-                retry += 1
-                delay = retry_delay(policy, error, retry, deadline)
-                if delay is None:
-                    break
-                await asyncio.sleep(delay)
-        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
     async def embed(
         self, request: embedding_pb2.EmbeddingRequest, context: Any, record: RequestRecord

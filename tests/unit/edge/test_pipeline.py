@@ -168,9 +168,13 @@ def chat_request(**extra: Any) -> chat_pb2.ChatCompletionRequest:
     return json_format.ParseDict(data, chat_pb2.ChatCompletionRequest())
 
 
-def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None) -> tuple[Pipeline, Clients]:
+def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None, *,
+         breakers: CircuitBreakers | None = None,
+         resilience: Resilience | None = None) -> tuple[Pipeline, Clients]:
     clients = Clients(Auth(who or principal()), Routing(list(scripts)), Adapter(scripts))
-    return Pipeline(clients, UsageRecorder(None), upstream_timeout_ms=30_000), clients  # type: ignore[arg-type]
+    pipeline = Pipeline(clients, UsageRecorder(None), upstream_timeout_ms=30_000,  # type: ignore[arg-type]
+                        breakers=breakers, resilience=resilience)
+    return pipeline, clients
 
 
 def new_record() -> RequestRecord:
@@ -410,16 +414,18 @@ class Breakers(CircuitBreakers):
 
 async def test_every_attempt_is_recorded_once() -> None:
     usage = chat_pb2.Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+    breakers = Breakers()
     pipeline, _ = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_UNAVAILABLE, "down")),
-                        "p2": Script([event("a"), event("u", content=False, usage=usage)])})
-    breakers = pipeline._breakers = Breakers()
+                        "p2": Script([event("a"), event("u", content=False, usage=usage)])},
+                       breakers=breakers)
     await run_chat(pipeline, new_record())
     assert breakers.records == [("p1", False, False, 0), ("p2", True, True, 7)]
 
 
 async def test_a_cut_after_content_is_recorded_as_not_ok() -> None:
-    pipeline, _ = make({"p1": Script([event("abcdefgh")], error=GatewayError(Reason.UPSTREAM_ERROR, "cut"))})
-    breakers = pipeline._breakers = Breakers()
+    breakers = Breakers()
+    pipeline, _ = make({"p1": Script([event("abcdefgh")], error=GatewayError(Reason.UPSTREAM_ERROR, "cut"))},
+                       breakers=breakers)
     with pytest.raises(GatewayError):
         await run_chat(pipeline, new_record())
     assert breakers.records == [("p1", False, True, 1)]  # the estimate of what came: 1 content event
@@ -427,8 +433,8 @@ async def test_a_cut_after_content_is_recorded_as_not_ok() -> None:
 
 async def test_retries_on_one_candidate_then_the_next() -> None:
     pipeline, clients = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_ERROR, "boom")),
-                              "p2": Script([event("ok")])})
-    pipeline._resilience = Resilience(retries=2, backoff_initial_s=0.001, backoff_max_s=0.002)
+                              "p2": Script([event("ok")])},
+                             resilience=Resilience(retries=2, backoff_initial_s=0.001, backoff_max_s=0.002))
     record = new_record()
     assert await run_chat(pipeline, record) == [b"ok"]
     assert [c.candidate.endpoint.provider for c in clients.adapter.calls] == ["p1", "p1", "p1", "p2"]
