@@ -137,7 +137,7 @@ class Attempts:
                     await self.breakers.succeeded(candidate)
                     record.first_token_at = time.monotonic()
                     await self.breakers.record(candidate, ok=True, ttft_s=record.first_token_at - started,
-                                                output_tokens=0, duration_s=record.first_token_at - started)
+                                               output_tokens=0, duration_s=record.first_token_at - started)
                     record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
                     record.headers.append((PROVIDER_HEADER, candidate.endpoint.provider))
                     return answer
@@ -146,7 +146,7 @@ class Attempts:
                 last_error = error
                 await self.failed(candidate, error)
                 await self.breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
-                                            duration_s=time.monotonic() - started)
+                                           duration_s=time.monotonic() - started)
                 retry += 1
                 delay = retry_delay(policy, error, retry, deadline)
                 if delay is None:
