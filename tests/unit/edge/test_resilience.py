@@ -19,6 +19,7 @@ from edge.hedging import HedgeFailed, Opened, hedged
 from edge.resilience import Deadline, header_ms, retry_delay
 from services.core.config import ConfigError, Resilience, parse_config
 from services.core.errors import GatewayError, Reason
+from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, render_bootstrap
 
 POLICY = Resilience(retries=2, backoff_initial_s=0.5, backoff_max_s=0.8, max_retry_after_s=3.0)
 BUSY = GatewayError(Reason.UPSTREAM_RATE_LIMITED, "busy")
@@ -200,3 +201,20 @@ async def test_a_first_failing_before_the_hedge_is_raised_as_is() -> None:
     with pytest.raises(GatewayError) as info:
         await run(Attempts({"a": 0.0, "b": 0.0}, {"a": down}), hedge_ms=2000)
     assert info.value is down
+
+
+# --- Envoy's route timeout -------------------------------------------------------------------------
+
+def _route_timeouts(bootstrap: dict[str, Any]) -> set[str]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return {route["route"]["timeout"] for host in manager["route_config"]["virtual_hosts"]
+            for route in host["routes"] if "route" in route}
+
+
+@pytest.mark.parametrize(("deadline_s", "timeout"), [(600, "605s"), (1.5, "7s"), (0, "0s")])
+def test_envoys_route_timeout_follows_the_longest_deadline(deadline_s: float, timeout: str) -> None:
+    bootstrap = render_bootstrap(http_port=1, admin_port=2, upstreams=[("127.0.0.1", 3)],
+                                 descriptor_path=DEFAULT_DESCRIPTOR_PATH, lua_path=DEFAULT_LUA_PATH,
+                                 route_timeout_s=deadline_s)
+    assert _route_timeouts(bootstrap) == {timeout}  # the edge's own 504 comes first
