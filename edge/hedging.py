@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -53,7 +52,7 @@ def account_loser(record: RequestRecord, candidate: route_pb2.RouteCandidate,
     loser = dataclasses.replace(
         record, request_id=record.request_id + HEDGE_SUFFIX, candidate=candidate, attempts=1, usage=None,
         content_events=0, content_chars=0, upstream_answered=True, first_token_at=None, admission=None,
-        headers=[], store_bodies=False, response_chunks=[], finish_reason="", started=time.monotonic())
+        headers=[], store_bodies=False, response_chunks=[], finish_reason="")
     loser.cancel()
     recorder.finish(loser)
 
