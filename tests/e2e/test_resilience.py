@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,15 @@ import httpx
 import openai
 import pytest
 
+from aggregator.events.v1 import usage_event_pb2 as ev
+from services.core.config import StoreUrls
 from services.runtime.stores import free_port
 from tests.e2e.harness import Gateway, gateway_config, start_gateway
+from tests.e2e.test_usage_events import _events_for
 from tests.fakes import openai_failures as failures
 from tests.fakes.openai_upstream import FakeOpenAI
+
+pytestmark = pytest.mark.e2e
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 STALL_S = 2.5  # how long a stalled provider keeps quiet
@@ -200,7 +206,8 @@ async def test_the_client_may_shorten_the_deadline(client: openai.AsyncOpenAI, f
                                              extra_headers={"x-aggregator-timeout-ms": "soon"})
 
 
-async def test_hedging_cuts_the_time_to_first_token(client: openai.AsyncOpenAI, flaky: FakeOpenAI) -> None:
+async def test_hedging_cuts_the_time_to_first_token(client: openai.AsyncOpenAI, flaky: FakeOpenAI,
+                                                    store_urls: StoreUrls) -> None:
     flaky.first_byte_delay_s = STALL_S
     headers, _, unhedged = await _stream(client, "hedged", {"x-aggregator-hedge-ms": "0"})
     _served(headers, "flaky", 1)
@@ -208,6 +215,12 @@ async def test_hedging_cuts_the_time_to_first_token(client: openai.AsyncOpenAI, 
     headers, _, hedged = await _stream(client, "hedged")
     _served(headers, "steady", 2)
     assert hedged < STALL_S / 2 and hedged < unhedged / 2  # the hedge (300 ms) served instead
+    # The loser is billed on its own for the prompt it consumed.
+    [loser] = await _events_for(store_urls, headers["x-request-id"] + ".hedge")
+    assert (loser.provider, loser.status) == ("flaky", ev.REQUEST_STATUS_CANCELLED)
+    assert loser.prompt_tokens > 0 and Decimal(loser.cost_usd) > 0
+    [winner] = await _events_for(store_urls, headers["x-request-id"])
+    assert (winner.provider, winner.attempts, winner.status) == ("steady", 2, ev.REQUEST_STATUS_SUCCEEDED)
 
 
 async def test_a_provider_refusing_stream_options_streams(client: openai.AsyncOpenAI,
