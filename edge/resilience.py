@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,7 +104,3 @@ def request_policy(policy: Resilience, hedge_ms: int | None) -> Resilience:
         return policy
     return replace(policy, hedge_after_ms=hedge_ms)
 
-
-def policies(models: Mapping[str, Resilience | None], default: Resilience) -> dict[str, Resilience]:
-    """Each model's policy: its own, or the section's."""
-    return {model: own or default for model, own in models.items()}
