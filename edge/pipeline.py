@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from google.protobuf import json_format, timestamp_pb2
@@ -62,7 +62,6 @@ from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
 
 BEARER = "bearer "
-T = TypeVar("T")
 
 
 def bearer_key(authorization: str | None) -> str:
@@ -172,7 +171,7 @@ class Pipeline:
             record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
-        self, model: str, fallbacks: list[str], model_type: str, created_at: float
+        self, model: str, fallbacks: list[str], model_type: str, created_at: float, deadline: Deadline
     ) -> list[route_pb2.RouteCandidate]:
         """The candidates, priced as in effect when the request arrived (docs/pricing.md §3)."""
         at = timestamp_pb2.Timestamp()
@@ -181,6 +180,7 @@ class Pipeline:
             self.clients.routing.ResolveRoute,
             routing_pb.ResolveRouteRequest(model=model, fallback_models=fallbacks, model_type=model_type,
                                            at=at),
+            timeout=deadline.remaining(),
         )
         return list(answer.candidates)
 
@@ -207,8 +207,9 @@ class Pipeline:
         self.keep_request(record, request)
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
+        policy, deadline = self._deadline(request.model, context, record)
         candidates = await self._candidates(request.model, list(request.models), model_type,
-                                            record.created_at)
+                                            record.created_at, deadline)
         record.prompt_bytes = request.ByteSize()
         record.request = request  # a reference, for the estimate of a stream cut before its usage
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
@@ -228,9 +229,6 @@ class Pipeline:
                     yield event
                 return
             filling = Filling(lookup)
-        policy = self._policy(request.model, context)
-        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
-                               record.started)
 
         def open_attempt(candidate: route_pb2.RouteCandidate) -> Awaitable[Opened]:
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
@@ -265,10 +263,13 @@ class Pipeline:
                 ttft_s=record.first_token_at - opened.started if record.first_token_at else None,
                 output_tokens=output_tokens(record), duration_s=time.monotonic() - opened.started)
 
-    def _policy(self, model: str, context: Any) -> Resilience:
-        """The model's resilience policy, with the client's hedging header applied."""
-        policy = self._policies.get(model, self._resilience)
-        return request_policy(policy, header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
+    def _deadline(self, model: str, context: Any, record: RequestRecord) -> tuple[Resilience, Deadline]:
+        """The model's resilience policy with the client's hedging header applied, and the
+        request's deadline (docs/resilience.md §1, §3); 400 for a malformed header."""
+        policy = request_policy(self._policies.get(model, self._resilience),
+                                header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
+        requested = header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER)
+        return policy, Deadline.of(policy, requested, record.started)
 
     async def limit(self, principal: auth_pb.Principal, model: str,
                     candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,
@@ -311,15 +312,6 @@ class Pipeline:
             record.headers_sent = True
             await context.send_initial_metadata(tuple(record.headers))
 
-    async def _first_answer(self, candidates: list[route_pb2.RouteCandidate], record: RequestRecord,
-                            context: Any, model: str,
-                            call: Callable[[route_pb2.RouteCandidate, Deadline], Awaitable[T]]) -> T:
-        """The answer of the first candidate that answers a unary call (Attempts.first_answer)."""
-        policy = self._policy(model, context)
-        deadline = Deadline.of(policy, header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER),
-                               record.started)
-        return await self.attempts.first_answer(candidates, record, policy, deadline, call)
-
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
         record.upstream_answered = True
@@ -343,8 +335,9 @@ class Pipeline:
         self.keep_request(record, request)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
+        policy, deadline = self._deadline(request.model, context, record)
         candidates = await self._candidates(request.model, list(request.models), "embedding",
-                                            record.created_at)
+                                            record.created_at, deadline)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 
@@ -354,7 +347,7 @@ class Pipeline:
                                               timeout_ms=deadline.remaining_ms())
             return await calls.unary(self.clients.adapter.Embed, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, context, request.model, call)
+        answer = await self.attempts.first_answer(candidates, record, policy, deadline, call)
         record.usage = answer.usage
         if record.store_bodies:
             record.response_chunks.append(answer.body)
@@ -375,7 +368,8 @@ class Pipeline:
         if not model:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
-        candidates = await self._candidates(model, fallbacks, "image", record.created_at)
+        policy, deadline = self._deadline(model, context, record)
+        candidates = await self._candidates(model, fallbacks, "image", record.created_at, deadline)
         await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 
@@ -384,7 +378,7 @@ class Pipeline:
                                               timeout_ms=deadline.remaining_ms(), **{field: operation})
             return await calls.unary(self.clients.adapter.Image, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, context, model, call)
+        answer = await self.attempts.first_answer(candidates, record, policy, deadline, call)
         if answer.HasField("usage"):
             record.usage = answer.usage
         record.images = answer.images
