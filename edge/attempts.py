@@ -34,9 +34,12 @@ T = TypeVar("T")
 class Attempts:
     """Runs attempts against candidates; holds the breakers and the recorder (for hedge losers)."""
 
-    def __init__(self, breakers: CircuitBreakers, recorder: UsageRecorder) -> None:
+    def __init__(self, breakers: CircuitBreakers, recorder: UsageRecorder,
+                 route_first_token_s: dict[tuple[str, str, str], float] | None = None) -> None:
         self.breakers = breakers
         self.recorder = recorder
+        # (model id, provider, upstream model) -> a route's own first-token timeout (config).
+        self.route_first_token_s = route_first_token_s or {}
 
     async def attempt(self, candidate: route_pb2.RouteCandidate, method: Any, message: Any,
                       policy: Resilience, deadline: Deadline) -> Opened:
@@ -46,19 +49,23 @@ class Attempts:
         Bounded by the first-token timeout and the request's deadline."""
         started = time.monotonic()
         remaining = deadline.remaining()
+        first_token_s = policy.first_token_timeout_s
+        if self.route_first_token_s:
+            route = (candidate.public_model, candidate.endpoint.provider, candidate.upstream_model)
+            first_token_s = self.route_first_token_s.get(route, first_token_s)
         stack = contextlib.AsyncExitStack()
         try:
             events = await stack.enter_async_context(calls.stream(method, message, timeout=remaining))
             held: list[adapter_pb.ChatResponse] = []
             try:
-                async with asyncio.timeout(min(policy.first_token_timeout_s, remaining)):
+                async with asyncio.timeout(min(first_token_s, remaining)):
                     async for event in events:
                         held.append(event)
                         if event.has_content or event.finish_reason:
                             break
             except TimeoutError:
                 raise GatewayError(Reason.UPSTREAM_TIMEOUT, "The upstream provider sent no first token in "
-                                   "time." if policy.first_token_timeout_s < remaining
+                                   "time." if first_token_s < remaining
                                    else deadline_spent().message) from None
             if not held:
                 raise GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)

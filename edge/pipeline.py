@@ -115,6 +115,7 @@ class Pipeline:
 
     def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int = 0,
                  resilience: Resilience | None = None, model_resilience: dict[str, Resilience] | None = None,
+                 route_first_token_s: dict[tuple[str, str, str], float] | None = None,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
                  cache: ResponseCache | None = None, quotas: Any = None,
@@ -133,7 +134,7 @@ class Pipeline:
             first_token_timeout_s=upstream_timeout_ms / 1000 if upstream_timeout_ms else 120.0)
         self._policies = model_resilience or {}
         self._breakers = breakers or CircuitBreakers()
-        self.attempts = Attempts(self._breakers, recorder)
+        self.attempts = Attempts(self._breakers, recorder, route_first_token_s or {})
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""

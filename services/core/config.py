@@ -86,6 +86,8 @@ class RouteConfig:
     # Every price set of the route in order of its start, the route's own keys first (in effect
     # since ever): docs/pricing.md. Empty: the route's own input, output and image prices only.
     prices: tuple[Prices, ...] = ()
+    # This route's own first-token timeout, over its model's policy (docs/resilience.md §1).
+    first_token_timeout_s: float | None = None
 
     def timeline(self) -> tuple[Prices, ...]:
         """The route's price sets, oldest first."""
@@ -140,6 +142,12 @@ class Config:
     ledger_redaction: str = "default"
     # ledger.stream_max_bytes: the USAGE stream's size limit (services/core/nats.py).
     usage_stream_max_bytes: int = 1 << 30
+
+    @property
+    def route_first_token_timeouts(self) -> dict[tuple[str, str, str], float]:
+        """(model id, provider, upstream model) -> the route's own first-token timeout, where set."""
+        return {(m.id, r.provider, r.model): r.first_token_timeout_s for m in self.models for r in m.routes
+                if r.first_token_timeout_s is not None}
 
     @property
     def longest_deadline_s(self) -> float:
@@ -202,8 +210,12 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             except PriceError as exc:
                 raise ConfigError(str(exc)) from exc
             base = timeline[0]
+            first_token = r.get("first_token_timeout_s")
+            if first_token is not None:
+                first_token = parse_resilience({"first_token_timeout_s": first_token}, Resilience(),
+                                               rwhere).first_token_timeout_s
             routes.append(RouteConfig(r["provider"], str(r["model"]), base.input_per_1k, base.output_per_1k,
-                                      base.per_image, timeline))
+                                      base.per_image, timeline, first_token))
         if not routes:
             raise ConfigError(f"{where}: at least one route is required")
         max_output = int(m.get("max_output_tokens") or 0)

@@ -133,6 +133,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
         resilience=config.resilience if config else Resilience(),
         model_resilience={m.id: m.resilience for m in config.models if m.resilience} if config else {},
+        route_first_token_s=config.route_first_token_timeouts if config else {},
         provider_key_envs=config.provider_key_envs if config else frozenset(),
         providers=config.providers if config else (),
         ops_port=config.edge.ops_port if config and "edge" in services else 0,

@@ -46,6 +46,7 @@ class WorkerSettings:
     upstream_timeout_ms: int = 120_000
     resilience: Resilience = field(default_factory=Resilience)  # docs/resilience.md
     model_resilience: dict[str, Resilience] = field(default_factory=dict)  # models with their own
+    route_first_token_s: dict[tuple[str, str, str], float] = field(default_factory=dict)  # routes' own
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
@@ -267,7 +268,7 @@ async def _wire_edge(
     wiring.closers.append(audit.close)  # closed before its publisher stops
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, resilience=settings.resilience,
-        model_resilience=settings.model_resilience,
+        model_resilience=settings.model_resilience, route_first_token_s=settings.route_first_token_s,
         audit=audit, limiter=limiter, rules=rules, cache=cache, quotas=quotas, stored_bodies=stored_bodies,
     )
     wiring.serve(

@@ -132,6 +132,8 @@ def config_document(config: Config) -> dict[str, Any]:
                         **_prices(r.timeline()[0]),
                         "prices": [{"effective_from": p.effective_from.isoformat(), **_prices(p)}
                                    for p in r.timeline()[1:]],
+                        **({"first_token_timeout_s": r.first_token_timeout_s}
+                           if r.first_token_timeout_s is not None else {}),
                     }
                     for r in m.routes
                 ],

@@ -73,6 +73,9 @@ async def gateway(store_urls, flaky: FakeOpenAI, steady: FakeOpenAI, picky: Fake
         _model("hedged", both, hedge_after_ms=300, first_token_timeout_s=30),
         _model("short", ["flaky"], total_timeout_s=1.0),
         _model("patient", ["flaky"], first_token_timeout_s=30),
+        {**_model("route-timeout", both, first_token_timeout_s=30),
+         "routes": [{"provider": "flaky", "model": "gpt-4o-mini", "first_token_timeout_s": 0.5, **PRICE},
+                    {"provider": "steady", "model": "gpt-4o-mini", **PRICE}]},
         _model("picky-chat", ["picky"]),
     ]
     dead = f"http://127.0.0.1:{free_port()}/v1"
@@ -184,6 +187,14 @@ async def test_a_stall_after_the_role_chunk_times_out_to_the_next_candidate(
     _served(headers, "steady", 2)
     assert 0.5 <= ttft < STALL_S * 4 and text
     await flaky.wait_for_disconnect(within_s=10)  # the stalled stream was dropped
+
+
+async def test_a_routes_own_first_token_timeout_wins_over_its_models(
+        client: openai.AsyncOpenAI, flaky: FakeOpenAI) -> None:
+    flaky.hold_streams()  # the role chunk, then nothing; the model would wait 30 s, the route 0.5 s
+    headers, text, ttft = await _stream(client, "route-timeout")
+    _served(headers, "steady", 2)
+    assert 0.5 <= ttft < 15 and text
 
 
 async def test_the_request_deadline_is_a_504(client: openai.AsyncOpenAI, flaky: FakeOpenAI) -> None:

@@ -99,6 +99,19 @@ def test_the_section_and_a_model_override() -> None:
     assert (own.hedge_after_ms, own.total_timeout_s, own.retries) == (250, 90.0, 1)  # the rest inherited
     assert parsed.longest_deadline_s == 90.0
     assert parsed.providers[0].stream_options is False
+    assert parsed.route_first_token_timeouts == {}
+
+
+def test_a_routes_own_first_token_timeout() -> None:
+    parsed = config()
+    raw = {"providers": [{"name": "p", "kind": "openai", "base_url": "http://x/v1"}],
+           "models": [{"id": "m", "routes": [{"provider": "p", "model": "u", "input_per_1k": "1",
+                                               "output_per_1k": "1", "first_token_timeout_s": 2.5}]}]}
+    assert parse_config(raw).route_first_token_timeouts == {("m", "p", "u"): 2.5}
+    raw["models"][0]["routes"][0]["first_token_timeout_s"] = 0  # type: ignore[index]
+    with pytest.raises(ConfigError, match="must be positive"):
+        parse_config(raw)
+    assert parsed.models[0].routes[0].first_token_timeout_s is None
 
 
 @pytest.mark.parametrize(("policy", "message"), [
