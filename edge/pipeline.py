@@ -113,7 +113,7 @@ def max_output(request: Any) -> int:
 class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
-    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int = 0,
+    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *,
                  resilience: Resilience | None = None, model_resilience: dict[str, Resilience] | None = None,
                  route_first_token_s: dict[tuple[str, str, str], float] | None = None,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
@@ -128,10 +128,7 @@ class Pipeline:
         self.quotas = quotas  # organization quotas (services/limits/quotas.py QuotaBook), when served
         self.stored_bodies = stored_bodies  # who keeps bodies in the request log (analytics/bodies.py)
         self.recorder = recorder
-        # Timeouts, retries, hedging (docs/resilience.md); `upstream_timeout_ms` is the older
-        # single timeout, taken as the first-token one when no policy is given.
-        self._resilience = resilience or Resilience(
-            first_token_timeout_s=upstream_timeout_ms / 1000 if upstream_timeout_ms else 120.0)
+        self._resilience = resilience or Resilience()  # timeouts, retries, hedging (docs/resilience.md)
         self._policies = model_resilience or {}
         self._breakers = breakers or CircuitBreakers()
         self.attempts = Attempts(self._breakers, recorder, route_first_token_s or {})

@@ -130,7 +130,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         remotes=parse_remotes(args.remote),
         stores=StoreUrls.from_env(),
         data_dir=data_dir(args.data_dir),
-        upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
         resilience=config.resilience if config else Resilience(),
         model_resilience={m.id: m.resilience for m in config.models if m.resilience} if config else {},
         route_first_token_s=config.route_first_token_timeouts if config else {},

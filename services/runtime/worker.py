@@ -43,7 +43,6 @@ class WorkerSettings:
     remotes: dict[str, str]
     stores: StoreUrls
     data_dir: Path
-    upstream_timeout_ms: int = 120_000
     resilience: Resilience = field(default_factory=Resilience)  # docs/resilience.md
     model_resilience: dict[str, Resilience] = field(default_factory=dict)  # models with their own
     route_first_token_s: dict[tuple[str, str, str], float] = field(default_factory=dict)  # routes' own

@@ -172,8 +172,8 @@ def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None, *,
          breakers: CircuitBreakers | None = None,
          resilience: Resilience | None = None) -> tuple[Pipeline, Clients]:
     clients = Clients(Auth(who or principal()), Routing(list(scripts)), Adapter(scripts))
-    pipeline = Pipeline(clients, UsageRecorder(None), upstream_timeout_ms=30_000,  # type: ignore[arg-type]
-                        breakers=breakers, resilience=resilience)
+    pipeline = Pipeline(clients, UsageRecorder(None), breakers=breakers,  # type: ignore[arg-type]
+                        resilience=resilience)
     return pipeline, clients
 
 
