@@ -58,9 +58,11 @@ async def picky() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture(scope="module")
-async def gateway(store_urls, flaky: FakeOpenAI, steady: FakeOpenAI, picky: FakeOpenAI,
-                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+@pytest.fixture(scope="module", params=["all", "split"])
+async def gateway(request: pytest.FixtureRequest, store_urls, flaky: FakeOpenAI, steady: FakeOpenAI,
+                  picky: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """The gateway in both topologies: in "split" the adapter is another process, reached with
+    the request's deadline as its gRPC deadline."""
     providers = [
         {"name": "flaky", "kind": "openai_compatible", "base_url": flaky.base_url},
         {"name": "steady", "kind": "openai_compatible", "base_url": steady.base_url},
@@ -80,8 +82,8 @@ async def gateway(store_urls, flaky: FakeOpenAI, steady: FakeOpenAI, picky: Fake
     ]
     dead = f"http://127.0.0.1:{free_port()}/v1"
     config = gateway_config(steady.base_url, steady.base_url, dead, providers, models)
-    data_dir: Path = tmp_path_factory.mktemp("gateway-resilience")
-    running = await start_gateway("all", store_urls, data_dir, config)
+    data_dir: Path = tmp_path_factory.mktemp(f"gateway-resilience-{request.param}")
+    running = await start_gateway(request.param, store_urls, data_dir, config)
     try:
         yield running
     finally:
