@@ -111,6 +111,7 @@ class Attempts:
                     delay = retry_delay(policy, error, retry, deadline)
                     if delay is None:
                         break
+                    telemetry.UPSTREAM_RETRIES.labels(candidate.endpoint.provider).inc()
                     await asyncio.sleep(delay)
             index += 1
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
@@ -158,6 +159,7 @@ class Attempts:
                 delay = retry_delay(policy, error, retry, deadline)
                 if delay is None:
                     break
+                telemetry.UPSTREAM_RETRIES.labels(candidate.endpoint.provider).inc()
                 await asyncio.sleep(delay)
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 

@@ -19,6 +19,7 @@ from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.routing.v1 import route_pb2
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.resilience import may_try_next
+from services.core import telemetry
 from services.core.config import Resilience
 from services.core.errors import GatewayError
 
@@ -90,11 +91,13 @@ async def hedged(first: route_pb2.RouteCandidate, second: route_pb2.RouteCandida
                 error = task.exception()
                 if error is None:
                     winner = task
+                    telemetry.HEDGES.labels("hedge" if tasks[task] is second else "first").inc()
                     return task.result()
                 if not isinstance(error, GatewayError) or not may_try_next(error):
                     raise error
                 last = error
         assert last is not None
+        telemetry.HEDGES.labels("failed").inc()
         raise HedgeFailed(last)
     finally:
         for task, candidate in tasks.items():

@@ -436,8 +436,10 @@ async def test_retries_on_one_candidate_then_the_next() -> None:
                               "p2": Script([event("ok")])},
                              resilience=Resilience(retries=2, backoff_initial_s=0.001, backoff_max_s=0.002))
     record = new_record()
+    before = REGISTRY.get_sample_value("aggregator_upstream_retries_total", {"provider": "p1"}) or 0.0
     assert await run_chat(pipeline, record) == [b"ok"]
     assert [c.candidate.endpoint.provider for c in clients.adapter.calls] == ["p1", "p1", "p1", "p2"]
+    assert REGISTRY.get_sample_value("aggregator_upstream_retries_total", {"provider": "p1"}) == before + 2
     assert record.attempts == 4
 
 

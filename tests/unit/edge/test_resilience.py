@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.events.v1 import usage_event_pb2 as ev
@@ -178,10 +179,16 @@ async def run(attempts: Attempts, hedge_ms: int = 50) -> tuple[Opened, RequestRe
     return opened, record, publisher
 
 
+def hedges(outcome: str) -> float:
+    return REGISTRY.get_sample_value("aggregator_hedges_total", {"outcome": outcome}) or 0.0
+
+
 async def test_the_hedge_wins_when_the_first_stalls_and_the_loser_is_billed_apart() -> None:
     attempts = Attempts({"a": 5.0, "b": 0.0})
     started = time.monotonic()
+    before = hedges("hedge")
     opened, record, publisher = await run(attempts)
+    assert hedges("hedge") == before + 1
     assert time.monotonic() - started < 2.0  # not the 5 s stall
     assert opened.candidate.endpoint.provider == "b" and record.attempts == 2
     assert attempts.cancelled == ["a"]
