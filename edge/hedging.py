@@ -105,5 +105,7 @@ async def hedged(first: route_pb2.RouteCandidate, second: route_pb2.RouteCandida
                 continue
             lost = not task.done() or (not task.cancelled() and task.exception() is None)
             await _settle(task)
-            if lost and winner is not None:
+            # Without a winner (the client left, or a failure the next candidate cannot mend) the
+            # request's own record covers the first candidate; the hedge is billed apart.
+            if lost and (winner is not None or candidate is second):
                 account_loser(record, candidate, recorder)

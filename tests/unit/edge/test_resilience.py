@@ -151,9 +151,14 @@ class Attempts:
         self.delays, self.errors = delays, errors or {}
         self.closed: list[str] = []
         self.cancelled: list[str] = []
+        self.calls = 0
+        self.hedge_started = asyncio.Event()  # set when the second attempt starts
 
     async def __call__(self, which: route_pb2.RouteCandidate) -> Opened:
         name = which.endpoint.provider
+        self.calls += 1
+        if self.calls == 2:
+            self.hedge_started.set()
         try:
             await asyncio.sleep(self.delays[name])
         except asyncio.CancelledError:
@@ -238,3 +243,20 @@ def test_envoys_route_timeout_follows_the_longest_deadline(deadline_s: float, ti
                                  descriptor_path=DEFAULT_DESCRIPTOR_PATH, lua_path=DEFAULT_LUA_PATH,
                                  route_timeout_s=deadline_s)
     assert _route_timeouts(bootstrap) == {timeout}  # the edge's own 504 comes first
+
+
+async def test_a_client_leaving_during_a_hedge_bills_the_hedge_apart() -> None:
+    publisher = Publisher()
+    recorder = UsageRecorder(publisher)
+    record = RequestRecord(request_id="r2", endpoint="chat.completions", public_model="m", stream=True,
+                           organization_id="org", attempts=1)
+    attempts = Attempts({"a": 5.0, "b": 5.0})
+    task = asyncio.ensure_future(hedged(candidate("a"), candidate("b"), attempts,
+                                        Resilience(hedge_after_ms=10), record, recorder))
+    await asyncio.wait_for(attempts.hedge_started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await recorder.drain()
+    assert sorted(attempts.cancelled) == ["a", "b"]
+    assert [(e.request_id, e.provider) for e in publisher.events] == [("r2.hedge", "b")]
