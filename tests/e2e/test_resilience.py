@@ -5,6 +5,7 @@ are small, set per model in the config."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from aggregator.events.v1 import usage_event_pb2 as ev
-from services.core.config import StoreUrls
+from services.core.config import Resilience, StoreUrls
 from services.runtime.stores import free_port
 from tests.e2e.harness import Gateway, gateway_config, start_gateway
 from tests.e2e.test_usage_events import _events_for
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 STALL_S = 2.5  # how long a stalled provider keeps quiet
 LONG_STALL_S = 10.0  # one the client never waits for
+IDLE_S = 4.0  # the gateway's idle timeout here
 PRICE = {"input_per_1k": "0.001", "output_per_1k": "0.002"}
 
 
@@ -81,7 +83,9 @@ async def gateway(request: pytest.FixtureRequest, store_urls, flaky: FakeOpenAI,
         _model("picky-chat", ["picky"]),
     ]
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    config = gateway_config(steady.base_url, steady.base_url, dead, providers, models)
+    # Silence between two reads: the adapter's (section-level) idle timeout, above STALL_S.
+    config = dataclasses.replace(gateway_config(steady.base_url, steady.base_url, dead, providers, models),
+                                 resilience=Resilience(idle_timeout_s=IDLE_S))
     data_dir: Path = tmp_path_factory.mktemp(f"gateway-resilience-{request.param}")
     running = await start_gateway(request.param, store_urls, data_dir, config)
     try:
@@ -243,3 +247,43 @@ async def test_a_provider_refusing_stream_options_streams(client: openai.AsyncOp
     headers, text, _ = await _stream(client, "picky-chat")
     _served(headers, "picky", 1)
     assert text and "stream_options" not in picky.requests[0].json
+
+
+async def test_a_slow_stream_is_not_cut_by_the_first_token_timeout(client: openai.AsyncOpenAI,
+                                                                   flaky: FakeOpenAI) -> None:
+    flaky.chunk_delay_s = 0.15  # every chunk; the whole stream lasts longer than the 0.5 s limit
+    started = time.monotonic()
+    raw = await client.chat.completions.with_raw_response.create(
+        model="failover", messages=[{"role": "user", "content": "one two three four five six seven"}],
+        stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert time.monotonic() - started > 0.5 and text == "one two three four five six seven"
+    _served(raw.headers, "flaky", 1)
+
+
+async def _raw_events(gateway: Gateway, model: str) -> tuple[httpx.Headers, list[str]]:
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
+                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+        body = {"model": model, "messages": MESSAGES, "stream": True}
+        async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            return response.headers, [e for e in (await response.aread()).decode().split("\n\n") if e]
+
+
+async def test_a_drop_after_the_first_content_is_an_in_band_error(
+        gateway: Gateway, client: openai.AsyncOpenAI, flaky: FakeOpenAI) -> None:
+    flaky.fail_next(failures.dropped(after_chunks=2))  # the role chunk, one word, then the cut
+    headers, events = await _raw_events(gateway, "failover")
+    _served(headers, "flaky", 1)  # the stream belonged to flaky: no failover after content
+    assert '"content":"Say"' in events[1].replace(" ", "")
+    assert '"error"' in events[-1] and "data: [DONE]" not in events
+
+
+async def test_silence_mid_stream_ends_it_after_the_idle_timeout(
+        gateway: Gateway, client: openai.AsyncOpenAI, flaky: FakeOpenAI) -> None:
+    flaky.hold_streams(after=1)  # the role chunk and one word, then nothing
+    started = time.monotonic()
+    headers, events = await _raw_events(gateway, "failover")
+    assert IDLE_S <= time.monotonic() - started < LONG_STALL_S * 2
+    _served(headers, "flaky", 1)
+    assert '"upstream_timeout"' in events[-1] and "data: [DONE]" not in events
