@@ -267,7 +267,12 @@ class Pipeline:
         policy = request_policy(self._policies.get(model, self._resilience),
                                 header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
         requested = header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER)
-        return policy, Deadline.of(policy, requested, record.started)
+        deadline = Deadline.of(policy, requested, record.started)
+        # A native gRPC client's own deadline (grpc-timeout) shortens it too.
+        left = context.time_remaining() if hasattr(context, "time_remaining") else None
+        if left is not None:
+            deadline.at = min(deadline.at, time.monotonic() + left)
+        return policy, deadline
 
     async def limit(self, principal: auth_pb.Principal, model: str,
                     candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,

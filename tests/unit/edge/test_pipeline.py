@@ -452,3 +452,11 @@ async def test_a_spent_deadline_is_a_504() -> None:
         await run_chat(pipeline, record, context=context)
     assert info.value.reason is Reason.UPSTREAM_TIMEOUT and info.value.http_status == 504
     assert not clients.adapter.calls
+
+
+async def test_a_grpc_callers_own_deadline_shortens_the_requests() -> None:
+    pipeline, clients = make({"p1": Script([event("x")])})
+    context = Context(*AUTHORIZED.pairs)
+    context.time_remaining = lambda: 2.0  # type: ignore[attr-defined]
+    await run_chat(pipeline, new_record(), context=context)
+    assert 1_000 < clients.adapter.calls[0].timeout_ms <= 2_000  # not the configured 600 s
