@@ -9,7 +9,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from aggregator.openai.v1 import chat_pb2, embedding_pb2, inference_service_pb2_grpc
-from edge.pipeline import NOTHING_ANSWERED, Pipeline
+from edge.attempts import NOTHING_ANSWERED
+from edge.pipeline import Pipeline
 from services.auth.permissions import INFERENCE, requires
 from services.core.errors import GatewayError, Reason
 from services.core.rpc import rpc_method

@@ -1,9 +1,10 @@
 """OpenAIService: the HTTP face. Writes OpenAI's exact bytes as `google.api.HttpBody` chunks,
 which Envoy forwards one by one (docs/architecture.md §3).
 
-No explicit `send_initial_metadata`: it costs a batch of its own per request, and Envoy already
-puts the request id (which it generated and passed in) on every response; errors carry it in
-their trailers too (rpc.abort).
+The servicer sends no initial metadata of its own: Envoy already puts the request id (which it
+generated and passed in) on every response, and errors carry it in their trailers too
+(rpc.abort). The pipeline sends the headers it gathered (attempts, provider, rate limits, cache)
+once, with the first content (Pipeline.send_headers).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
         -> response cache (when asked) -> adapt -> account
 
 Routing answers ordered candidates; candidates whose circuit breaker is open (edge/health.py) go
-last; a retriable failure before the first event moves on to the next candidate (docs/architecture.md §2.8).
-After the first event the stream belongs to that candidate.
+last; a retriable failure before the first content moves on to the next candidate, with retries,
+one deadline per request and hedging as the model's policy says (edge/attempts.py,
+docs/resilience.md). After the first content the stream belongs to that candidate.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from google.protobuf import json_format, timestamp_pb2
@@ -25,8 +26,20 @@ from aggregator.openai.v1 import chat_pb2, completion_pb2, embedding_pb2, image_
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
+from edge.attempts import Attempts
 from edge.clients import ServiceClients
 from edge.health import CircuitBreakers
+from edge.hedging import Opened
+from edge.resilience import (
+    ATTEMPTS_HEADER,
+    HEDGE_HEADER,
+    PROVIDER_HEADER,
+    TIMEOUT_HEADER,
+    Deadline,
+    header_ms,
+    output_tokens,
+    request_policy,
+)
 from edge.validation import validate_chat, validate_completion, validate_embedding
 from services.adapters.capabilities import ALWAYS_ACCEPTED
 from services.analytics import bodies
@@ -34,6 +47,7 @@ from services.auth.audit import AuditTrail, audited_check
 from services.auth.audit_repository import client_ip
 from services.auth.org_settings import OrganizationSettingsBook
 from services.core import calls, telemetry
+from services.core.config import Resilience
 from services.core.errors import GatewayError, Reason, quote
 from services.core.rpc import metadata_value
 from services.limits.budgets import (
@@ -49,8 +63,6 @@ from services.limits.policy import estimate, key_windows, rule_windows
 from services.limits.response_cache import Filling, ResponseCache
 
 BEARER = "bearer "
-NOTHING_ANSWERED = "The upstream provider answered nothing."
-T = TypeVar("T")
 
 
 def bearer_key(authorization: str | None) -> str:
@@ -66,12 +78,6 @@ def bearer_key(authorization: str | None) -> str:
         "You didn't provide an API key. You need to provide your API key in an Authorization "
         "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
     )
-
-
-def may_try_next(error: GatewayError) -> bool:
-    """Whether a candidate's failure before its first event lets the next candidate try: the
-    retriable upstream failures, and a parameter this provider cannot honour."""
-    return error.retriable or error.reason is Reason.UNSUPPORTED_PARAMETER
 
 
 def check_model_allowed(principal: auth_pb.Principal, models: list[str]) -> None:
@@ -108,7 +114,9 @@ def max_output(request: Any) -> int:
 class Pipeline:
     """Runs requests through the services; owns no state beyond its collaborators."""
 
-    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *, upstream_timeout_ms: int,
+    def __init__(self, clients: ServiceClients, recorder: UsageRecorder, *,
+                 resilience: Resilience | None = None, model_resilience: dict[str, Resilience] | None = None,
+                 route_first_token_s: dict[tuple[str, str, str], float] | None = None,
                  breakers: CircuitBreakers | None = None, audit: AuditTrail | None = None,
                  limiter: Limiter | None = None, rules: Any = None,
                  cache: ResponseCache | None = None, quotas: Any = None,
@@ -122,8 +130,10 @@ class Pipeline:
         # Each organization's store_prompts and default provider preferences (auth/org_settings.py).
         self.org_settings = org_settings
         self.recorder = recorder
-        self._timeout_ms = upstream_timeout_ms
+        self._resilience = resilience or Resilience()  # timeouts, retries, hedging (docs/resilience.md)
+        self._policies = model_resilience or {}
         self._breakers = breakers or CircuitBreakers()
+        self.attempts = Attempts(self._breakers, recorder, route_first_token_s or {})
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
@@ -166,8 +176,8 @@ class Pipeline:
             record.request_body = bodies.bounded(orjson.dumps(document))
 
     async def _candidates(
-        self, model: str, fallbacks: list[str], model_type: str, created_at: float, request: Any = None,
-        defaults: dict[str, Any] | None = None,
+        self, model: str, fallbacks: list[str], model_type: str, created_at: float, deadline: Deadline,
+        request: Any = None, defaults: dict[str, Any] | None = None,
     ) -> list[route_pb2.RouteCandidate]:
         """The candidates, priced as in effect when the request arrived (docs/pricing.md §3), chosen
         by the provider preferences: the request's own fields over its key's defaults, over its
@@ -186,7 +196,7 @@ class Pipeline:
         if request is not None and "require_parameters" in message.provider.fields:
             message.parameters.extend(sorted(f.name for f, _ in request.ListFields()
                                              if f.name not in ALWAYS_ACCEPTED))
-        answer = await calls.unary(self.clients.routing.ResolveRoute, message)
+        answer = await calls.unary(self.clients.routing.ResolveRoute, message, timeout=deadline.remaining())
         return list(answer.candidates)
 
     def chat(
@@ -212,8 +222,9 @@ class Pipeline:
         self.keep_request(record, request)
         validate(request)
         check_model_allowed(principal, [request.model, *request.models])
+        policy, deadline = self._deadline(request.model, context, record)
         candidates = await self._candidates(request.model, list(request.models), model_type,
-                                            record.created_at, request, record.default_provider)
+                                            record.created_at, deadline, request, record.default_provider)
         record.prompt_bytes = request.ByteSize()
         record.request = request  # a reference, for the estimate of a stream cut before its usage
         await self.limit(principal, request.model, candidates, record, context, max_output(request))
@@ -233,41 +244,52 @@ class Pipeline:
                     yield event
                 return
             filling = Filling(lookup)
-        last_error: GatewayError | None = None
-        for candidate in await self._breakers.order(candidates):
-            record.candidate = candidate
-            record.attempts += 1
+
+        def open_attempt(candidate: route_pb2.RouteCandidate) -> Awaitable[Opened]:
             message = call_type(candidate=candidate, request=request, request_id=record.request_id,
-                                timeout_ms=self._timeout_ms)
-            async with calls.stream(method, message) as events:
-                first: adapter_pb.ChatResponse | None = None  # stays None when this candidate fails
-                try:
-                    first = await anext(events)
-                except StopAsyncIteration:
-                    last_error = GatewayError(Reason.UPSTREAM_ERROR, NOTHING_ANSWERED)
-                    await self._breakers.failed(candidate)
-                except GatewayError as error:
-                    if not may_try_next(error):
-                        raise
-                    last_error = error
-                    await self._failed(candidate, error)
-                if first is None:
-                    continue
-                await self._breakers.succeeded(candidate)
-                self._observe(record, first)
-                await self.send_headers(context, record)
+                                timeout_ms=deadline.remaining_ms())
+            return self.attempts.attempt(candidate, method, message, policy, deadline)
+
+        opened = await self.attempts.first_content(candidates, record, policy, deadline, open_attempt)
+        ok = False
+        try:
+            await self._breakers.succeeded(opened.candidate)
+            record.candidate = opened.candidate
+            record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
+            record.headers.append((PROVIDER_HEADER, opened.candidate.endpoint.provider))
+            await self.send_headers(context, record)
+            for event in opened.held:  # the role-only chunks held until content, then the content
+                self._observe(record, event)
                 if filling is not None:
-                    filling.add(first)
-                yield first
-                async for event in events:
-                    self._observe(record, event)
-                    if filling is not None:
-                        filling.add(event)
-                    yield event
-                if filling is not None and self.cache is not None:  # complete: worth replaying
-                    await self.cache.put(filling)
-                return
-        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
+                    filling.add(event)
+                yield event
+            async for event in opened.events:
+                self._observe(record, event)
+                if filling is not None:
+                    filling.add(event)
+                yield event
+            ok = True
+            if filling is not None and self.cache is not None:  # complete: worth replaying
+                await self.cache.put(filling)
+        finally:
+            await opened.stack.aclose()
+            await self._breakers.record(
+                opened.candidate, ok=ok,
+                ttft_s=record.first_token_at - opened.started if record.first_token_at else None,
+                output_tokens=output_tokens(record), duration_s=time.monotonic() - opened.started)
+
+    def _deadline(self, model: str, context: Any, record: RequestRecord) -> tuple[Resilience, Deadline]:
+        """The model's resilience policy with the client's hedging header applied, and the
+        request's deadline (docs/resilience.md §1, §3); 400 for a malformed header."""
+        policy = request_policy(self._policies.get(model, self._resilience),
+                                header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
+        requested = header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER)
+        deadline = Deadline.of(policy, requested, record.started)
+        # A native gRPC client's own deadline (grpc-timeout) shortens it too.
+        left = context.time_remaining() if hasattr(context, "time_remaining") else None
+        if left is not None:
+            deadline.at = min(deadline.at, time.monotonic() + left)
+        return policy, deadline
 
     async def limit(self, principal: auth_pb.Principal, model: str,
                     candidates: list[route_pb2.RouteCandidate], record: RequestRecord, context: Any,
@@ -310,11 +332,6 @@ class Pipeline:
             record.headers_sent = True
             await context.send_initial_metadata(tuple(record.headers))
 
-    async def _failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
-        telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
-        if error.retriable:  # the endpoint's health; a refused parameter says nothing about it
-            await self._breakers.failed(candidate)
-
     @staticmethod
     def _observe(record: RequestRecord, event: adapter_pb.ChatResponse) -> None:
         record.upstream_answered = True
@@ -330,30 +347,6 @@ class Pipeline:
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
 
-    async def _first_answer(
-        self,
-        candidates: list[route_pb2.RouteCandidate],
-        record: RequestRecord,
-        call: Callable[[route_pb2.RouteCandidate], Awaitable[T]],
-    ) -> T:
-        """The answer of the first candidate that answers a unary call."""
-        last_error: GatewayError | None = None
-        for candidate in await self._breakers.order(candidates):
-            record.candidate = candidate
-            record.attempts += 1
-            try:
-                answer = await call(candidate)
-            except GatewayError as error:
-                if not may_try_next(error):
-                    raise
-                last_error = error
-                await self._failed(candidate, error)
-                continue
-            await self._breakers.succeeded(candidate)
-            record.first_token_at = time.monotonic()
-            return answer
-        raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
-
     async def embed(
         self, request: embedding_pb2.EmbeddingRequest, context: Any, record: RequestRecord
     ) -> adapter_pb.EmbedResponse:
@@ -362,23 +355,19 @@ class Pipeline:
         self.keep_request(record, request)
         validate_embedding(request)
         check_model_allowed(principal, [request.model, *request.models])
+        policy, deadline = self._deadline(request.model, context, record)
         candidates = await self._candidates(request.model, list(request.models), "embedding",
-                                            record.created_at, request, record.default_provider)
+                                            record.created_at, deadline, request, record.default_provider)
         record.prompt_bytes = request.ByteSize()
         await self.limit(principal, request.model, candidates, record, context)
 
-        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.EmbedResponse:
-            return await calls.unary(
-                self.clients.adapter.Embed,
-                adapter_pb.EmbedRequest(
-                    candidate=candidate,
-                    request=request,
-                    request_id=record.request_id,
-                    timeout_ms=self._timeout_ms,
-                ),
-            )
+        async def call(candidate: route_pb2.RouteCandidate, deadline: Deadline) -> adapter_pb.EmbedResponse:
+            message = adapter_pb.EmbedRequest(candidate=candidate, request=request,
+                                              request_id=record.request_id,
+                                              timeout_ms=deadline.remaining_ms())
+            return await calls.unary(self.clients.adapter.Embed, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, call)
+        answer = await self.attempts.first_answer(candidates, record, policy, deadline, call)
         record.usage = answer.usage
         if record.store_bodies:
             record.response_chunks.append(answer.body)
@@ -399,22 +388,19 @@ class Pipeline:
         if not model:
             raise GatewayError(Reason.INVALID_REQUEST, "you must provide a model parameter", param="model")
         check_model_allowed(principal, [model, *fallbacks])
+        policy, deadline = self._deadline(model, context, record)
         generation = operation if isinstance(operation, image_pb2.ImageGenerationRequest) else None
-        candidates = await self._candidates(model, fallbacks, "image", record.created_at, generation,
-                                            record.default_provider)
+        candidates = await self._candidates(model, fallbacks, "image", record.created_at, deadline,
+                                            generation, record.default_provider)
         await self.limit(principal, model, candidates, record, context, images=_image_count(operation))
         field = "generation" if isinstance(operation, image_pb2.ImageGenerationRequest) else "upload"
 
-        async def call(candidate: route_pb2.RouteCandidate) -> adapter_pb.ImageResponse:
-            message = adapter_pb.ImageRequest(
-                candidate=candidate,
-                request_id=record.request_id,
-                timeout_ms=self._timeout_ms,
-                **{field: operation},
-            )
-            return await calls.unary(self.clients.adapter.Image, message)
+        async def call(candidate: route_pb2.RouteCandidate, deadline: Deadline) -> adapter_pb.ImageResponse:
+            message = adapter_pb.ImageRequest(candidate=candidate, request_id=record.request_id,
+                                              timeout_ms=deadline.remaining_ms(), **{field: operation})
+            return await calls.unary(self.clients.adapter.Image, message, timeout=deadline.remaining())
 
-        answer = await self._first_answer(candidates, record, call)
+        answer = await self.attempts.first_answer(candidates, record, policy, deadline, call)
         if answer.HasField("usage"):
             record.usage = answer.usage
         record.images = answer.images

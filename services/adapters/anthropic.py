@@ -106,4 +106,5 @@ class AnthropicAdapter:
 
 def create(deps: AdapterDeps, kind: str) -> AnthropicAdapter:
     """The adapter for kind `anthropic` (a key is always required)."""
-    return AnthropicAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s)
+    return AnthropicAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s,
+                            connect_timeout_s=deps.connect_timeout_s)

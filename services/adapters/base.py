@@ -39,7 +39,10 @@ class AdapterDeps:
 
     http: HttpClient
     credentials: CredentialResolver
-    default_timeout_s: float = 120.0
+    default_timeout_s: float = 120.0  # the idle timeout: silence allowed between two reads
+    connect_timeout_s: float = 10.0
+    # Providers that refuse `stream_options` (config `stream_options: false`): never sent to them.
+    no_stream_options: frozenset[str] = frozenset()
 
 
 class ProviderAdapter(Protocol):

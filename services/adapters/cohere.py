@@ -102,4 +102,5 @@ class CohereAdapter:
 
 def create(deps: AdapterDeps, kind: str) -> CohereAdapter:
     """The adapter for kind `cohere` (a key is always required)."""
-    return CohereAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s)
+    return CohereAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s,
+                         connect_timeout_s=deps.connect_timeout_s)

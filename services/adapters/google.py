@@ -113,4 +113,5 @@ class GoogleAdapter:
 
 def create(deps: AdapterDeps, kind: str) -> GoogleAdapter:
     """The adapter for kind `google` (a key is always required)."""
-    return GoogleAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s)
+    return GoogleAdapter(deps.http, deps.credentials, default_timeout_s=deps.default_timeout_s,
+                         connect_timeout_s=deps.connect_timeout_s)

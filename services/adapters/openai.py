@@ -35,7 +35,9 @@ class OpenAIAdapter:
     of endpoint."""
 
     def __init__(self, http: HttpClient, credentials: CredentialResolver, *, key_required: bool = True,
-                 default_timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
+                 default_timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
+                 no_stream_options: frozenset[str] = frozenset()) -> None:
+        self._no_stream_options = no_stream_options  # providers that refuse the field (config quirk)
         # OpenAI itself needs a key; a local vLLM may not.
         self._upstream = UpstreamClient(http, credentials, BEARER, OpenAIErrorBody.decode,
                                         key_required=key_required, default_timeout_s=default_timeout_s,
@@ -47,7 +49,9 @@ class OpenAIAdapter:
         """The events of a chat or legacy completion call: the same exchange, whose choices carry
         their output in different places (`content`)."""
         stream = call.request.stream
-        body = orjson.dumps(translate.chat_request_body(call.request, call.candidate.upstream_model))
+        body = orjson.dumps(translate.chat_request_body(
+            call.request, call.candidate.upstream_model,
+            stream_options=call.candidate.endpoint.provider not in self._no_stream_options))
         target = translate.Target.of(call.candidate)
         started = time.monotonic()
         async with self._upstream.open(call, path, body, stream=stream) as response:
@@ -103,4 +107,5 @@ SUPPORTED_CHAT_PARAMETERS = frozenset(
 def create(deps: AdapterDeps, kind: str) -> OpenAIAdapter:
     """The adapter for `openai` (a key is required) and `openai_compatible` (a key is optional)."""
     return OpenAIAdapter(deps.http, deps.credentials, key_required=kind == "openai",
-                         default_timeout_s=deps.default_timeout_s)
+                         default_timeout_s=deps.default_timeout_s, connect_timeout_s=deps.connect_timeout_s,
+                         no_stream_options=deps.no_stream_options)

@@ -82,11 +82,15 @@ def request_json(request: Message, upstream_model: str) -> dict[str, Any]:
     return body
 
 
-def chat_request_body(request: Message, upstream_model: str) -> dict[str, Any]:
+def chat_request_body(request: Message, upstream_model: str, *,
+                      stream_options: bool = True) -> dict[str, Any]:
     """The upstream JSON body of a ChatCompletionRequest (or a legacy CompletionRequest: the same
-    rules, a stream always asks for usage)."""
+    rules, a stream always asks for usage). `stream_options=False`: the provider refuses the field
+    (config quirk, docs/resilience.md §5), so it is never sent and a stream's usage is estimated."""
     body = request_json(request, upstream_model)
-    if body.get("stream"):
+    if not stream_options:
+        body.pop("stream_options", None)
+    elif body.get("stream"):
         body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
     return body
 

@@ -38,7 +38,8 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
         self._endpoints = endpoints
 
     @classmethod
-    def create(cls, *, default_timeout_s: float = 120.0, environ: Mapping[str, str] | None = None,
+    def create(cls, *, default_timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
+               environ: Mapping[str, str] | None = None,
                transport: Transport | None = None, key_envs: frozenset[str] | None = None,
                providers: Iterable[ProviderConfig] | None = None) -> AdapterServicer:
         """The servicer with its own HTTP client and every known adapter (`environ` defaults to
@@ -48,8 +49,11 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
         (endpoints.py). Workers always pass them (none at all refuses every call); None trusts the
         candidate, for tests that drive adapters against fakes directly."""
         http = HttpClient(transport)
+        providers = tuple(providers) if providers is not None else None
+        refusing = frozenset(p.name for p in providers or () if not p.stream_options)
         deps = AdapterDeps(http=http, credentials=CredentialResolver(environ, allowed_names=key_envs),
-                           default_timeout_s=default_timeout_s)
+                           default_timeout_s=default_timeout_s, connect_timeout_s=connect_timeout_s,
+                           no_stream_options=refusing)
         endpoints = ConfiguredEndpoints(providers) if providers is not None else None
         return cls(AdapterRegistry.build(deps), http, endpoints)
 

@@ -112,10 +112,13 @@ class UpstreamClient:
             headers["X-Request-Id"] = call.request_id
         headers.update(self.credentials.auth_headers(candidate.endpoint, self.scheme,
                                                      key_required=self.key_required))
-        timeout_s = call.timeout_ms / 1000.0 if call.timeout_ms else self.default_timeout_s
-        # A stream may run long; only silence is bounded. A whole answer is bounded end to end.
-        timeouts = Timeouts(connect=min(self.connect_timeout_s, timeout_s), read_idle=timeout_s,
-                            total=None if stream else timeout_s)
+        # `timeout_ms` is what is left of the request's deadline (docs/resilience.md §3): it bounds
+        # the whole exchange, stream or not; silence is bounded by the idle timeout
+        # (`default_timeout_s`). Without one, a stream is bounded by silence only.
+        budget_s = call.timeout_ms / 1000.0 if call.timeout_ms else None
+        idle_s = min(self.default_timeout_s, budget_s) if budget_s else self.default_timeout_s
+        timeouts = Timeouts(connect=min(self.connect_timeout_s, idle_s), read_idle=idle_s,
+                            total=budget_s if budget_s else (None if stream else idle_s))
         url = candidate.endpoint.base_url.rstrip("/") + path
         return HttpRequest("POST", url, headers, body, timeouts)
 

@@ -26,6 +26,9 @@ STATUS_REASONS: Mapping[int, Reason] = {
     403: Reason.UPSTREAM_AUTH_FAILED,
     404: Reason.UPSTREAM_BAD_REQUEST,
     408: Reason.UPSTREAM_TIMEOUT,
+    # Conflict: OpenAI answers it for a request that collided with another; a retry may pass
+    # (the OpenAI SDKs retry it too), so it is retriable, unlike the other 4xx.
+    409: Reason.UPSTREAM_ERROR,
     422: Reason.UPSTREAM_BAD_REQUEST,
     429: Reason.UPSTREAM_RATE_LIMITED,
     500: Reason.UPSTREAM_ERROR,

@@ -4,7 +4,7 @@ environment. Parsed once at start-up into frozen dataclasses; nothing reads YAML
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,51 @@ class ProviderConfig:
     kind: str
     base_url: str
     api_key_env: str = ""
+    # False: the provider refuses `stream_options` (some OpenAI-compatible servers), so it is never
+    # sent; a stream's usage is then estimated (docs/resilience.md §5).
+    stream_options: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """Timeouts, retries and hedging of upstream attempts (docs/resilience.md): the `resilience`
+    section, overridden per model by a model's own `resilience` map."""
+
+    connect_timeout_s: float = 10.0
+    first_token_timeout_s: float = 120.0  # until the first content (the whole answer unstreamed)
+    idle_timeout_s: float = 120.0  # silence between two chunks of a stream
+    total_timeout_s: float = 600.0  # one deadline per request, across every attempt
+    # Further attempts on the same candidate after a retriable failure. 0 by default: the next
+    # candidate is the first remedy, and the client's SDK retries too (retries multiply).
+    retries: int = 0
+    backoff_initial_s: float = 0.25  # doubled per retry, with full jitter, up to backoff_max_s
+    backoff_max_s: float = 4.0
+    max_retry_after_s: float = 10.0  # a longer Retry-After moves on to the next candidate
+    hedge_after_ms: int = 0  # start the next candidate too when no first token came by then; 0: off
+
+
+RESILIENCE_KEYS = frozenset(Resilience.__slots__)  # type: ignore[attr-defined]
+
+
+def parse_resilience(raw: Any, base: Resilience, where: str) -> Resilience:
+    """`base` with the keys of `raw` (a mapping) applied; ConfigError for unknown or bad ones."""
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(raw) - RESILIENCE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            number = int(value) if name in ("retries", "hedge_after_ms") else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.{name} must be a number") from None
+        if number < 0 or (number == 0 and name.endswith("timeout_s")):
+            raise ConfigError(f"{where}.{name} must be positive")
+        values[name] = number
+    return replace(base, **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +89,8 @@ class RouteConfig:
     # The route's share of requests among its model's weighted routes (docs/routing.md §3); 0 (the
     # default): not balanced, tried in the configured order.
     weight: int = 0
+    # This route's own first-token timeout, over its model's policy (docs/resilience.md §1).
+    first_token_timeout_s: float | None = None
 
     def timeline(self) -> tuple[Prices, ...]:
         """The route's price sets, oldest first."""
@@ -59,6 +106,7 @@ class ModelConfig:
     routes: tuple[RouteConfig, ...]
     max_output_tokens: int = 0  # 0: unknown
     cache_ttl_s: int = 300  # how long the response cache keeps an answer (services/limits/response_cache.py)
+    resilience: Resilience | None = None  # the model's own `resilience` keys over the section's
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +131,7 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     workers: int = 0  # 0: one per CPU core
     upstream_timeout_s: float = 120.0
+    resilience: Resilience = field(default_factory=Resilience)  # docs/resilience.md
     # rate_limits.on_redis_error: "open" lets requests pass uncounted while Redis is unreachable,
     # "closed" refuses them with 503 (docs/limits.md).
     rate_limits_fail_open: bool = True
@@ -96,6 +145,18 @@ class Config:
     ledger_redaction: str = "default"
     # ledger.stream_max_bytes: the USAGE stream's size limit (services/core/nats.py).
     usage_stream_max_bytes: int = 1 << 30
+
+    @property
+    def route_first_token_timeouts(self) -> dict[tuple[str, str, str], float]:
+        """(model id, provider, upstream model) -> the route's own first-token timeout, where set."""
+        return {(m.id, r.provider, r.model): r.first_token_timeout_s for m in self.models for r in m.routes
+                if r.first_token_timeout_s is not None}
+
+    @property
+    def longest_deadline_s(self) -> float:
+        """The longest request deadline of any model: Envoy's route timeout (docs/resilience.md §3)."""
+        return max([self.resilience.total_timeout_s,
+                    *(m.resilience.total_timeout_s for m in self.models if m.resilience)])
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -123,8 +184,13 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         if any(q.name == p["name"] for q in providers):
             raise ConfigError(f"{where}: duplicate provider name {p['name']!r}")
         providers.append(ProviderConfig(p["name"], p["kind"], str(p["base_url"]).rstrip("/"),
-                                        p.get("api_key_env") or ""))
+                                        p.get("api_key_env") or "", bool(p.get("stream_options", True))))
     names = {p.name for p in providers}
+    # upstream_timeout_s (older files) is the idle timeout unless the section says otherwise.
+    upstream_timeout_s = float(raw.get("upstream_timeout_s") or 120.0)
+    resilience = parse_resilience(raw.get("resilience"), Resilience(idle_timeout_s=upstream_timeout_s,
+                                                                    first_token_timeout_s=upstream_timeout_s),
+                                  "resilience")
     models: list[ModelConfig] = []
     for i, m in enumerate(raw.get("models") or []):
         where = f"models[{i}]"
@@ -150,8 +216,12 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
             weight = r.get("weight", 0)
             if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 10000:
                 raise ConfigError(f"{rwhere}: weight must be an integer between 0 and 10000")
+            first_token = r.get("first_token_timeout_s")
+            if first_token is not None:
+                first_token = parse_resilience({"first_token_timeout_s": first_token}, Resilience(),
+                                               rwhere).first_token_timeout_s
             routes.append(RouteConfig(r["provider"], str(r["model"]), base.input_per_1k, base.output_per_1k,
-                                      base.per_image, timeline, weight))
+                                      base.per_image, timeline, weight, first_token))
         if not routes:
             raise ConfigError(f"{where}: at least one route is required")
         max_output = int(m.get("max_output_tokens") or 0)
@@ -160,8 +230,11 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         cache_ttl = int(m.get("cache_ttl_s", 300))
         if not 1 <= cache_ttl <= 86400:
             raise ConfigError(f"{where}: cache_ttl_s must be between 1 and 86400 seconds")
+        own = m.get("resilience")
         models.append(ModelConfig(str(m["id"]), model_type, int(m.get("context_window") or 0), tuple(routes),
-                                  max_output, cache_ttl))
+                                  max_output, cache_ttl,
+                                  None if own is None else parse_resilience(own, resilience,
+                                                                            f"{where}.resilience")))
     on_redis_error = (raw.get("rate_limits") or {}).get("on_redis_error", "open")
     if on_redis_error not in ("open", "closed"):
         raise ConfigError("rate_limits.on_redis_error must be 'open' or 'closed'")
@@ -183,7 +256,7 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         raise ConfigError("ledger.stream_max_bytes must be at least 1048576 (1 MiB)")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
                   workers=int(raw.get("workers") or 0),
-                  upstream_timeout_s=float(raw.get("upstream_timeout_s") or 120.0),
+                  upstream_timeout_s=upstream_timeout_s, resilience=resilience,
                   rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open",
                   retention_days=(retention[0], retention[1], retention[2], retention[3]),
                   ledger_redaction=redaction, usage_stream_max_bytes=stream_max_bytes)

@@ -61,6 +61,16 @@ PROVIDER_OPEN = Gauge("aggregator_provider_circuit_open", "1 while a provider's 
 UPSTREAM_FAILURES = Counter(
     "aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"]
 )
+UPSTREAM_RETRIES = Counter(
+    "aggregator_upstream_retries_total",
+    "Attempts made again on the same candidate after a retriable failure", ["provider"],
+)
+HEDGES = Counter(
+    "aggregator_hedges_total",
+    "Hedged attempts started (docs/resilience.md §4), by outcome: hedge (the hedge served), first "
+    "(the first candidate served after all), failed (both failed)",
+    ["outcome"],
+)
 UPSTREAM_LATENCY = Histogram(
     "aggregator_upstream_response_seconds",
     "Seconds from sending a request to a provider to its response headers (or its transport failure), "

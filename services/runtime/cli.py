@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.core.config import ConfigError, EdgeConfig, StoreUrls, config_path, data_dir, load_config
+from services.core.config import (
+    ConfigError,
+    EdgeConfig,
+    Resilience,
+    StoreUrls,
+    config_path,
+    data_dir,
+    load_config,
+)
 
 # `up` forks stores, workers and Envoy; gRPC's fork handlers would run in those children before
 # exec and can crash them. Every child execs at once, so they are not needed.
@@ -122,7 +130,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         remotes=parse_remotes(args.remote),
         stores=StoreUrls.from_env(),
         data_dir=data_dir(args.data_dir),
-        upstream_timeout_ms=int((config.upstream_timeout_s if config else 120) * 1000),
+        resilience=config.resilience if config else Resilience(),
+        model_resilience={m.id: m.resilience for m in config.models if m.resilience} if config else {},
+        route_first_token_s=config.route_first_token_timeouts if config else {},
         provider_key_envs=config.provider_key_envs if config else frozenset(),
         providers=config.providers if config else (),
         ops_port=config.edge.ops_port if config and "edge" in services else 0,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ DEFAULT_DESCRIPTOR_PATH = REPO / "gen" / "descriptor.pb"
 DEFAULT_LUA_PATH = REPO / "envoy" / "error_shaper.lua"
 UPSTREAM_CLUSTER = "aggregator_grpc"
 # A stream may stay quiet for a long time (a reasoning model thinking before its first token), so
-# no route timeout applies and the idle limit is generous.
+# the idle limit is generous. The route timeout is the gateway's request deadline (the longest
+# `total_timeout_s`, docs/resilience.md §3) plus this margin, so the edge's own 504 comes first.
 STREAM_IDLE_TIMEOUT = "600s"
+ROUTE_TIMEOUT_MARGIN_S = 5
 _T = "@type"
 _EXTENSIONS = "type.googleapis.com/envoy.extensions"
 _FILTERS = f"{_EXTENSIONS}.filters.http"
@@ -183,10 +186,11 @@ def _http_filters(*, descriptor_path: Path, lua_path: Path, max_request_bytes: i
     ]
 
 
-def _route_action(cluster: str = UPSTREAM_CLUSTER) -> dict[str, Any]:
+def _route_action(cluster: str = UPSTREAM_CLUSTER, route_timeout_s: float = 0) -> dict[str, Any]:
     return {
         "cluster": cluster,
-        "timeout": "0s",
+        # 0s: none (no deadline configured).
+        "timeout": f"{math.ceil(route_timeout_s) + ROUTE_TIMEOUT_MARGIN_S}s" if route_timeout_s else "0s",
         "idle_timeout": STREAM_IDLE_TIMEOUT,
         # Only failures where the request never reached a service are retried: safe for POST.
         "retry_policy": {
@@ -224,14 +228,14 @@ def _cluster_of(service: str, service_prefixes: list[str]) -> str:
     return _service_cluster(prefix) if prefix else UPSTREAM_CLUSTER
 
 
-def _route_config(service_prefixes: list[str]) -> dict[str, Any]:
+def _route_config(service_prefixes: list[str], route_timeout_s: float = 0) -> dict[str, Any]:
     # The transcoder rewrites a JSON request's path to its gRPC method, sets content-type
     # application/grpc and clears the route cache, so JSON requests take the gRPC routes below
     # too (split topology: one cluster per service).
     public = [
         {
             "match": {"prefix": f"/{service}/", "headers": _GRPC},
-            "route": _route_action(_cluster_of(service, service_prefixes)),
+            "route": _route_action(_cluster_of(service, service_prefixes), route_timeout_s),
             "typed_per_filter_config": _NO_BUFFER,
         }
         for service in PUBLIC_GRPC_SERVICES
@@ -241,7 +245,7 @@ def _route_config(service_prefixes: list[str]) -> dict[str, Any]:
         "direct_response": {"status": 404},
         "typed_per_filter_config": _NO_BUFFER,
     }
-    json_requests = {"match": {"prefix": "/"}, "route": _route_action(UPSTREAM_CLUSTER)}
+    json_requests = {"match": {"prefix": "/"}, "route": _route_action(UPSTREAM_CLUSTER, route_timeout_s)}
     return {
         "name": "edge",
         "virtual_hosts": [
@@ -257,6 +261,7 @@ def _connection_manager(
     max_request_bytes: int,
     access_log_path: str | None,
     service_prefixes: list[str],
+    route_timeout_s: float = 0,
 ) -> dict[str, Any]:
     return {
         _T: _HCM,
@@ -293,7 +298,7 @@ def _connection_manager(
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": _access_log(access_log_path),
         "local_reply_config": local_reply_config(max_request_bytes),
-        "route_config": _route_config(service_prefixes),
+        "route_config": _route_config(service_prefixes, route_timeout_s),
         "http_filters": _http_filters(
             descriptor_path=descriptor_path, lua_path=lua_path, max_request_bytes=max_request_bytes
         ),
@@ -351,11 +356,13 @@ def render_bootstrap(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     access_log_path: str | None = None,
     service_upstreams: dict[str, list[tuple[str, int]]] | None = None,
+    route_timeout_s: float = 0,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (static resources only) as a plain dict, ready for JSON or YAML.
 
     `upstreams` serve every service by default; `service_upstreams` maps a gRPC name prefix
     (e.g. "aggregator.auth.v1.") to the addresses of the processes hosting it (split topology).
+    `route_timeout_s`: the longest request deadline (`total_timeout_s`); 0 for none.
     """
     service_upstreams = service_upstreams or {}
     if not upstreams:
@@ -366,6 +373,7 @@ def render_bootstrap(
         max_request_bytes=max_request_bytes,
         access_log_path=access_log_path,
         service_prefixes=list(service_upstreams),
+        route_timeout_s=route_timeout_s,
     )
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},

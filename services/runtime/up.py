@@ -153,6 +153,7 @@ class Stack:
             listen_address=edge.listen_address,
             max_request_bytes=edge.max_request_bytes,
             access_log_path=str(self.run_dir / "logs" / "envoy-access.log"),
+            route_timeout_s=self.config.longest_deadline_s,
         )
         self.envoy = EnvoyProcess(bootstrap, self.run_dir / "envoy")
         self.envoy.start()

@@ -21,7 +21,7 @@ from aggregator.billing.v1 import billing_service_pb2_grpc
 from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_grpc
 from aggregator.ops.v1 import ops_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2_grpc
-from services.core.config import ProviderConfig, StoreUrls
+from services.core.config import ProviderConfig, Resilience, StoreUrls
 from services.core.decoding import tolerant
 from services.core.limits import MAX_REQUEST_BYTES
 from services.core.server import GrpcServer, Registration
@@ -43,7 +43,9 @@ class WorkerSettings:
     remotes: dict[str, str]
     stores: StoreUrls
     data_dir: Path
-    upstream_timeout_ms: int = 120_000
+    resilience: Resilience = field(default_factory=Resilience)  # docs/resilience.md
+    model_resilience: dict[str, Resilience] = field(default_factory=dict)  # models with their own
+    route_first_token_s: dict[tuple[str, str, str], float] = field(default_factory=dict)  # routes' own
     provider_key_envs: frozenset[str] = frozenset()  # the only variables the adapter reads keys from
     providers: tuple[ProviderConfig, ...] = ()  # the only upstreams the adapter calls (adapters/endpoints.py)
     ops_port: int = 0  # edge.ops_port: /metrics, /healthz, /readyz without credentials; 0 = none
@@ -187,7 +189,8 @@ async def _wire_adapter(settings: WorkerSettings, topology: Topology, wiring: Wi
     from services.adapters.servicer import AdapterServicer
 
     adapter = AdapterServicer.create(
-        default_timeout_s=settings.upstream_timeout_ms / 1000,
+        default_timeout_s=settings.resilience.idle_timeout_s,
+        connect_timeout_s=settings.resilience.connect_timeout_s,
         key_envs=settings.provider_key_envs,
         providers=settings.providers,
     )
@@ -273,7 +276,8 @@ async def _wire_edge(
     route_health = RouteHealth(redis)
     wiring.closers.append(route_health.close)  # flushed before Redis closes (closers run last first)
     pipeline = Pipeline(
-        ServiceClients.on(topology.channel_for), recorder, upstream_timeout_ms=settings.upstream_timeout_ms,
+        ServiceClients.on(topology.channel_for), recorder, resilience=settings.resilience,
+        model_resilience=settings.model_resilience, route_first_token_s=settings.route_first_token_s,
         breakers=CircuitBreakers(route_health), audit=audit, limiter=limiter, rules=rules, cache=cache,
         quotas=quotas, org_settings=org_settings,
     )

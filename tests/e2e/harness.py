@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from services.auth.secret_files import parse_secret
-from services.core.config import Config, StoreUrls, parse_config
+from services.core.config import RESILIENCE_KEYS, Config, Resilience, StoreUrls, parse_config
 from services.core.prices import TOKEN_KEYS, Prices
 from services.core.service_token import derive_service_token
 from services.runtime import children
@@ -114,7 +114,8 @@ def config_document(config: Config) -> dict[str, Any]:
     """The config file that parses to `config` (service processes read it: provider key names)."""
     return {
         "providers": [
-            {"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env}
+            {"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env,
+             "stream_options": p.stream_options}
             for p in config.providers
         ],
         "models": [
@@ -123,6 +124,7 @@ def config_document(config: Config) -> dict[str, Any]:
                 "type": m.type,
                 "context_window": m.context_window,
                 "max_output_tokens": m.max_output_tokens,
+                **({"resilience": _resilience(m.resilience)} if m.resilience else {}),
                 "routes": [
                     {
                         "provider": r.provider,
@@ -131,13 +133,20 @@ def config_document(config: Config) -> dict[str, Any]:
                         "prices": [{"effective_from": p.effective_from.isoformat(), **_prices(p)}
                                    for p in r.timeline()[1:]],
                         **({"weight": r.weight} if r.weight else {}),
+                        **({"first_token_timeout_s": r.first_token_timeout_s}
+                           if r.first_token_timeout_s is not None else {}),
                     }
                     for r in m.routes
                 ],
             }
             for m in config.models
         ],
+        "resilience": _resilience(config.resilience),
     }
+
+
+def _resilience(policy: Resilience) -> dict[str, Any]:
+    return {name: getattr(policy, name) for name in RESILIENCE_KEYS}
 
 
 @dataclass
@@ -253,6 +262,7 @@ async def start_gateway(topology: str, stores: StoreUrls, data_dir: Path, config
             lua_path=REPO / "envoy" / "error_shaper.lua",
             listen_address="127.0.0.1",
             access_log_path=str(data_dir / "logs" / "envoy-access.log"),
+            route_timeout_s=config.longest_deadline_s,
         )
         gateway.envoy = EnvoyProcess(bootstrap, data_dir / "envoy")
         gateway.envoy.start()

@@ -74,7 +74,7 @@ async def test_stream_bytes_end_with_done_and_usage_only_when_asked(http: httpx.
 
 
 async def test_stream_arrives_incrementally(http: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
-    upstream.hold_streams()
+    upstream.hold_streams(after=1)  # after the first content: a role-only chunk is held
     body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.aiter_lines()
@@ -136,7 +136,7 @@ async def test_provider_slash_model_id(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_client_disconnect_cancels_upstream(gateway: Gateway, upstream: FakeOpenAI) -> None:
-    upstream.hold_streams()
+    upstream.hold_streams(after=1)  # after the first content: a role-only chunk is held
     body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
     async with httpx.AsyncClient(
         base_url=gateway.base_url, timeout=30, headers={"authorization": f"Bearer {gateway.admin_key}"}

@@ -33,6 +33,7 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     after_chunks: int | None = None
+    drop: bool = False  # with after_chunks: the connection is cut there, without any error event
 
     def response(self) -> web.Response:
         """This failure as a whole answer: its status, body, headers and content type."""
@@ -90,6 +91,7 @@ class FakeUpstream:
         self._failures: deque[Failure] = deque()
         self._released = asyncio.Event()
         self._released.set()
+        self._hold_after: int | None = None  # hold_streams(after=...): overrides the fake's hold point
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
 
@@ -135,9 +137,12 @@ class FakeUpstream:
         ones); each fake's docstring says which routes those are."""
         self._failures.extend([failure] * times)
 
-    def hold_streams(self) -> None:
+    def hold_streams(self, after: int | None = None) -> None:
         """From now on a stream waits at its hold point until `release_streams()`; each fake's
-        docstring says where that is (after the first chunk, or the first block's opening)."""
+        docstring says where that is (after the first chunk, or the first block's opening).
+        `after` moves it to after frame `after` (OpenAI: 1 is after the first content, as the
+        gateway holds a role-only chunk until content arrives, docs/resilience.md §2)."""
+        self._hold_after = after
         self._released.clear()
 
     def release_streams(self) -> None:
@@ -151,6 +156,7 @@ class FakeUpstream:
         """Forgets scripts, delays, holds and records."""
         self._failures.clear()
         self._released.set()
+        self._hold_after = None
         self.chunk_delay_s = self.first_byte_delay_s = 0.0
         self.requests.clear()
         self.disconnects = 0
@@ -183,9 +189,15 @@ class FakeUpstream:
         A client that leaves before the end is counted in `disconnects`."""
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
+        if self._hold_after is not None:
+            hold_after = self._hold_after
         try:
             for i, frame in enumerate(frames):
                 if failure is not None and i == failure.after_chunks:
+                    if failure.drop:  # the provider dies: no error event, no end
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return response
                     if tail := failure_frame(failure.body):
                         await response.write(tail)
                     return response

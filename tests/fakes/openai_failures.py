@@ -85,3 +85,9 @@ def in_stream(after_chunks: int = 1, type_: str = "server_error") -> Failure:
     """A stream that sends `after_chunks` chunks, then an in-band `{"error": ...}` event."""
     body = payloads.error("The server had an error while processing your request.", type_)
     return Failure(status=200, body=orjson.dumps(body), after_chunks=after_chunks)
+
+
+def dropped(after_chunks: int = 1) -> Failure:
+    """A stream whose connection dies after `after_chunks` chunks (1: right after the role chunk),
+    with no error event and no `[DONE]`."""
+    return Failure(status=200, body=b"", after_chunks=after_chunks, drop=True)

@@ -52,6 +52,8 @@ class FakeOpenAI(FakeUpstream):
         super().__init__(host=host, port=port, api_key=api_key, known_models=known_models,
                          model_aliases=model_aliases, record=record, chunk_delay_s=chunk_delay_s)
         self.models = models or ["gpt-4o-mini", "text-embedding-3-small"]
+        # True: answers 400 to a request with `stream_options`, as some OpenAI-compatible servers do.
+        self.rejects_stream_options = False
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/chat/completions", self._chat)
@@ -95,6 +97,9 @@ class FakeOpenAI(FakeUpstream):
             return failure.response() if failure.after_chunks is None else failure
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return json_response(401, _unauthorized(request.headers.get("Authorization")))
+        if self.rejects_stream_options and "stream_options" in body:
+            return json_response(400, payloads.error("Unrecognized request argument supplied: stream_options",
+                                                     "invalid_request_error"))
         if self.known_models is not None and body.get("model") not in self.known_models:
             message = f"The model `{body.get('model')}` does not exist or you do not have access to it."
             return json_response(404, payloads.error(message, "invalid_request_error",

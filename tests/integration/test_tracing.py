@@ -26,7 +26,7 @@ from edge.clients import ServiceClients
 from edge.openai_servicer import OpenAIServicer
 from edge.pipeline import Pipeline
 from services.adapters.servicer import AdapterServicer
-from services.core.config import ProviderConfig
+from services.core.config import ProviderConfig, Resilience
 from services.core.rpc import rpc_method
 from services.core.server import GrpcServer, Registration
 from services.runtime.topology import Topology
@@ -77,7 +77,7 @@ async def edge() -> AsyncIterator[Edge]:
                                  Routing(upstream.base_url))
         topology.inproc.register(adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server, adapter)
         pipeline = Pipeline(ServiceClients.on(topology.channel_for), UsageRecorder(None),
-                            upstream_timeout_ms=30_000)
+                            resilience=Resilience(first_token_timeout_s=30))
         server = GrpcServer([Registration(openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server,
                                           OpenAIServicer(pipeline), "aggregator.openai.v1.OpenAIService")],
                             host="127.0.0.1", port=0, service_token="tracing-test-token")

@@ -154,7 +154,7 @@ async def test_stream_of_text() -> None:
                                             "stream": True}, timeout_ms=1500))
     sent = transport.sent[0]
     assert orjson.loads(sent.body)["stream"] is True and sent.headers["Accept"] == "text/event-stream"
-    assert (sent.timeouts.total, sent.timeouts.read_idle) == (None, 1.5)
+    assert (sent.timeouts.total, sent.timeouts.read_idle) == (1.5, 1.5)  # the deadline bounds a stream too
     parsed = chunks_of(events)
     assert parsed[0].choices[0].delta.role == "assistant" and parsed[0].choices[0].delta.content == ""
     assert "".join(c.choices[0].delta.content or "" for c in parsed) == "one two three"

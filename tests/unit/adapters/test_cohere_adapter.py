@@ -87,7 +87,7 @@ async def test_stream_events_usage_hidden() -> None:
     events = await collect(call({"stream": True}, timeout_ms=1500), transport)
     sent = transport.sent[0]
     assert orjson.loads(sent.body)["stream"] is True and sent.headers["Accept"] == "text/event-stream"
-    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (None, 1.5, 1.5)
+    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (1.5, 1.5, 1.5)
     assert [e.has_content for e in events] == [False, True, True, False, False]
     chunks = [ChatCompletionChunk.model_validate_json(e.body) for e in events[:4]]
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[3].choices[0].finish_reason == "stop"

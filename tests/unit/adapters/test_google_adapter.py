@@ -96,7 +96,7 @@ async def test_stream_events_usage_hidden() -> None:
     sent = transport.sent[0]
     assert sent.url.endswith("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse")
     assert sent.headers["Accept"] == "text/event-stream" and "stream" not in orjson.loads(sent.body)
-    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (None, 1.5, 1.5)
+    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (1.5, 1.5, 1.5)
     assert [e.has_content for e in events] == [False, True, True, False, False]
     for e in events[:4]:
         chunk = orjson.loads(e.body)

@@ -82,7 +82,7 @@ async def test_stream_events_usage_hidden_and_done() -> None:
     sent = transport.sent[0]
     assert orjson.loads(sent.body)["stream_options"] == {"include_usage": True}
     assert sent.headers["Accept"] == "text/event-stream"
-    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (None, 1.5, 1.5)
+    assert (sent.timeouts.total, sent.timeouts.read_idle, sent.timeouts.connect) == (1.5, 1.5, 1.5)
     assert [e.has_content for e in events] == [False, True, True, False, False]
     bodies = [orjson.loads(e.body) for e in events[:4]]
     assert all("usage" not in b and b["model"] == "smart" and b["provider"]["name"] == "acme" for b in bodies)

@@ -133,7 +133,7 @@ async def test_stream_events_usage_hidden() -> None:
     sent = transport.sent[0]
     assert orjson.loads(sent.body)["stream_options"] == {"include_usage": True}
     assert sent.headers["Accept"] == "text/event-stream"
-    assert (sent.timeouts.total, sent.timeouts.read_idle) == (None, 2.0)
+    assert (sent.timeouts.total, sent.timeouts.read_idle) == (2.0, 2.0)  # the deadline bounds a stream too
     assert [e.has_content for e in events] == [True, True, False, False]
     shown = [orjson.loads(e.body) for e in events[:3]]
     assert all("usage" not in b and b["model"] == "writer" and b["provider"]["name"] == "acme" for b in shown)

@@ -54,7 +54,7 @@ async def test_generation_request_and_answer() -> None:
     assert sent.headers["X-Request-Id"] == "req-img"
     assert (sent.headers["Content-Type"], sent.headers["Accept"]) == ("application/json", "application/json")
     assert orjson.loads(sent.body) == {"model": "gpt-image-1", "prompt": "a fox", "n": 2}
-    assert (sent.timeouts.total, sent.timeouts.read_idle) == (90.0, 90.0)
+    assert (sent.timeouts.total, sent.timeouts.read_idle) == (90.0, 30.0)  # the deadline; the idle timeout
     body = orjson.loads(response.body)
     assert body["provider"]["name"] == "acme" and body["data"] == GPT_IMAGE_ANSWER["data"]
     assert (response.images, response.usage.prompt_tokens, response.usage.completion_tokens) == (2, 50, 544)

@@ -91,6 +91,12 @@ def test_stream_always_asks_for_usage() -> None:
     assert kept["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
+def test_a_provider_refusing_stream_options_never_gets_them() -> None:
+    request = typed({"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}})
+    body = translate.chat_request_body(request, "up", stream_options=False)
+    assert "stream_options" not in body and body["stream"] is True
+
+
 def test_embedding_request() -> None:
     request = json_format.ParseDict({"model": "e", "input": [[1, 2], [3]], "dimensions": 8,
                                      "encoding_format": "base64",

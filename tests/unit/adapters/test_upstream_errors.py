@@ -19,7 +19,7 @@ def error_for(status: int, **fields: Any) -> GatewayError:
 @pytest.mark.parametrize("status, reason", [
     (400, Reason.UPSTREAM_BAD_REQUEST), (422, Reason.UPSTREAM_BAD_REQUEST),
     (404, Reason.UPSTREAM_BAD_REQUEST),
-    (409, Reason.UPSTREAM_BAD_REQUEST), (413, Reason.UPSTREAM_BAD_REQUEST),
+    (409, Reason.UPSTREAM_ERROR), (413, Reason.UPSTREAM_BAD_REQUEST),  # a conflict may pass on retry
     (401, Reason.UPSTREAM_AUTH_FAILED), (403, Reason.UPSTREAM_AUTH_FAILED),
     (408, Reason.UPSTREAM_TIMEOUT), (504, Reason.UPSTREAM_TIMEOUT),
     (429, Reason.UPSTREAM_RATE_LIMITED),

@@ -18,8 +18,10 @@ from aggregator.openai.v1 import chat_pb2, embedding_pb2
 from aggregator.routing.v1 import route_pb2
 from aggregator.routing.v1 import routing_service_pb2 as routing_pb
 from edge.accounting import RequestRecord, UsageRecorder
+from edge.health import CircuitBreakers
 from edge.pipeline import Pipeline, bearer_key, check_model_allowed
 from services.core import telemetry
+from services.core.config import Resilience
 from services.core.errors import GatewayError, Reason
 
 KEY = "sk-test-123"
@@ -149,9 +151,13 @@ class Clients:
 class Context:
     def __init__(self, *pairs: tuple[str, str]) -> None:
         self.pairs = pairs
+        self.sent: list[tuple[str, str]] = []  # the response headers
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.pairs
+
+    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.sent.extend(metadata)
 
 
 AUTHORIZED = Context(("authorization", f"Bearer {KEY}"), ("x-request-id", "req-9"))
@@ -162,9 +168,13 @@ def chat_request(**extra: Any) -> chat_pb2.ChatCompletionRequest:
     return json_format.ParseDict(data, chat_pb2.ChatCompletionRequest())
 
 
-def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None) -> tuple[Pipeline, Clients]:
+def make(scripts: dict[str, Script], who: auth_pb.Principal | None = None, *,
+         breakers: CircuitBreakers | None = None,
+         resilience: Resilience | None = None) -> tuple[Pipeline, Clients]:
     clients = Clients(Auth(who or principal()), Routing(list(scripts)), Adapter(scripts))
-    return Pipeline(clients, UsageRecorder(None), upstream_timeout_ms=30_000), clients  # type: ignore[arg-type]
+    pipeline = Pipeline(clients, UsageRecorder(None), breakers=breakers,  # type: ignore[arg-type]
+                        resilience=resilience)
+    return pipeline, clients
 
 
 def new_record() -> RequestRecord:
@@ -198,7 +208,8 @@ async def test_first_candidate_retriable_failure_moves_to_the_second() -> None:
     assert sorted(clients.adapter.closed) == ["p1", "p2"]
     assert failures("p1", "UPSTREAM_UNAVAILABLE") == before + 1
     call = clients.adapter.calls[1]
-    assert (call.request_id, call.timeout_ms, call.request.model) == ("req-9", 30_000, "gpt-4o-mini")
+    assert (call.request_id, call.request.model) == ("req-9", "gpt-4o-mini")
+    assert 590_000 < call.timeout_ms <= 600_000  # what is left of the request's deadline (600 s)
 
 
 async def test_empty_stream_counts_as_a_failure_and_moves_on() -> None:
@@ -364,3 +375,88 @@ def test_start_uses_the_envoy_request_id_or_makes_one() -> None:
     assert (record.endpoint, record.public_model, record.stream) == ("chat.completions", "m", True)
     record, current = contextvars.copy_context().run(start, Context())
     assert len(record.request_id) == 32 and record.request_id == current
+
+
+# --- resilience (docs/resilience.md) ---------------------------------------------------------------
+
+async def test_a_failure_after_the_role_chunk_fails_over_invisibly() -> None:
+    pipeline, clients = make({
+        "p1": Script([event("role", content=False)], error=GatewayError(Reason.UPSTREAM_ERROR, "cut")),
+        "p2": Script([event("role2", content=False), event("hi")]),
+    })
+    record = new_record()
+    context = Context(*AUTHORIZED.pairs)
+    assert await run_chat(pipeline, record, context=context) == [b"role2", b"hi"]
+    assert ("x-aggregator-attempts", "2") in context.sent and ("x-aggregator-provider", "p2") in context.sent
+    assert len(clients.adapter.calls) == 2
+
+
+async def test_a_finish_without_content_ends_the_hold() -> None:
+    finished = adapter_pb.ChatResponse(body=b"stop", finish_reason="stop")
+    pipeline, clients = make({"p1": Script([event("role", content=False), finished,
+                                            event("tail", content=False)]), "p2": Script([event("x")])})
+    assert await run_chat(pipeline, new_record()) == [b"role", b"stop", b"tail"]
+    assert len(clients.adapter.calls) == 1
+
+
+class Breakers(CircuitBreakers):
+    """Records what the pipeline reports through the seam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, bool, bool, int]] = []
+
+    async def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
+                     output_tokens: int, duration_s: float) -> None:
+        assert duration_s >= 0
+        self.records.append((candidate.endpoint.provider, ok, ttft_s is not None, output_tokens))
+
+
+async def test_every_attempt_is_recorded_once() -> None:
+    usage = chat_pb2.Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+    breakers = Breakers()
+    pipeline, _ = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_UNAVAILABLE, "down")),
+                        "p2": Script([event("a"), event("u", content=False, usage=usage)])},
+                       breakers=breakers)
+    await run_chat(pipeline, new_record())
+    assert breakers.records == [("p1", False, False, 0), ("p2", True, True, 7)]
+
+
+async def test_a_cut_after_content_is_recorded_as_not_ok() -> None:
+    breakers = Breakers()
+    pipeline, _ = make({"p1": Script([event("abcdefgh")], error=GatewayError(Reason.UPSTREAM_ERROR, "cut"))},
+                       breakers=breakers)
+    with pytest.raises(GatewayError):
+        await run_chat(pipeline, new_record())
+    assert breakers.records == [("p1", False, True, 1)]  # the estimate of what came: 1 content event
+
+
+async def test_retries_on_one_candidate_then_the_next() -> None:
+    pipeline, clients = make({"p1": Script(error=GatewayError(Reason.UPSTREAM_ERROR, "boom")),
+                              "p2": Script([event("ok")])},
+                             resilience=Resilience(retries=2, backoff_initial_s=0.001, backoff_max_s=0.002))
+    record = new_record()
+    before = REGISTRY.get_sample_value("aggregator_upstream_retries_total", {"provider": "p1"}) or 0.0
+    assert await run_chat(pipeline, record) == [b"ok"]
+    assert [c.candidate.endpoint.provider for c in clients.adapter.calls] == ["p1", "p1", "p1", "p2"]
+    assert REGISTRY.get_sample_value("aggregator_upstream_retries_total", {"provider": "p1"}) == before + 2
+    assert record.attempts == 4
+
+
+async def test_a_spent_deadline_is_a_504() -> None:
+    pipeline, clients = make({"p1": Script([event("x")])})
+    context = Context(*AUTHORIZED.pairs, ("x-aggregator-timeout-ms", "500"))
+    record = new_record()
+    record.started -= 1  # a request that arrived a second ago
+    with pytest.raises(GatewayError) as info:
+        await run_chat(pipeline, record, context=context)
+    assert info.value.reason is Reason.UPSTREAM_TIMEOUT and info.value.http_status == 504
+    assert not clients.adapter.calls
+
+
+async def test_a_grpc_callers_own_deadline_shortens_the_requests() -> None:
+    pipeline, clients = make({"p1": Script([event("x")])})
+    context = Context(*AUTHORIZED.pairs)
+    context.time_remaining = lambda: 2.0  # type: ignore[attr-defined]
+    await run_chat(pipeline, new_record(), context=context)
+    assert 1_000 < clients.adapter.calls[0].timeout_ms <= 2_000  # not the configured 600 s
