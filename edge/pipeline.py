@@ -132,8 +132,7 @@ class Pipeline:
         self.recorder = recorder
         self._resilience = resilience or Resilience()  # timeouts, retries, hedging (docs/resilience.md)
         self._policies = model_resilience or {}
-        self._breakers = breakers or CircuitBreakers()
-        self.attempts = Attempts(self._breakers, recorder, route_first_token_s or {})
+        self.attempts = Attempts(breakers or CircuitBreakers(), recorder, route_first_token_s or {})
 
     def start(self, context: Any, endpoint: str, model: str, stream: bool) -> RequestRecord:
         """Opens the record of a request; its id is Envoy's `x-request-id` where there is one."""
@@ -253,7 +252,7 @@ class Pipeline:
         opened = await self.attempts.first_content(candidates, record, policy, deadline, open_attempt)
         ok = False
         try:
-            await self._breakers.succeeded(opened.candidate)
+            await self.attempts.breakers.succeeded(opened.candidate)
             record.candidate = opened.candidate
             record.headers.append((ATTEMPTS_HEADER, str(record.attempts)))
             record.headers.append((PROVIDER_HEADER, opened.candidate.endpoint.provider))
@@ -273,7 +272,7 @@ class Pipeline:
                 await self.cache.put(filling)
         finally:
             await opened.stack.aclose()
-            await self._breakers.record(
+            await self.attempts.breakers.record(
                 opened.candidate, ok=ok,
                 ttft_s=record.first_token_at - opened.started if record.first_token_at else None,
                 output_tokens=output_tokens(record), duration_s=time.monotonic() - opened.started)

@@ -197,8 +197,7 @@ async def test_the_flush_happens_on_its_own(clients: tuple[aioredis.Redis, ...])
 async def test_pipeline_stops_leading_with_a_dead_provider(clients: tuple[aioredis.Redis, ...]) -> None:
     p1, p2 = f"p1-{uuid.uuid4().hex[:8]}", f"p2-{uuid.uuid4().hex[:8]}"
     pipeline, fakes = make({p1: Script(error=GatewayError(Reason.UPSTREAM_UNAVAILABLE, "p1 down")),
-                            p2: Script([event("ok")])})
-    pipeline._breakers = CircuitBreakers(RouteHealth(clients[0]))
+                            p2: Script([event("ok")])}, breakers=CircuitBreakers(RouteHealth(clients[0])))
     for _ in range(3):
         assert await run_chat(pipeline, new_record()) == [b"ok"]
     fakes.adapter.calls.clear()
@@ -210,8 +209,8 @@ async def test_pipeline_stops_leading_with_a_dead_provider(clients: tuple[aiored
 async def test_refused_parameters_do_not_count_against_health(clients: tuple[aioredis.Redis, ...]) -> None:
     p1, p2 = f"p1-{uuid.uuid4().hex[:8]}", f"p2-{uuid.uuid4().hex[:8]}"
     refused = GatewayError(Reason.UNSUPPORTED_PARAMETER, "no logprobs here", param="logprobs")
-    pipeline, fakes = make({p1: Script(error=refused), p2: Script([event("ok")])})
-    pipeline._breakers = CircuitBreakers(RouteHealth(clients[0]))
+    pipeline, fakes = make({p1: Script(error=refused), p2: Script([event("ok")])},
+                           breakers=CircuitBreakers(RouteHealth(clients[0])))
     for _ in range(5):
         assert await run_chat(pipeline, new_record()) == [b"ok"]
     fakes.adapter.calls.clear()
