@@ -72,9 +72,7 @@ class Attempts:
         except BaseException as error:
             await stack.aclose()
             if isinstance(error, GatewayError) and may_try_next(error):
-                await self.failed(candidate, error)
-                await self.breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
-                                           duration_s=time.monotonic() - started)
+                await self.failed(candidate, error, started)
             raise
         return Opened(candidate, events, held, stack, started)
 
@@ -108,11 +106,8 @@ class Attempts:
                         raise
                     last_error = error
                     retry += 1
-                    delay = retry_delay(policy, error, retry, deadline)
-                    if delay is None:
+                    if not await self._backed_off(candidate, policy, error, retry, deadline):
                         break
-                    telemetry.UPSTREAM_RETRIES.labels(candidate.endpoint.provider).inc()
-                    await asyncio.sleep(delay)
             index += 1
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
@@ -152,18 +147,28 @@ class Attempts:
                 if not may_try_next(error):
                     raise error
                 last_error = error
-                await self.failed(candidate, error)
-                await self.breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
-                                           duration_s=time.monotonic() - started)
+                await self.failed(candidate, error, started)
                 retry += 1
-                delay = retry_delay(policy, error, retry, deadline)
-                if delay is None:
+                if not await self._backed_off(candidate, policy, error, retry, deadline):
                     break
-                telemetry.UPSTREAM_RETRIES.labels(candidate.endpoint.provider).inc()
-                await asyncio.sleep(delay)
         raise last_error or GatewayError(Reason.UPSTREAM_UNAVAILABLE, "No upstream provider is available.")
 
-    async def failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError) -> None:
+    async def failed(self, candidate: route_pb2.RouteCandidate, error: GatewayError, started: float) -> None:
+        """An attempt that failed before its first content, in the metrics and the breakers."""
         telemetry.UPSTREAM_FAILURES.labels(candidate.endpoint.provider, error.reason.value).inc()
         if error.retriable:  # the endpoint's health; a refused parameter says nothing about it
             await self.breakers.failed(candidate)
+        await self.breakers.record(candidate, ok=False, ttft_s=None, output_tokens=0,
+                                   duration_s=time.monotonic() - started)
+
+    @staticmethod
+    async def _backed_off(candidate: route_pb2.RouteCandidate, policy: Resilience, error: GatewayError,
+                          retry: int, deadline: Deadline) -> bool:
+        """Waits before retry number `retry` of the same candidate; False when the policy (or the
+        error's Retry-After, or the deadline) says to move on instead (retry_delay)."""
+        delay = retry_delay(policy, error, retry, deadline)
+        if delay is None:
+            return False
+        telemetry.UPSTREAM_RETRIES.labels(candidate.endpoint.provider).inc()
+        await asyncio.sleep(delay)
+        return True
