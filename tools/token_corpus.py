@@ -6,8 +6,10 @@ The reference tokenizer is the one Anthropic's SDK shipped until version 0.38
 (`anthropic/tokenizer.json`, a byte-pair tokenizer of Claude's earlier models), read with the
 `tokenizers` package; the wheel comes from the package index:
 
-    .venv/bin/python -m pip download anthropic==0.38.0 --no-deps -d /tmp/anthropic-0.38
-    .venv/bin/python tools/token_corpus.py /tmp/anthropic-0.38/anthropic-0.38.0-py3-none-any.whl
+    .venv/bin/python -m pip download anthropic==0.38.0 --no-deps -d build
+    .venv/bin/python tools/token_corpus.py   # or: tools/token_corpus.py PATH/TO/THE.whl
+
+(`build/` is the repository's ignored scratch directory.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tokenizers import Tokenizer
 from services.adapters.token_estimate import text_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
+WHEEL = ROOT / "build" / "anthropic-0.38.0-py3-none-any.whl"
 LANGUAGES = {
     "german": "Die Bundesregierung hat am Mittwoch einen Gesetzentwurf beschlossen, der die Digitalisierung "
               "der Verwaltung beschleunigen soll. Bürgerinnen und Bürger sollen künftig die meisten Anträge "
@@ -104,4 +107,4 @@ def _row(kind: str, found: list[tuple[int, int, int]]) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1] if len(sys.argv) > 1 else str(WHEEL))
