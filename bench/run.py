@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import measure, report
+from bench import measure, profile, report
 from bench.loadgen import REQUEST_TIMEOUT_S, chat_body
 from bench.stack import MODEL, REPO, BenchStack, die_with_parent, read_line, stop_process
 from services.runtime.stores import remove_data
@@ -104,6 +104,7 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
         # The key travels on the command line of a local, short-lived process: a throwaway test key.
         process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                    start_new_session=True, preexec_fn=die_with_parent)
+    recorders: list[subprocess.Popen[bytes]] = []
     try:
         if read_line(process, args.warmup + REQUEST_TIMEOUT_S + 30) != "warm":
             raise RuntimeError("load generator: unexpected output")
@@ -111,14 +112,23 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
         assert process.stdin is not None
         process.stdin.write(b"go\n")
         process.stdin.flush()
+        if args.profile and target == "gateway":
+            workers = {k: v for k, v in stack.gateway_pids().items() if k.startswith("worker-")}
+            recorders = profile.start(workers, args.seconds, args.profile, _phase_name(target, stream),
+                                      native=args.native)
         result: dict[str, Any] = json.loads(read_line(process, args.seconds + REQUEST_TIMEOUT_S + 30))
         after = measure.cpu_snapshot(pids)
         process.wait(10)
     finally:
         stop_process(process)
+        profile.finish(recorders)
     stack.check_alive()
     return _with_cpu(result, target, stream, measure.cpu_delta(before, after),
                      measure.machine_busy_fraction(before, after))
+
+
+def _phase_name(target: str, stream: bool) -> str:
+    return f"{target}_{'stream' if stream else 'nonstream'}"
 
 
 def _with_cpu(result: dict[str, Any], target: str, stream: bool, cpu: dict[str, float],
@@ -191,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--limits", action=argparse.BooleanOptionalAction, default=True,
                         help="gateway requests with a rate-limited key (default) or the unlimited admin key")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy every worker during the gateway phases; raw stacks and top lists in DIR")
+    parser.add_argument("--native", action="store_true", help="with --profile: C frames too (grpc, uvloop)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
         parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")
@@ -212,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         remove_data(root)
     print()
     print(report.table(results))
+    if args.profile:
+        for name, _target, _stream in PHASES[2:]:
+            print(f"\nprofile of {name} (every worker; {args.profile}):")
+            print(profile.top(sorted(args.profile.glob(f"{name}-worker-*.txt"))))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten: {RESULTS.relative_to(REPO)}")
