@@ -178,8 +178,7 @@ async def run(attempts: Attempts, hedge_ms: int = 50) -> tuple[Opened, RequestRe
     record = RequestRecord(request_id="r1", endpoint="chat.completions", public_model="m", stream=True,
                            organization_id="org", attempts=1)
     record.prompt_bytes = 400
-    opened = await hedged(candidate("a"), candidate("b"), attempts, Resilience(hedge_after_ms=hedge_ms),
-                          record, recorder)
+    opened = await hedged(candidate("a"), candidate("b"), attempts, hedge_ms, record, recorder)
     await recorder.drain()
     return opened, record, publisher
 
@@ -251,8 +250,7 @@ async def test_a_client_leaving_during_a_hedge_bills_the_hedge_apart() -> None:
     record = RequestRecord(request_id="r2", endpoint="chat.completions", public_model="m", stream=True,
                            organization_id="org", attempts=1)
     attempts = Attempts({"a": 5.0, "b": 5.0})
-    task = asyncio.ensure_future(hedged(candidate("a"), candidate("b"), attempts,
-                                        Resilience(hedge_after_ms=10), record, recorder))
+    task = asyncio.ensure_future(hedged(candidate("a"), candidate("b"), attempts, 10, record, recorder))
     await asyncio.wait_for(attempts.hedge_started.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
