@@ -119,11 +119,12 @@ async def test_hedging_after_the_observed_p95(client: openai.AsyncOpenAI, http: 
         if p95 is not None:
             break
         await asyncio.sleep(0.05)
-    # The fake's delay plus the gateway's own path; loosely, on a busy machine.
-    assert p95 is not None and FAST_S * 1000 <= p95 < 1000
+    # The fake's delay plus the gateway's own path (read from 20 %-wide buckets); loosely, on a
+    # busy machine.
+    assert p95 is not None and FAST_S * 1000 / 1.2 <= p95 < 1000
     model = (await http.get("/v1/models/observed")).json()
     endpoints = {e["provider"]: e["health"] for e in model["endpoints"]}
-    assert endpoints["quick"]["time_to_first_token_p95_ms"] >= FAST_S * 1000
+    assert endpoints["quick"]["time_to_first_token_p95_ms"] >= FAST_S * 1000 / 1.2
     assert "time_to_first_token_p95_ms" not in endpoints["spare"]  # never served: unmeasured
 
     quick.first_byte_delay_s = STALL_S
