@@ -14,7 +14,7 @@ from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.routing.v1 import route_pb2
 from edge.accounting import RequestRecord, UsageRecorder
 from edge.health import CircuitBreakers
-from edge.hedging import HedgeFailed, Opened, hedged
+from edge.hedging import HedgeFailed, Opened, hedged, threshold_ms
 from edge.resilience import (
     ATTEMPTS_HEADER,
     PROVIDER_HEADER,
@@ -80,7 +80,8 @@ class Attempts:
                             policy: Resilience, deadline: Deadline,
                             open_attempt: Callable[[route_pb2.RouteCandidate], Awaitable[Opened]]) -> Opened:
         """The first attempt to bring content: candidates in the breakers' order, each retried
-        per the policy (retry_delay), the next one hedged when the policy says so (hedging.py);
+        per the policy (retry_delay), the next one hedged when the policy says so (hedging.py:
+        after a fixed threshold or the candidate's observed percentile, read by `order`);
         504 once the deadline is spent."""
         order = await self.breakers.order(candidates)
         last_error: GatewayError | None = None
@@ -93,8 +94,9 @@ class Attempts:
                 record.candidate = candidate
                 record.attempts += 1
                 try:
-                    if policy.hedge_after_ms and index + 1 < len(order) and retry == 0:
-                        return await hedged(candidate, order[index + 1], open_attempt, policy, record,
+                    after_ms = threshold_ms(policy, self.breakers.known(candidate)) if retry == 0 else 0
+                    if after_ms and index + 1 < len(order):
+                        return await hedged(candidate, order[index + 1], open_attempt, after_ms, record,
                                             self.recorder)
                     return await open_attempt(candidate)
                 except HedgeFailed as both:

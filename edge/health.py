@@ -13,7 +13,7 @@ shared by every worker and replica. Without Redis (unit tests of the pipeline) t
 from __future__ import annotations
 
 from aggregator.routing.v1 import route_pb2
-from services.routing.health import RouteHealth
+from services.routing.health import Health, RouteHealth, endpoint_id
 
 
 class RouteHealthClient:
@@ -27,6 +27,11 @@ class RouteHealthClient:
         if self.health is None or not candidates:
             return candidates
         return await self.health.order(candidates)
+
+    def known(self, candidate: route_pb2.RouteCandidate) -> Health | None:
+        """The candidate's endpoint's health as `order` last read it (figures, the distribution of
+        times to first token for hedging); no Redis round trip. None without route health."""
+        return self.health.known(endpoint_id(candidate)) if self.health is not None else None
 
     async def succeeded(self, candidate: route_pb2.RouteCandidate) -> None:
         """An attempt's first event arrived."""

@@ -1,6 +1,7 @@
 """Hedged attempts (docs/resilience.md §4): when the first candidate has not brought its first
-content within the policy's `hedge_after_ms`, the next candidate starts too; the first to bring
-content wins and the other is cancelled.
+content within the threshold (`threshold_ms`: the policy's `hedge_after_ms`, or with
+`hedge_percentile` the first candidate's observed percentile of times to first token), the next
+candidate starts too; the first to bring content wins and the other is cancelled.
 
 The loser is accounted on its own: a usage event with the derived request id `<id>.hedge`,
 status cancelled, billing the prompt the provider consumed (estimated: a cancelled stream never
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,8 +24,24 @@ from edge.resilience import may_try_next
 from services.core import telemetry
 from services.core.config import Resilience
 from services.core.errors import GatewayError
+from services.routing.health import Health
 
 HEDGE_SUFFIX = ".hedge"
+# The least threshold an observed percentile gives: under it a hedge would double the load of an
+# endpoint that answers fast anyway, for little gain (docs/resilience.md §4).
+MIN_OBSERVED_HEDGE_MS = 50
+
+
+def threshold_ms(policy: Resilience, observed: Health | None) -> int:
+    """After how many ms without first content the next candidate starts; 0: no hedging. With
+    `hedge_percentile`, the first candidate's observed percentile (read with the breakers by
+    `order`: no round trip of its own), not under MIN_OBSERVED_HEDGE_MS; `hedge_after_ms` while
+    the endpoint has too few samples (or none read)."""
+    if policy.hedge_percentile and observed is not None:
+        seconds = observed.ttft_percentile_s(policy.hedge_percentile)
+        if seconds is not None:
+            return max(MIN_OBSERVED_HEDGE_MS, math.ceil(seconds * 1000))
+    return policy.hedge_after_ms
 
 
 @dataclass(slots=True)
@@ -69,15 +87,15 @@ async def _settle(task: asyncio.Task[Opened]) -> None:
 
 async def hedged(first: route_pb2.RouteCandidate, second: route_pb2.RouteCandidate,
                  open_attempt: Callable[[route_pb2.RouteCandidate], Awaitable[Opened]],
-                 policy: Resilience, record: RequestRecord, recorder: UsageRecorder) -> Opened:
-    """The first of `first` and `second` (started `hedge_after_ms` later, if `first` has brought
+                 after_ms: int, record: RequestRecord, recorder: UsageRecorder) -> Opened:
+    """The first of `first` and `second` (started `after_ms` later, if `first` has brought
     nothing by then) to bring content. A failure of `first` before the hedge starts is raised as
     it is (the caller moves on as without hedging); a non-retriable failure is raised at once."""
     tasks: dict[asyncio.Task[Opened], route_pb2.RouteCandidate] = {}
     tasks[asyncio.ensure_future(open_attempt(first))] = first
     winner: asyncio.Task[Opened] | None = None
     try:
-        done, _ = await asyncio.wait(tasks, timeout=policy.hedge_after_ms / 1000.0)
+        done, _ = await asyncio.wait(tasks, timeout=after_ms / 1000.0)
         if done:
             winner = next(iter(done))
             return winner.result()

@@ -281,7 +281,7 @@ class Pipeline:
         """The model's resilience policy with the client's hedging header applied, and the
         request's deadline (docs/resilience.md §1, §3); 400 for a malformed header."""
         policy = request_policy(self._policies.get(model, self._resilience),
-                                header_ms(metadata_value(context, HEDGE_HEADER), HEDGE_HEADER))
+                                metadata_value(context, HEDGE_HEADER))
         requested = header_ms(metadata_value(context, TIMEOUT_HEADER), TIMEOUT_HEADER)
         deadline = Deadline.of(policy, requested, record.started)
         # A native gRPC client's own deadline (grpc-timeout) shortens it too.

@@ -9,6 +9,7 @@ backoff on one candidate, and what a retriable failure allows next.
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +20,7 @@ from services.core.errors import GatewayError, Reason
 
 TIMEOUT_HEADER = "x-aggregator-timeout-ms"  # a client's own deadline, shorter than the configured one
 HEDGE_HEADER = "x-aggregator-hedge-ms"  # a client's hedging threshold for this request; 0: none
+HEDGE_PERCENTILE_VALUE = re.compile(r"p([5-9][0-9])")  # the header's other form: p50 .. p99
 ATTEMPTS_HEADER = "x-aggregator-attempts"
 PROVIDER_HEADER = "x-aggregator-provider"
 MAX_HEADER_MS = 24 * 3600 * 1000
@@ -98,9 +100,20 @@ def retry_delay(policy: Resilience, error: GatewayError, retry: int, deadline: D
     return delay if delay < deadline.at - time.monotonic() else None
 
 
-def request_policy(policy: Resilience, hedge_ms: int | None) -> Resilience:
-    """The model's policy with the client's hedging threshold, when it sent one."""
-    if hedge_ms is None:
+def request_policy(policy: Resilience, hedge: str | None) -> Resilience:
+    """The model's policy with the client's `x-aggregator-hedge-ms`, when it sent one: a whole
+    number of ms is a fixed threshold (0: no hedging), `p50` .. `p99` hedges after that percentile
+    of the first candidate's observed times to first token, the model's `hedge_after_ms` until it
+    has enough (docs/resilience.md §4); anything else is a 400 naming the header."""
+    if hedge is None:
         return policy
-    return replace(policy, hedge_after_ms=hedge_ms)
+    percentile = HEDGE_PERCENTILE_VALUE.fullmatch(hedge.strip())
+    if percentile is not None:
+        return replace(policy, hedge_percentile=int(percentile[1]))
+    try:
+        hedge_ms = header_ms(hedge, HEDGE_HEADER)
+    except GatewayError:
+        raise GatewayError(Reason.INVALID_REQUEST, f"The header {HEDGE_HEADER} must be a whole number of "
+                           "milliseconds or a percentile from p50 to p99.", param=HEDGE_HEADER) from None
+    return replace(policy, hedge_after_ms=hedge_ms or 0, hedge_percentile=0)
 

@@ -50,9 +50,14 @@ class Resilience:
     backoff_max_s: float = 4.0
     max_retry_after_s: float = 10.0  # a longer Retry-After moves on to the next candidate
     hedge_after_ms: int = 0  # start the next candidate too when no first token came by then; 0: off
+    # 50..99: hedge after the first candidate's observed p<N> time to first token instead, once it
+    # has enough samples (hedge_after_ms until then); 0: off (docs/resilience.md §4).
+    hedge_percentile: int = 0
 
 
 RESILIENCE_KEYS = frozenset(Resilience.__slots__)  # type: ignore[attr-defined]
+WHOLE_KEYS = ("retries", "hedge_after_ms", "hedge_percentile")
+HEDGE_PERCENTILES = (0, *range(50, 100))
 
 
 def parse_resilience(raw: Any, base: Resilience, where: str) -> Resilience:
@@ -67,11 +72,13 @@ def parse_resilience(raw: Any, base: Resilience, where: str) -> Resilience:
     values: dict[str, Any] = {}
     for name, value in raw.items():
         try:
-            number = int(value) if name in ("retries", "hedge_after_ms") else float(value)
+            number = int(value) if name in WHOLE_KEYS else float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}.{name} must be a number") from None
         if number < 0 or (number == 0 and name.endswith("timeout_s")):
             raise ConfigError(f"{where}.{name} must be positive")
+        if name == "hedge_percentile" and (number not in HEDGE_PERCENTILES or number != float(value)):
+            raise ConfigError(f"{where}.hedge_percentile must be 0 (off) or a whole number from 50 to 99")
         values[name] = number
     return replace(base, **values)
 

@@ -12,6 +12,8 @@ first token `ttft` (s), tokens per second `tps` and error rate `err` over `n` sa
 - `record` (an attempt's end) is buffered and flushed by one pipelined write a second, which blends
   the figures, counts failures after the first byte, and opens the breaker on a high error rate;
 - `snapshot` reads the endpoints' hashes in one round trip, cached in process for `cache_seconds`;
+- the same flush and snapshot pipelines write and read each endpoint's distribution of times to
+  first token (ttft_distribution.py), from which hedging reads a percentile (docs/resilience.md §4);
 - `admit` (half-open, the pause over) lets exactly one request try: the first `SET NX PX` wins the
   trial; the others keep the endpoint behind the healthy candidates.
 """
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from redis.exceptions import RedisError
 
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
+from services.routing import ttft_distribution as dist
 
 log = logging.getLogger(__name__)
 # Redis away: health is advice, never a reason to fail a request (docs/routing.md §5).
@@ -111,6 +115,17 @@ class Health:
     tokens_per_s: float | None = None
     error_rate: float | None = None
     samples: int = 0
+    # The distribution of times to first token over the current and previous window: counts per
+    # bucket (ttft_distribution.py; () when none), and its p95 once it has MIN_SAMPLES.
+    ttft_counts: tuple[int, ...] = ()
+    ttft_p95_s: float | None = None
+
+    def ttft_percentile_s(self, p: float) -> float | None:
+        """The observed p-th percentile of the time to first token, in seconds; None with fewer
+        than MIN_SAMPLES in the windows (docs/routing.md §4)."""
+        if sum(self.ttft_counts) < dist.MIN_SAMPLES:
+            return None
+        return dist.percentile(self.ttft_counts, p)
 
 
 def _float(raw: dict[str, str], name: str) -> float | None:
@@ -118,12 +133,13 @@ def _float(raw: dict[str, str], name: str) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def parse(raw: dict[str, str], now_ms: int) -> Health:
-    """A Health from its Redis hash (decoded strings)."""
+def parse(raw: dict[str, str], now_ms: int, ttft_windows: Iterable[dict[str, str]] = ()) -> Health:
+    """A Health from its Redis hash and its windows of ttft counts (decoded strings)."""
     open_until = raw.get("ou")
     circuit = CLOSED if open_until is None else OPEN if int(float(open_until)) > now_ms else HALF_OPEN
-    return Health(circuit, int(raw.get("f") or 0), _float(raw, "ttft"), _float(raw, "tps"),
-                  _float(raw, "err"), int(raw.get("n") or 0))
+    health = Health(circuit, int(raw.get("f") or 0), _float(raw, "ttft"), _float(raw, "tps"),
+                    _float(raw, "err"), int(raw.get("n") or 0), dist.merged(ttft_windows))
+    return dataclasses.replace(health, ttft_p95_s=health.ttft_percentile_s(95))
 
 
 @dataclass(slots=True)
@@ -160,6 +176,8 @@ class RouteHealth:
         self._batches: dict[str, _Batch] = {}
         self._flusher: asyncio.Task[None] | None = None
 
+    ttft_window_s = dist.WINDOW_S  # the ttft distribution's window (tests shorten it)
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -181,9 +199,12 @@ class RouteHealth:
         stale = [e for e in wanted if e not in found]
         if stale:
             try:
+                window = dist.window(now, self.ttft_window_s)
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for endpoint in stale:
+                    for endpoint in stale:  # the hash, then the current and previous ttft windows
                         pipe.hgetall(PREFIX + endpoint)
+                        pipe.hgetall(dist.key(endpoint, window))
+                        pipe.hgetall(dist.key(endpoint, window - 1))
                     rows = await pipe.execute()
             except REDIS_ERRORS:
                 # Health is advice: without Redis, route as last known (or as configured) for a second.
@@ -193,12 +214,20 @@ class RouteHealth:
                     self._cache[endpoint] = (now, found[endpoint])
             else:
                 now_ms = self._now_ms()
-                for endpoint, raw in zip(stale, rows, strict=True):
-                    found[endpoint] = parse(_decoded(raw), now_ms)
+                for i, endpoint in enumerate(stale):
+                    raw, current, previous = (_decoded(r) for r in rows[3 * i:3 * i + 3])
+                    found[endpoint] = parse(raw, now_ms, (current, previous))
                     self._remember(endpoint, found[endpoint])
         # Built from what was read, not from the cache: a flush while Redis answered may have
-        # dropped an entry since (it pops what it wrote, to be read afresh).
+        # marked an entry stale since (what it wrote is read afresh).
         return {e: found[e] for e in wanted}
+
+    def known(self, endpoint: str) -> Health | None:
+        """The endpoint's health as last read or written by this process, however old; no Redis.
+        The edge takes its hedging threshold from it right after `order` read it
+        (docs/resilience.md §4), so the threshold costs no round trip."""
+        entry = self._cache.get(endpoint)
+        return entry[1] if entry is not None else None
 
     async def admit(self, endpoint: str) -> bool:
         """Whether a request may send to a half-open endpoint: exactly one wins the trial (none
@@ -244,8 +273,7 @@ class RouteHealth:
         failures, open_until = answer
         known = self._cache.get(endpoint, (0.0, Health()))[1]
         circuit = CLOSED if int(open_until) < 0 else OPEN if int(open_until) > self._now_ms() else HALF_OPEN
-        self._remember(endpoint, Health(circuit, int(failures), known.ttft_s, known.tokens_per_s,
-                                        known.error_rate, known.samples))
+        self._remember(endpoint, dataclasses.replace(known, circuit=circuit, failures=int(failures)))
 
     async def succeeded(self, candidate: route_pb2.RouteCandidate) -> None:
         """The first event arrived: closes the breaker, written only when this process last saw the
@@ -256,8 +284,7 @@ class RouteHealth:
             return
         if await self._eval(_SUCCEED, endpoint) is None:
             return
-        h = known[1]
-        self._remember(endpoint, Health(CLOSED, 0, h.ttft_s, h.tokens_per_s, h.error_rate, h.samples))
+        self._remember(endpoint, dataclasses.replace(known[1], circuit=CLOSED, failures=0))
 
     def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
                output_tokens: int, duration_s: float) -> None:
@@ -293,16 +320,24 @@ class RouteHealth:
         if not batches:
             return
         now_ms = self._now_ms()
+        now = now_ms / 1000.0
+        window, window_ttl_ms = dist.window(now, self.ttft_window_s), dist.ttl_ms(now, self.ttft_window_s)
         async with self._redis.pipeline(transaction=False) as pipe:
             for endpoint, b in batches.items():
+                if b.ttfts:  # the distribution's counts, in the same round trip (docs/routing.md §4)
+                    counts = dist.key(endpoint, window)
+                    for index, count in dist.tally(b.ttfts).items():
+                        pipe.hincrby(counts, str(index), count)
+                    pipe.pexpire(counts, window_ttl_ms)
                 ttft = str(sum(b.ttfts) / len(b.ttfts)) if b.ttfts else ""
                 rate = str(sum(b.rates) / len(b.rates)) if b.rates else ""
                 pipe.eval(_FLUSH, 2, *self._keys(endpoint), b.samples, b.errors, ttft, rate, self._alpha,
                           b.late_failures, self._threshold, now_ms + self._open_ms, self._ttl_ms,
                           self._error_rate, self._min_samples, now_ms)
             await pipe.execute()
-        for endpoint in batches:
-            self._cache.pop(endpoint, None)  # read afresh next time
+        for endpoint in batches:  # read afresh next time; kept as the last known meanwhile (`known`)
+            if endpoint in self._cache:
+                self._cache[endpoint] = (-math.inf, self._cache[endpoint][1])
 
     async def close(self) -> None:
         """Flushes what is buffered."""

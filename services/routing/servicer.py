@@ -118,5 +118,6 @@ def shown_health(h: Health) -> model_pb2.ProviderHealth:
     return model_pb2.ProviderHealth(
         circuit=h.circuit, consecutive_failures=h.failures,
         time_to_first_token_ms=None if h.ttft_s is None else round(h.ttft_s * 1000, 1),
+        time_to_first_token_p95_ms=None if h.ttft_p95_s is None else round(h.ttft_p95_s * 1000, 1),
         tokens_per_second=None if h.tokens_per_s is None else round(h.tokens_per_s, 1),
         error_rate=None if h.error_rate is None else round(h.error_rate, 4))

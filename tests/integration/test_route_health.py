@@ -1,14 +1,17 @@
 """Route health on a real Valkey (services/routing/health.py, docs/routing.md §4, §5): two
 processes' breakers (own clients) share one state, a half-open endpoint admits exactly one trial
 however many requests race for it, failures after the first byte count, the figures are blended
-from batched outcomes, and the pipeline stops leading with a dead provider."""
+from batched outcomes, the distribution of times to first token is shared and windowed, and the
+pipeline stops leading with a dead provider."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,7 +24,9 @@ from services.core.config import StoreUrls
 from services.core.errors import GatewayError, Reason
 from services.core.redis import create_redis
 from services.core.rpc import declared_permission
+from services.routing import ttft_distribution as dist
 from services.routing.health import CLOSED, HALF_OPEN, OPEN, PREFIX, RouteHealth, endpoint_id
+from services.routing.servicer import shown_health
 from tests.unit.edge.test_pipeline import Script, event, make, new_record, run_chat
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -256,3 +261,81 @@ async def test_a_lost_trial_costs_one_round_trip_per_cache_period(
     for _ in range(10):
         assert await reader.order([a, b]) == [b, a]
     assert calls == 1
+
+
+# --- the distribution of times to first token (docs/routing.md §4) ---------------------------------
+
+class Counted:
+    """A Redis client that counts round trips: pipelines, and any other command called directly."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self.round_trips = 0
+
+    def pipeline(self, **kw: Any) -> Any:
+        self.round_trips += 1
+        return self._redis.pipeline(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        self.round_trips += 1
+        return getattr(self._redis, name)
+
+
+def nearest_rank(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[math.ceil(p / 100 * len(ordered)) - 1]
+
+
+async def test_two_processes_share_one_ttft_distribution(clients: tuple[aioredis.Redis, ...]) -> None:
+    clock = Clock()
+    first, second = (Counted(c) for c in clients)
+    writers = [RouteHealth(first, clock=clock), RouteHealth(second, clock=clock)]  # type: ignore[arg-type]
+    reader = RouteHealth(second, clock=clock, cache_seconds=0)  # type: ignore[arg-type]
+    a = unique("a")
+    fast = [0.05 + 0.004 * i for i in range(60)]  # 50..286 ms
+    slow = [0.8 + 0.05 * i for i in range(40)]  # 0.8..2.75 s
+    for ttft in fast:
+        writers[0].record(a, ok=True, ttft_s=ttft, output_tokens=5, duration_s=ttft + 0.1)
+    for ttft in slow:
+        writers[1].record(a, ok=True, ttft_s=ttft, output_tokens=5, duration_s=ttft + 0.1)
+    writers[1].record(a, ok=False, ttft_s=None, output_tokens=0, duration_s=0.1)  # no first token: no time
+    await asyncio.gather(*(w.flush() for w in writers))
+    assert (first.round_trips, second.round_trips) == (1, 1)  # one pipeline each: figures and counts
+    health = (await reader.snapshot([endpoint_id(a)]))[endpoint_id(a)]
+    assert second.round_trips == 2  # the hash and both windows in one pipelined read
+    assert sum(health.ttft_counts) == 100 and health.samples == 101
+    true_p95 = nearest_rank(fast + slow, 95)
+    assert health.ttft_p95_s is not None and true_p95 / 1.2 <= health.ttft_p95_s <= true_p95 * 1.2
+    p50, true_p50 = health.ttft_percentile_s(50), nearest_rank(fast + slow, 50)
+    assert p50 is not None and true_p50 / 1.2 <= p50 <= true_p50 * 1.2
+    assert shown_health(health).time_to_first_token_p95_ms == round(health.ttft_p95_s * 1000, 1)
+
+
+async def test_the_distribution_reads_two_windows_and_they_expire(
+        clients: tuple[aioredis.Redis, ...]) -> None:
+    clock = Clock()
+    writer = RouteHealth(clients[0], clock=clock)
+    reader = RouteHealth(clients[1], clock=clock, cache_seconds=0)
+    a = unique("a")
+    for _ in range(30):
+        writer.record(a, ok=True, ttft_s=0.2, output_tokens=5, duration_s=0.3)
+    await writer.flush()
+    assert (await reader.snapshot([endpoint_id(a)]))[endpoint_id(a)].ttft_p95_s == pytest.approx(0.2, rel=0.2)
+    clock.now += dist.WINDOW_S  # the previous window still counts
+    assert (await reader.snapshot([endpoint_id(a)]))[endpoint_id(a)].ttft_p95_s == pytest.approx(0.2, rel=0.2)
+    clock.now += dist.WINDOW_S  # two windows on: no longer read
+    gone = (await reader.snapshot([endpoint_id(a)]))[endpoint_id(a)]
+    assert gone.ttft_p95_s is None and gone.ttft_counts == () and gone.samples == 30
+    # On the real clock, with short windows: the hash expires by its TTL.
+    short = RouteHealth(clients[0])
+    short.ttft_window_s = 0.5
+    b = unique("b")
+    short.record(b, ok=True, ttft_s=0.2, output_tokens=5, duration_s=0.3)
+    await short.flush()
+    [key] = await clients[0].keys(f"{dist.KEY_PREFIX}*:{endpoint_id(b)}")
+    assert 0 < await clients[0].pttl(key) <= 1500  # at most until the end of the next window + one
+    for _ in range(300):  # polled, 15 s at most: a busy machine may expire it late
+        if not await clients[0].exists(key):
+            break
+        await asyncio.sleep(0.05)
+    assert not await clients[0].exists(key)

@@ -4,7 +4,9 @@ weight once went missing, and the replica of tests/e2e/test_budgets.py reset eve
 
 from __future__ import annotations
 
-from services.core.config import parse_config
+import dataclasses
+
+from services.core.config import Resilience, parse_config
 from tests.e2e.conftest import _vendor_catalog
 from tests.e2e.harness import config_document, gateway_config
 
@@ -21,3 +23,5 @@ def test_the_config_file_says_everything_the_config_does() -> None:
     assert again.providers == config.providers
     assert again.models == config.models
     assert any(r.weight for m in config.models for r in m.routes)  # the case that went missing
+    hedged = dataclasses.replace(config, resilience=Resilience(hedge_after_ms=200, hedge_percentile=95))
+    assert parse_config(config_document(hedged)).resilience == hedged.resilience

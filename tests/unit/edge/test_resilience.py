@@ -16,10 +16,12 @@ from aggregator.adapter.v1 import adapter_service_pb2 as adapter_pb
 from aggregator.events.v1 import usage_event_pb2 as ev
 from aggregator.routing.v1 import route_pb2
 from edge.accounting import RequestRecord, UsageRecorder
-from edge.hedging import HedgeFailed, Opened, hedged
-from edge.resilience import Deadline, header_ms, retry_delay
+from edge.hedging import MIN_OBSERVED_HEDGE_MS, HedgeFailed, Opened, hedged, threshold_ms
+from edge.resilience import Deadline, header_ms, request_policy, retry_delay
 from services.core.config import ConfigError, Resilience, parse_config
 from services.core.errors import GatewayError, Reason
+from services.routing import ttft_distribution as dist
+from services.routing.health import Health
 from services.runtime.envoy import DEFAULT_DESCRIPTOR_PATH, DEFAULT_LUA_PATH, render_bootstrap
 
 POLICY = Resilience(retries=2, backoff_initial_s=0.5, backoff_max_s=0.8, max_retry_after_s=3.0)
@@ -81,6 +83,40 @@ def test_a_malformed_header_is_a_400(value: str) -> None:
     assert info.value.http_status == 400 and info.value.param == "x-aggregator-timeout-ms"
 
 
+def test_the_hedge_header_takes_milliseconds_or_a_percentile() -> None:
+    model = Resilience(hedge_after_ms=400, hedge_percentile=90)
+    assert request_policy(model, None) == model
+    fixed = request_policy(model, "250")
+    assert (fixed.hedge_after_ms, fixed.hedge_percentile) == (250, 0)  # a number is a fixed threshold
+    off = request_policy(model, "0")
+    assert (off.hedge_after_ms, off.hedge_percentile) == (0, 0)
+    observed = request_policy(model, "p95")  # the model's hedge_after_ms until data exists
+    assert (observed.hedge_after_ms, observed.hedge_percentile) == (400, 95)
+    assert request_policy(Resilience(), " p50 ").hedge_percentile == 50
+
+
+@pytest.mark.parametrize("value", ["p49", "p100", "p", "P95", "95p", "p9", "p95.5", "soon", "1.5", "-1"])
+def test_a_malformed_hedge_header_is_a_400(value: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        request_policy(Resilience(), value)
+    assert info.value.http_status == 400 and info.value.param == "x-aggregator-hedge-ms"
+    assert "p50 to p99" in info.value.message
+
+
+def observed(ttft_s: float, samples: int) -> Health:
+    return Health(ttft_counts=tuple(samples if i == dist.bucket(ttft_s) else 0 for i in range(dist.BUCKETS)))
+
+
+def test_the_hedge_threshold_follows_the_observed_percentile() -> None:
+    policy = Resilience(hedge_after_ms=0, hedge_percentile=95)
+    assert threshold_ms(policy, observed(0.4, 30)) == pytest.approx(400, rel=0.2)
+    assert threshold_ms(policy, observed(0.012, 30)) == MIN_OBSERVED_HEDGE_MS  # never under the floor
+    assert threshold_ms(policy, observed(0.4, 19)) == 0  # too few samples: hedge_after_ms (0: none)
+    assert threshold_ms(policy, None) == 0
+    assert threshold_ms(Resilience(hedge_after_ms=300, hedge_percentile=95), Health()) == 300
+    assert threshold_ms(Resilience(hedge_after_ms=300), observed(0.4, 30)) == 300  # percentile off
+
+
 # --- config -------------------------------------------------------------------------------------
 
 def config(**extra: Any) -> Any:
@@ -115,9 +151,18 @@ def test_a_routes_own_first_token_timeout() -> None:
     assert parsed.models[0].routes[0].first_token_timeout_s is None
 
 
+def test_the_hedge_percentile_key() -> None:
+    assert config(resilience={"hedge_percentile": 95}).models[0].resilience.hedge_percentile == 95
+    assert config().resilience.hedge_percentile == 0  # off by default
+
+
 @pytest.mark.parametrize(("policy", "message"), [
     ({"total_timeout": 3}, "unknown key 'total_timeout'"), ({"retries": -1}, "retries must be positive"),
     ({"first_token_timeout_s": 0}, "must be positive"), ({"hedge_after_ms": "soon"}, "must be a number"),
+    ({"hedge_percentile": 49}, "hedge_percentile must be 0 .off. or a whole number from 50 to 99"),
+    ({"hedge_percentile": 100}, "hedge_percentile must be 0"),
+    ({"hedge_percentile": 95.5}, "hedge_percentile must be 0"),
+    ({"hedge_percentile": "p95"}, "hedge_percentile must be a number"),
 ])
 def test_bad_keys_are_refused(policy: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -178,8 +223,7 @@ async def run(attempts: Attempts, hedge_ms: int = 50) -> tuple[Opened, RequestRe
     record = RequestRecord(request_id="r1", endpoint="chat.completions", public_model="m", stream=True,
                            organization_id="org", attempts=1)
     record.prompt_bytes = 400
-    opened = await hedged(candidate("a"), candidate("b"), attempts, Resilience(hedge_after_ms=hedge_ms),
-                          record, recorder)
+    opened = await hedged(candidate("a"), candidate("b"), attempts, hedge_ms, record, recorder)
     await recorder.drain()
     return opened, record, publisher
 
@@ -251,8 +295,7 @@ async def test_a_client_leaving_during_a_hedge_bills_the_hedge_apart() -> None:
     record = RequestRecord(request_id="r2", endpoint="chat.completions", public_model="m", stream=True,
                            organization_id="org", attempts=1)
     attempts = Attempts({"a": 5.0, "b": 5.0})
-    task = asyncio.ensure_future(hedged(candidate("a"), candidate("b"), attempts,
-                                        Resilience(hedge_after_ms=10), record, recorder))
+    task = asyncio.ensure_future(hedged(candidate("a"), candidate("b"), attempts, 10, record, recorder))
     await asyncio.wait_for(attempts.hedge_started.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
