@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from services.core import telemetry
 from services.core.limits import MAX_GRPC_MESSAGE_BYTES, MAX_RECEIVE_BYTES, MAX_REQUEST_BYTES
 from services.core.server_guard import ServerGuard
 
@@ -53,7 +54,10 @@ class GrpcServer:
         may be at most `max_request_bytes` (services/core/server_guard.py)."""
         self._registrations = tuple(registrations)
         self._server = grpc.aio.server(
-            interceptors=[ServerGuard(service_token, max_request_bytes), aio_server_interceptor()],
+            # The tracing interceptor only where spans are recorded: without a tracer provider it
+            # would still wrap every call and every streamed message for nothing (docs/performance.md).
+            interceptors=[ServerGuard(service_token, max_request_bytes),
+                          *([aio_server_interceptor()] if telemetry.tracing_on() else [])],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),

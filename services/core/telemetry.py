@@ -24,7 +24,25 @@ import orjson
 from opentelemetry import trace
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import values as prometheus_values
 
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+def _cached_pid() -> int:
+    return _pid
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # In multiprocess mode every write checks the pid for a fork; `os.getpid` is a system call, once
+    # per counter write. The pid is cached instead and refreshed in a forked child (docs/performance.md).
+    os.register_at_fork(after_in_child=_refresh_pid)
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue(process_identifier=_cached_pid)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 # Every metric of the gateway is defined here, so that its names and labels are in one place

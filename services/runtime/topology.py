@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from services.core import telemetry
 from services.core.config import SERVICE_NAMES, ConfigError
 from services.core.inproc import InProcessChannel
 from services.core.limits import MAX_GRPC_MESSAGE_BYTES
@@ -67,7 +68,8 @@ class Topology:
             self._channels[address] = grpc.aio.insecure_channel(
                 address,
                 options=CHANNEL_OPTIONS,
-                interceptors=[*token_interceptors(self.service_token), *aio_client_interceptors()],
+                interceptors=[*token_interceptors(self.service_token),
+                              *(aio_client_interceptors() if telemetry.tracing_on() else [])],
             )
         return self._channels[address]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -407,6 +408,19 @@ async def build(settings: WorkerSettings, topology: Topology) -> Wiring:
     return wiring
 
 
+# Young-generation collections every 10,000 net allocations instead of 700: a request allocates
+# thousands of short-lived objects (coroutines, futures, messages), almost none in cycles.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """Once the process is built: what start-up made (modules, config, caches) is moved out of the
+    collector's sight (`gc.freeze`), and young collections run less often (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(
     settings: WorkerSettings,
     stop: asyncio.Event | None = None,
@@ -444,6 +458,7 @@ async def serve(
             ops_port = OpsPort(wiring.readiness, host=settings.host, port=settings.ops_port)
             await ops_port.start()
             wiring.closers.append(ops_port.close)
+        settle_garbage_collector()
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
