@@ -140,6 +140,11 @@ class Prober(PeriodicJob):
             telemetry.PROVIDER_PROBES.labels(provider, result).inc()
         return result
 
+    async def settle(self) -> None:
+        """Waits for the probes in flight (their outcome written): a round's effect is then visible."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
     async def stop(self) -> None:
         """Stops ticking, cancels the probes in flight and closes the probe's HTTP client."""
         await super().stop()
