@@ -27,6 +27,7 @@ from services.adapters.base import AdapterDeps
 from services.adapters.credentials import CredentialResolver
 from services.adapters.http import HttpClient
 from services.adapters.registry import adapter_module
+from services.adapters.upstream import UpstreamClient
 from services.core import telemetry
 from services.core.config import HealthCheck, ProviderConfig
 from services.core.errors import GatewayError, Reason
@@ -45,7 +46,7 @@ class Target:
     provider: ProviderConfig
     check: HealthCheck
     endpoint: route_pb2.Endpoint
-    upstream: Any  # services.adapters.upstream.UpstreamClient of the provider's kind
+    upstream: UpstreamClient  # the provider kind's, as its adapter builds it
     path: str
 
     @property
