@@ -119,9 +119,11 @@ async def test_a_breaker_opened_through_one_replica_holds_for_another_which_admi
             assert await served_by(b) == "steady"
         assert time.monotonic() - opened < OPEN_S, "too slow to observe the open breaker; raise OPEN_S"
         assert len(flaky.requests) == THRESHOLD  # nothing more reached flaky
-        # The pause ends (measured, not slept): both replicas show the endpoint half-open.
-        await poll(lambda: _is(provider_circuit(gateway, "flaky"), "half_open"))
-        await poll(lambda: _is(provider_circuit(replica, "flaky"), "half_open"))
+        # The pause ends (measured, not slept): both replicas show the endpoint half-open, after
+        # breakers.open_s rather than the default 30 s.
+        await poll(lambda: _is(provider_circuit(gateway, "flaky"), "half_open"), deadline_s=OPEN_S + 10)
+        await poll(lambda: _is(provider_circuit(replica, "flaky"), "half_open"), deadline_s=OPEN_S + 10)
+        assert OPEN_S * 0.9 <= time.monotonic() - opened < OPEN_S + 10
         # 20 concurrent requests over A and B: exactly one is the trial; the trial is slow, so the
         # others are routed while it holds the endpoint.
         flaky.first_byte_delay_s = 2.0
