@@ -151,6 +151,6 @@ class Prober(PeriodicJob):
         await super().stop()
         for task in list(self._running):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: its outcome is moot
                 await task
         await self._http.close()
