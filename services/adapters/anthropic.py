@@ -59,6 +59,10 @@ def honoured_parameters(request: chat_pb2.ChatCompletionRequest) -> frozenset[st
     return SUPPORTED_CHAT_PARAMETERS | neutral
 
 
+# The active health probe's default path (docs/routing.md §5): the free, cheap model list.
+HEALTH_PATH = "/v1/models"
+
+
 class AnthropicAdapter:
     """Speaks Anthropic's Messages API."""
 
@@ -68,6 +72,11 @@ class AnthropicAdapter:
                                         fixed_headers={VERSION_HEADER: API_VERSION},
                                         default_timeout_s=default_timeout_s,
                                         connect_timeout_s=connect_timeout_s)
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """How this adapter reaches its provider: the active health probe reuses its headers."""
+        return self._upstream
 
     async def chat(self, call: adapter_service_pb2.ChatRequest,
                    ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:

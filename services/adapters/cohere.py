@@ -43,6 +43,10 @@ SUPPORTED_CHAT_PARAMETERS = frozenset({
 })
 
 
+# The active health probe's default path (docs/routing.md §5): the free, cheap model list.
+HEALTH_PATH = "/v1/models"
+
+
 class CohereAdapter:
     """Speaks Cohere's API v2 chat and embed endpoints."""
 
@@ -51,6 +55,11 @@ class CohereAdapter:
         self._upstream = UpstreamClient(http, credentials, BEARER, CohereErrorBody.decode,
                                         default_timeout_s=default_timeout_s,
                                         connect_timeout_s=connect_timeout_s)
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """How this adapter reaches its provider: the active health probe reuses its headers."""
+        return self._upstream
 
     async def chat(self, call: adapter_service_pb2.ChatRequest,
                    ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:

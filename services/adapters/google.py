@@ -52,6 +52,10 @@ def method_path(candidate: route_pb2.RouteCandidate, method: str) -> str:
     return f"/{API_VERSION}/{model_resource(candidate.upstream_model)}:{method}"
 
 
+# The active health probe's default path (docs/routing.md §5): the free, cheap model list.
+HEALTH_PATH = f"/{API_VERSION}/models"
+
+
 class GoogleAdapter:
     """Speaks the Gemini API's generateContent and embedContent methods."""
 
@@ -60,6 +64,11 @@ class GoogleAdapter:
         self._upstream = UpstreamClient(http, credentials, API_KEY, GoogleError.decode,
                                         default_timeout_s=default_timeout_s,
                                         connect_timeout_s=connect_timeout_s)
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """How this adapter reaches its provider: the active health probe reuses its headers."""
+        return self._upstream
 
     async def chat(self, call: adapter_service_pb2.ChatRequest,
                    ) -> AsyncGenerator[adapter_service_pb2.ChatResponse, None]:

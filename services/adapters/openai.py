@@ -30,6 +30,10 @@ from services.adapters.upstream_errors import incomplete_stream
 _DONE = b"[DONE]"
 
 
+# The active health probe's default path (docs/routing.md §5): the free, cheap model list.
+HEALTH_PATH = "/models"  # under a base URL that ends in /v1
+
+
 class OpenAIAdapter:
     """Speaks OpenAI's chat completions, legacy completions, embeddings and images API to one kind
     of endpoint."""
@@ -42,6 +46,11 @@ class OpenAIAdapter:
         self._upstream = UpstreamClient(http, credentials, BEARER, OpenAIErrorBody.decode,
                                         key_required=key_required, default_timeout_s=default_timeout_s,
                                         connect_timeout_s=connect_timeout_s)
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """How this adapter reaches its provider: the active health probe reuses its headers."""
+        return self._upstream
 
     async def _events(self, call: adapter_service_pb2.ChatRequest | adapter_service_pb2.CompleteRequest,
                       path: str, content: translate.ChoiceContent,

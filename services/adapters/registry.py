@@ -4,6 +4,10 @@
 
     create(deps: AdapterDeps, kind: str) -> ProviderAdapter
     SUPPORTED_CHAT_PARAMETERS: frozenset[str]   # request fields it honours (capabilities.py)
+    HEALTH_PATH: str                            # the active health probe's default path, under
+                                                # base_url (services/routing/probes.py)
+
+and its adapter an `upstream` property (UpstreamClient), whose `health_request` the probe sends.
 
 OpenAI-compatible servers are the OpenAI module with another `kind` (a key may be absent), never
 new code. Adding a provider is one adapter module (beside its `_translate`, `_answers` and `_wire`

@@ -122,6 +122,14 @@ class UpstreamClient:
         url = candidate.endpoint.base_url.rstrip("/") + path
         return HttpRequest("POST", url, headers, body, timeouts)
 
+    def health_request(self, endpoint: route_pb2.Endpoint, path: str, timeout_s: float) -> HttpRequest:
+        """An active health probe, `GET {base_url}{path}` with the same fixed and auth headers as
+        every call and no body, bounded by `timeout_s` whole (docs/routing.md §5)."""
+        headers = {**self.fixed_headers, "Accept": JSON}
+        headers.update(self.credentials.auth_headers(endpoint, self.scheme, key_required=self.key_required))
+        return HttpRequest("GET", endpoint.base_url.rstrip("/") + path, headers, b"",
+                           Timeouts(connect=timeout_s, read_idle=timeout_s, total=timeout_s))
+
     async def failure(self, response: HttpResponse, candidate: route_pb2.RouteCandidate) -> GatewayError:
         """The GatewayError of a non-2xx answer, from its (size-limited) body and `Retry-After`."""
         raw = await response.read(MAX_ERROR_BODY_BYTES)

@@ -24,6 +24,16 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A provider's active health probe (docs/routing.md §5): `GET {base_url}{path}` every
+    `interval_s` across all processes; `path` empty: the provider kind's free model list."""
+
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: str
@@ -32,6 +42,18 @@ class ProviderConfig:
     # False: the provider refuses `stream_options` (some OpenAI-compatible servers), so it is never
     # sent; a stream's usage is then estimated (docs/resilience.md §5).
     stream_options: bool = True
+    health_check: HealthCheck | None = None  # None: no probe, the breaker learns from requests only
+
+
+@dataclass(frozen=True, slots=True)
+class Breakers:
+    """The `breakers` section: when a provider endpoint's shared circuit breaker opens and for how
+    long (docs/routing.md §5)."""
+
+    failure_threshold: int = 3  # consecutive failures that open it
+    open_s: float = 30.0  # the pause before one trial request
+    error_rate: float = 0.5  # an error rate at or above this opens it too ...
+    min_samples: int = 20  # ... once measured over at least this many attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +103,64 @@ def parse_resilience(raw: Any, base: Resilience, where: str) -> Resilience:
             raise ConfigError(f"{where}.hedge_percentile must be 0 (off) or a whole number from 50 to 99")
         values[name] = number
     return replace(base, **values)
+
+
+def _number(raw: dict[str, Any], name: str, where: str, default: float, *, integer: bool = False) -> float:
+    """`raw[name]` as a number (`default` when absent); ConfigError naming the key otherwise."""
+    value = raw.get(name, default)
+    wrong = not isinstance(value, int) if integer else not isinstance(value, int | float)
+    if isinstance(value, bool) or wrong:
+        raise ConfigError(f"{where}.{name} must be {'an integer' if integer else 'a number'}")
+    return value
+
+
+def _keys(raw: Any, known: frozenset[str], where: str) -> dict[str, Any]:
+    """`raw` as a mapping of known keys ({} when absent)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    return raw
+
+
+def parse_breakers(raw: Any) -> Breakers:
+    """The `breakers` section; ConfigError naming a bad key (docs/reference.md §3)."""
+    values = _keys(raw, frozenset(Breakers.__slots__), "breakers")  # type: ignore[attr-defined]
+    default = Breakers()
+    threshold = int(_number(values, "failure_threshold", "breakers", default.failure_threshold, integer=True))
+    open_s = float(_number(values, "open_s", "breakers", default.open_s))
+    error_rate = float(_number(values, "error_rate", "breakers", default.error_rate))
+    min_samples = int(_number(values, "min_samples", "breakers", default.min_samples, integer=True))
+    if threshold < 1:
+        raise ConfigError("breakers.failure_threshold must be at least 1")
+    if not 0 < open_s <= 86400:
+        raise ConfigError("breakers.open_s must be positive and at most 86400")
+    if not 0 < error_rate <= 1:
+        raise ConfigError("breakers.error_rate must be above 0 and at most 1")
+    if min_samples < 1:
+        raise ConfigError("breakers.min_samples must be at least 1")
+    return Breakers(threshold, open_s, error_rate, min_samples)
+
+
+def parse_health_check(raw: Any, where: str) -> HealthCheck | None:
+    """A provider's `health_check` map, or None without one (docs/reference.md §3)."""
+    if raw is None:
+        return None
+    values = _keys(raw, frozenset(HealthCheck.__slots__), where)  # type: ignore[attr-defined]
+    default = HealthCheck()
+    interval_s = float(_number(values, "interval_s", where, default.interval_s))
+    timeout_s = float(_number(values, "timeout_s", where, default.timeout_s))
+    path = values.get("path", "")
+    if not 1 <= interval_s <= 86400:
+        raise ConfigError(f"{where}.interval_s must be between 1 and 86400")
+    if not 0 < timeout_s <= interval_s:
+        raise ConfigError(f"{where}.timeout_s must be positive and at most interval_s")
+    if not isinstance(path, str) or (path and (not path.startswith("/") or "?" in path or "#" in path)):
+        raise ConfigError(f"{where}.path must start with '/' and carry no query")
+    return HealthCheck(interval_s, timeout_s, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +232,7 @@ class Config:
     ledger_redaction: str = "default"
     # ledger.stream_max_bytes: the USAGE stream's size limit (services/core/nats.py).
     usage_stream_max_bytes: int = 1 << 30
+    breakers: Breakers = field(default_factory=Breakers)  # docs/routing.md §5
 
     @property
     def route_first_token_timeouts(self) -> dict[tuple[str, str, str], float]:
@@ -191,7 +272,8 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
         if any(q.name == p["name"] for q in providers):
             raise ConfigError(f"{where}: duplicate provider name {p['name']!r}")
         providers.append(ProviderConfig(p["name"], p["kind"], str(p["base_url"]).rstrip("/"),
-                                        p.get("api_key_env") or "", bool(p.get("stream_options", True))))
+                                        p.get("api_key_env") or "", bool(p.get("stream_options", True)),
+                                        parse_health_check(p.get("health_check"), f"{where}.health_check")))
     names = {p.name for p in providers}
     # upstream_timeout_s (older files) is the idle timeout unless the section says otherwise.
     upstream_timeout_s = float(raw.get("upstream_timeout_s") or 120.0)
@@ -262,6 +344,7 @@ def parse_config(raw: dict[str, Any] | None) -> Config:
     if stream_max_bytes < 1 << 20:
         raise ConfigError("ledger.stream_max_bytes must be at least 1048576 (1 MiB)")
     return Config(edge=edge, providers=tuple(providers), models=tuple(models),
+                  breakers=parse_breakers(raw.get("breakers")),
                   workers=int(raw.get("workers") or 0),
                   upstream_timeout_s=upstream_timeout_s, resilience=resilience,
                   rate_limits_fail_open=on_redis_error == "open", budgets_fail_open=on_budget_error == "open",

@@ -76,6 +76,9 @@ ERRORS = Counter(
 )
 PROVIDER_OPEN = Gauge("aggregator_provider_circuit_open", "1 while a provider's circuit breaker is open",
                       ["provider"], multiprocess_mode="livemax")
+# Active health probes (docs/routing.md §5): outcome "ok" (2xx) or "failed" (counted by the breaker).
+PROVIDER_PROBES = Counter("aggregator_provider_probes_total", "Active health probes of provider endpoints",
+                          ["provider", "outcome"])
 UPSTREAM_FAILURES = Counter(
     "aggregator_upstream_failures_total", "Failed upstream attempts", ["provider", "reason"]
 )

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from aggregator.routing.v1 import route_pb2
 from services.core import telemetry
+from services.core.config import Breakers
 from services.routing import ttft_distribution as dist
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,12 @@ class RouteHealth:
 
     ttft_window_s = dist.WINDOW_S  # the ttft distribution's window (tests shorten it)
 
+    @classmethod
+    def configured(cls, redis: Any, breakers: Breakers) -> RouteHealth:
+        """The breakers of the config's `breakers` section (docs/reference.md §3)."""
+        return cls(redis, failure_threshold=breakers.failure_threshold, open_seconds=breakers.open_s,
+                   error_rate_threshold=breakers.error_rate, min_samples=breakers.min_samples)
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -265,7 +272,11 @@ class RouteHealth:
 
     async def failed(self, candidate: route_pb2.RouteCandidate) -> None:
         """A retriable failure before the first event: counted now, in one script call."""
-        endpoint = endpoint_id(candidate)
+        await self.endpoint_failed(endpoint_id(candidate))
+
+    async def endpoint_failed(self, endpoint: str) -> None:
+        """A failure of `endpoint` (a request's, or an active probe's: docs/routing.md §5), counted
+        by the same script: `failure_threshold` in a row open the breaker."""
         open_until_ms = self._now_ms() + self._open_ms
         answer = await self._eval(_FAIL, endpoint, self._threshold, open_until_ms, self._ttl_ms)
         if answer is None:
@@ -285,6 +296,15 @@ class RouteHealth:
         if await self._eval(_SUCCEED, endpoint) is None:
             return
         self._remember(endpoint, dataclasses.replace(known[1], circuit=CLOSED, failures=0))
+
+    async def probe_succeeded(self, endpoint: str) -> None:
+        """An active probe's 2xx (docs/routing.md §5): closes an open or half-open breaker at once
+        and ends a run of failures, written always (one write per endpoint and interval across all
+        processes, since only one process probes)."""
+        if await self._eval(_SUCCEED, endpoint) is None:
+            return
+        known = self._cache.get(endpoint, (0.0, Health()))[1]
+        self._remember(endpoint, dataclasses.replace(known, circuit=CLOSED, failures=0))
 
     def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
                output_tokens: int, duration_s: float) -> None:

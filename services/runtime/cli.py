@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.config import (
+    Breakers,
     ConfigError,
     EdgeConfig,
     Resilience,
@@ -141,6 +142,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         budgets_fail_open=config.budgets_fail_open if config else False,
         retention_days=config.retention_days if config else (90, 730, 7 * 365, 7 * 365),
         ledger_redaction=config.ledger_redaction if config else "default",
+        breakers=config.breakers if config else Breakers(),
         cache_ttls={m.id: m.cache_ttl_s for m in config.models} if config else {},
     )
 

@@ -22,7 +22,7 @@ from aggregator.billing.v1 import billing_service_pb2_grpc
 from aggregator.openai.v1 import inference_service_pb2_grpc, openai_service_pb2_grpc
 from aggregator.ops.v1 import ops_service_pb2_grpc
 from aggregator.routing.v1 import routing_service_pb2_grpc
-from services.core.config import ProviderConfig, Resilience, StoreUrls
+from services.core.config import Breakers, ProviderConfig, Resilience, StoreUrls
 from services.core.decoding import tolerant
 from services.core.limits import MAX_REQUEST_BYTES
 from services.core.server import GrpcServer, Registration
@@ -56,6 +56,7 @@ class WorkerSettings:
     budgets_fail_open: bool = False  # budgets.on_redis_error: closed (503, the default) or open
     retention_days: tuple[int, int, int, int] = (90, 730, 7 * 365, 7 * 365)  # logs, analytics, audit, billing
     ledger_redaction: str = "default"  # ledger.redaction (services/analytics/bodies.py)
+    breakers: Breakers = field(default_factory=Breakers)  # the shared circuit breakers (docs/routing.md §5)
 
 
 @dataclass
@@ -171,13 +172,21 @@ async def _wire_routing(settings: WorkerSettings, topology: Topology, wiring: Wi
                         nc: Any) -> None:
     from services.core.redis import create_redis
     from services.routing.health import RouteHealth
+    from services.routing.probes import Prober
     from services.routing.servicer import RoutingServicer
 
     redis = create_redis(settings.stores.redis_url)  # route health: read for sort and /v1/providers
     wiring.closers.append(redis.aclose)
-    routing = RoutingServicer(pool, nc, health=RouteHealth(redis))
+    health = RouteHealth.configured(redis, settings.breakers)
+    routing = RoutingServicer(pool, nc, health=health)
     await routing.start()
     wiring.closers.append(routing.close)
+    # Active health probes (docs/routing.md §5): one task per process, one probe per endpoint and
+    # interval across processes.
+    prober = Prober(redis, health, settings.providers, key_envs=settings.provider_key_envs)
+    if prober.active:
+        await prober.start()
+    wiring.closers.append(prober.stop)  # before Redis closes (closers run last first)
     wiring.serve(
         topology,
         routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
@@ -274,7 +283,7 @@ async def _wire_edge(
     wiring.closers.append(audit_publisher.stop)
     wiring.closers.append(audit.close)  # closed before its publisher stops
     # Circuit breakers and measured figures shared by every process (docs/routing.md §4, §5).
-    route_health = RouteHealth(redis)
+    route_health = RouteHealth.configured(redis, settings.breakers)
     wiring.closers.append(route_health.close)  # flushed before Redis closes (closers run last first)
     pipeline = Pipeline(
         ServiceClients.on(topology.channel_for), recorder, resilience=settings.resilience,

@@ -7,6 +7,7 @@ Two topologies (docs/architecture.md §2.4): "all" runs every service in one `ag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -115,7 +116,8 @@ def config_document(config: Config) -> dict[str, Any]:
     return {
         "providers": [
             {"name": p.name, "kind": p.kind, "base_url": p.base_url, "api_key_env": p.api_key_env,
-             "stream_options": p.stream_options}
+             "stream_options": p.stream_options,
+             **({"health_check": dataclasses.asdict(p.health_check)} if p.health_check else {})}
             for p in config.providers
         ],
         "models": [
@@ -142,6 +144,7 @@ def config_document(config: Config) -> dict[str, Any]:
             for m in config.models
         ],
         "resilience": _resilience(config.resilience),
+        "breakers": dataclasses.asdict(config.breakers),
     }
 
 

@@ -242,3 +242,11 @@ def problem(body: Any) -> str | None:
             return found
         previous = turn
     return None
+
+
+def models_list(models: list[str]) -> dict[str, Any]:
+    """`GET /v1/models`: one page of Anthropic's model list."""
+    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-09-29T00:00:00Z"}
+            for m in models]
+    return {"data": data, "has_more": False, "first_id": models[0] if models else None,
+            "last_id": models[-1] if models else None}

@@ -8,7 +8,8 @@ anthropic_payloads.py), with FakeOpenAI's scripting interface:
         fake.hold_streams(); ...; fake.release_streams()      # a stream waits once its first block started
         fake.requests[-1].json, fake.disconnects              # what it saw
 
-Route: POST /v1/messages (JSON, or SSE `event:`/`data:` pairs ending with `message_stop`). Every
+Routes: POST /v1/messages (JSON, or SSE `event:`/`data:` pairs ending with `message_stop`) and
+GET /v1/models (the model list, `models_failure` while set). Every
 request needs `anthropic-version: 2023-06-01` (else 400, as Anthropic answers) and, when
 `api_key` is set, `x-api-key: <api_key>` (else 401 authentication_error). The key is read from
 `x-api-key` only: that is what the gateway sends (the 2.x SDK sends `Authorization: Bearer`,
@@ -48,6 +49,7 @@ class FakeAnthropic(FakeUpstream):
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/messages", self._messages)
+        router.add_get("/v1/models", self._models)
 
     def reset(self) -> None:
         """Forgets scripts, delays, holds, records and cached prompt tokens."""
@@ -57,6 +59,18 @@ class FakeAnthropic(FakeUpstream):
     # -- handlers ----------------------------------------------------------------------------
     def _refusal(self, request: web.Request, body: Any) -> web.Response | None:
         """Anthropic's own checks, in its order: credentials, version, body, model."""
+        early = self._header_refusal(request)
+        if early is not None:
+            return early
+        found = payloads.problem(body)
+        if found is not None:
+            return _json(400, payloads.error("invalid_request_error", found))
+        if self.known_models is not None and body.get("model") not in self.known_models:
+            return _json(404, payloads.error("not_found_error", f"model: {body.get('model')}"))
+        return None
+
+    def _header_refusal(self, request: web.Request) -> web.Response | None:
+        """The checks of every route: the key, then the version."""
         if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
             return _json(401, payloads.error("authentication_error", "invalid x-api-key"))
         version = request.headers.get("anthropic-version")
@@ -64,12 +78,14 @@ class FakeAnthropic(FakeUpstream):
             message = ("anthropic-version: header is required" if version is None
                        else f"anthropic-version: invalid version '{version}'")
             return _json(400, payloads.error("invalid_request_error", message))
-        found = payloads.problem(body)
-        if found is not None:
-            return _json(400, payloads.error("invalid_request_error", found))
-        if self.known_models is not None and body.get("model") not in self.known_models:
-            return _json(404, payloads.error("not_found_error", f"model: {body.get('model')}"))
         return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`: the key and version checks, then one page of Anthropic's model list."""
+        early = await self._models_gate(request)
+        if early is None:
+            early = self._header_refusal(request)
+        return early if early is not None else _json(200, payloads.models_list(["claude-sonnet-4-5"]))
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())

@@ -85,6 +85,8 @@ class FakeUpstream:
         self.record = record  # False: no bookkeeping at all (the benchmark's serving path)
         self.chunk_delay_s = chunk_delay_s
         self.first_byte_delay_s = 0.0  # before any response header, for timeout tests
+        # While set, the vendor's model list (what health probes read) answers this failure.
+        self.models_failure: Failure | None = None
         self.requests: deque[RecordedRequest] = deque(maxlen=10_000)
         self.disconnects = 0  # streams the client left before their end
         self._disconnected = asyncio.Event()
@@ -158,6 +160,7 @@ class FakeUpstream:
         self._released.set()
         self._hold_after = None
         self.chunk_delay_s = self.first_byte_delay_s = 0.0
+        self.models_failure = None
         self.requests.clear()
         self.disconnects = 0
         self._disconnected.clear()
@@ -169,6 +172,14 @@ class FakeUpstream:
             self.requests.append(RecordedRequest(request.method, request.path,
                                                  {k.lower(): v for k, v in request.headers.items()}, body,
                                                  tuple(files), dict(request.query)))
+
+    async def _models_gate(self, request: web.Request) -> web.Response | None:
+        """Records a model-list request, waits `first_byte_delay_s`, and answers `models_failure`
+        while it is set."""
+        self._record(request, None)
+        if self.first_byte_delay_s:
+            await asyncio.sleep(self.first_byte_delay_s)
+        return self.models_failure.response() if self.models_failure is not None else None
 
     async def _scripted_failure(self) -> Failure | None:
         """Waits `first_byte_delay_s`, then takes the next scripted failure, if any."""

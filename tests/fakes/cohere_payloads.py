@@ -188,3 +188,9 @@ def embed_response(body: dict[str, Any], *, response_id: str) -> dict[str, Any]:
 def error(message: str, error_id: str | None = None) -> dict[str, Any]:
     """Cohere's error body."""
     return {"message": message} if error_id is None else {"id": error_id, "message": message}
+
+
+def models_list(models: list[str]) -> dict[str, Any]:
+    """`GET /v1/models`: one page of Cohere's model list."""
+    return {"models": [{"name": m, "endpoints": ["chat"], "finetuned": False, "context_length": 128000,
+                        "tokenizer_url": None, "default_endpoints": ["chat"]} for m in models]}

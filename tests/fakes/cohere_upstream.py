@@ -8,7 +8,8 @@
         fake.requests[-1].json, fake.disconnects          # what it saw
 
 Routes: POST /v2/chat (JSON, or with `"stream": true` SSE events `event: <type>` +
-`data: {"type": <type>, ...}`, then `data: [DONE]`) and POST /v2/embed. Requests need
+`data: {"type": <type>, ...}`, then `data: [DONE]`), POST /v2/embed and GET /v1/models (the
+model list, `models_failure` while set). Requests need
 `Authorization: Bearer <api_key>` when `api_key` is set (401 `{"message": "invalid api token"}`
 otherwise). A field Cohere does not define, or a missing required one, is a 400 `{"message"}`:
 the adapter's mistakes show up here as they would against Cohere.
@@ -55,8 +56,18 @@ class FakeCohere(FakeUpstream):
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v2/chat", self._chat)
         router.add_post("/v2/embed", self._embed)
+        router.add_get("/v1/models", self._models)
 
     # -- handlers ----------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`: the key check, then one page of Cohere's model list."""
+        early = await self._models_gate(request)
+        header = request.headers.get("Authorization")
+        if early is None and self.api_key is not None and header != f"Bearer {self.api_key}":
+            message = "no api key supplied" if not header else "invalid api token"
+            early = json_response(401, payloads.error(message))
+        return early if early is not None else json_response(200, payloads.models_list(["command-r-plus"]))
+
     async def _admit(self, request: web.Request) -> tuple[Any, web.Response | Failure | None]:
         """Parses and records a request; returns its JSON and the early answer, if any."""
         try:

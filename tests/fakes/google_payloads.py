@@ -237,3 +237,10 @@ def model_not_found(resource: str, method: str) -> dict[str, Any]:
     return error(404, "NOT_FOUND", f"{resource} is not found for API version v1beta, or is not supported "
                  f"for {method}. Call ListModels to see the list of available models and their supported "
                  "methods.")
+
+
+def models_list(models: list[str]) -> dict[str, Any]:
+    """`GET /v1beta/models`: one page of the Gemini API's model list."""
+    return {"models": [{"name": f"models/{m}", "version": "001", "displayName": m,
+                        "inputTokenLimit": 1048576, "outputTokenLimit": 8192,
+                        "supportedGenerationMethods": ["generateContent", "countTokens"]} for m in models]}

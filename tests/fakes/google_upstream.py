@@ -9,7 +9,8 @@
 
 Routes: POST /v1beta/{models|tunedModels}/{model}:{method} for generateContent,
 streamGenerateContent (`?alt=sse`: `data:` events, no [DONE], the stream just ends; without it a
-JSON array, as Gemini does), embedContent and batchEmbedContents. The key is read from
+JSON array, as Gemini does), embedContent and batchEmbedContents; GET /v1beta/models (the model
+list, `models_failure` while set). The key is read from
 `x-goog-api-key` (or `?key=`): none gives Gemini's 403, a wrong one its 400 API_KEY_INVALID.
 Request bodies are validated with `google.genai.types` (unknown or mistyped fields answer 400
 INVALID_ARGUMENT, as the real API does). Standalone: `python -m tests.fakes.google_upstream --port N`.
@@ -99,6 +100,7 @@ class FakeGoogle(FakeUpstream):
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1beta/{collection:models|tunedModels}/{call}", self._call)
+        router.add_get("/v1beta/models", self._models)
 
     # -- handlers ----------------------------------------------------------------------------
     def _key_failure(self, request: web.Request) -> web.Response | None:
@@ -108,6 +110,11 @@ class FakeGoogle(FakeUpstream):
         if not key:
             return json_response(403, payloads.unregistered_caller())
         return None if key == self.api_key else json_response(400, payloads.api_key_invalid())
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1beta/models`: the key check, then one page of Gemini's model list."""
+        early = await self._models_gate(request) or self._key_failure(request)
+        return early if early is not None else json_response(200, payloads.models_list(["gemini-2.0-flash"]))
 
     async def _admit(self, request: web.Request, resource: str,
                      method: str) -> tuple[Any, web.Response | Failure | None]:

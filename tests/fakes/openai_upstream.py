@@ -11,7 +11,7 @@
 Routes: POST /v1/chat/completions and /v1/completions (JSON or SSE ending `data: [DONE]`),
 POST /v1/embeddings, POST /v1/images/generations (JSON), /v1/images/edits and
 /v1/images/variations (multipart/form-data: `json` records the text fields, `files` the files),
-GET /v1/models. Scripted failures apply to every POST route.
+GET /v1/models (`models_failure` while set). Scripted failures apply to every POST route.
 Standalone: `python -m tests.fakes.openai_upstream --port N` prints the port once
 listening and serves until SIGINT/SIGTERM. The serving path does no validation and, with
 `record=False`, no bookkeeping: the benchmark drives thousands of requests through it.
@@ -166,6 +166,11 @@ class FakeOpenAI(FakeUpstream):
         return json_response(200, payloads.images(fields, created=int(time.time()), input_images=len(images)))
 
     async def _models(self, request: web.Request) -> web.Response:
+        early = await self._models_gate(request)
+        if early is not None:
+            return early
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return json_response(401, _unauthorized(request.headers.get("Authorization")))
         return json_response(200, payloads.models_list(self.models, created=1_700_000_000))
 
 
