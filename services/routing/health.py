@@ -291,11 +291,18 @@ class RouteHealth:
         endpoint failing (no write on a healthy hot path)."""
         endpoint = endpoint_id(candidate)
         known = self._cache.get(endpoint)
-        if known is None or (known[1].failures == 0 and known[1].circuit == CLOSED):
+        if known is None:
+            return
+        read_at, health = known
+        batch = self._batches.get(endpoint)
+        # Skipped only on fresh knowledge of a healthy endpoint with no failure waiting to be
+        # flushed: a breaker opened since (by another process, or by this one's flush) is closed.
+        if (health.failures == 0 and health.circuit == CLOSED and self._clock() - read_at < self._cache_s
+                and (batch is None or batch.errors == 0)):
             return
         if await self._eval(_SUCCEED, endpoint) is None:
             return
-        self._remember(endpoint, dataclasses.replace(known[1], circuit=CLOSED, failures=0))
+        self._remember(endpoint, dataclasses.replace(health, circuit=CLOSED, failures=0))
 
     async def probe_succeeded(self, endpoint: str) -> None:
         """An active probe's 2xx (docs/routing.md §5): closes an open or half-open breaker at once

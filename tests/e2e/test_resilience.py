@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from aggregator.events.v1 import usage_event_pb2 as ev
-from services.core.config import Resilience, StoreUrls
+from services.core.config import Breakers, Resilience, StoreUrls
 from services.runtime.stores import free_port
 from tests.e2e.harness import Gateway, gateway_config, start_gateway
 from tests.e2e.test_usage_events import _events_for
@@ -84,8 +84,11 @@ async def gateway(request: pytest.FixtureRequest, store_urls, flaky: FakeOpenAI,
     ]
     dead = f"http://127.0.0.1:{free_port()}/v1"
     # Silence between two reads: the adapter's (section-level) idle timeout, above STALL_S.
+    # Breakers open on consecutive failures only: the error rate of `flaky` (failing on purpose in
+    # most tests, in both topologies, on one Redis) would otherwise open it for a later test.
     config = dataclasses.replace(gateway_config(steady.base_url, steady.base_url, dead, providers, models),
-                                 resilience=Resilience(idle_timeout_s=IDLE_S))
+                                 resilience=Resilience(idle_timeout_s=IDLE_S),
+                                 breakers=Breakers(error_rate=1.0, min_samples=1_000_000))
     data_dir: Path = tmp_path_factory.mktemp(f"gateway-resilience-{request.param}")
     running = await start_gateway(request.param, store_urls, data_dir, config)
     try:

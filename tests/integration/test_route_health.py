@@ -102,6 +102,38 @@ async def test_a_success_in_one_process_resets_the_count_for_all(clients: tuple[
     assert await circuit(first, a) == CLOSED
 
 
+async def test_a_success_closes_a_breaker_opened_since_this_process_last_read(
+        clients: tuple[aioredis.Redis, ...]) -> None:
+    """This process read the endpoint healthy a moment ago (a fresh cache entry), but a failure of
+    its own waits in the buffer and another process opened the breaker since: its success must
+    close it, not be skipped as a healthy endpoint's would."""
+    clock = Clock()
+    first = RouteHealth(clients[0], clock=clock, cache_seconds=60, failure_threshold=3)
+    second = RouteHealth(clients[1], clock=clock, cache_seconds=0, failure_threshold=3)
+    a = unique("a")
+    assert await circuit(first, a) == CLOSED  # fresh for a minute in `first`
+    first.record(a, ok=False, ttft_s=0.1, output_tokens=1, duration_s=0.2)  # a late failure, buffered
+    for _ in range(3):
+        await second.failed(a)
+    assert await circuit(second, a) == OPEN
+    await first.succeeded(a)
+    assert await circuit(second, a) == CLOSED
+    await first.close()
+
+
+async def test_a_fresh_healthy_reading_costs_no_write_on_success(clients: tuple[aioredis.Redis, ...]) -> None:
+    """The hot path: a success on an endpoint read healthy within the cache period writes nothing."""
+    clock = Clock()
+    first = RouteHealth(clients[0], clock=clock, cache_seconds=60, failure_threshold=3)
+    second = RouteHealth(clients[1], clock=clock, cache_seconds=0, failure_threshold=3)
+    a = unique("a")
+    assert await circuit(first, a) == CLOSED
+    for _ in range(3):
+        await second.failed(a)
+    await first.succeeded(a)  # nothing of its own failing, fresh: no write (closed within a second)
+    assert await circuit(second, a) == OPEN
+
+
 async def test_half_open_admits_exactly_one_trial_across_processes(
         clients: tuple[aioredis.Redis, ...]) -> None:
     clock = Clock()
