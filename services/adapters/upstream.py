@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from aggregator.routing.v1 import route_pb2
 from services.adapters.credentials import AuthScheme, CredentialResolver
@@ -137,6 +138,18 @@ class UpstreamClient:
         return to_gateway_error(failure, provider=candidate.endpoint.provider,
                                 upstream_model=candidate.upstream_model)
 
+    @staticmethod
+    def _span(call: AdapterCall, request: HttpRequest) -> Span:
+        """The CLIENT span of one upstream request (no query string, no headers). Not made current:
+        nothing runs under it, and it stays open across the caller's yields. Without a tracer
+        provider none is made (INVALID_SPAN's methods do nothing; docs/observability.md §4)."""
+        url = urlsplit(request.url)
+        return telemetry.TRACER.start_span(request.method, kind=SpanKind.CLIENT, attributes={
+            "http.request.method": request.method, "server.address": url.hostname or "",
+            "url.path": url.path, "aggregator.provider": call.candidate.endpoint.provider,
+            "aggregator.upstream_model": call.candidate.upstream_model,
+            "aggregator.request_id": call.request_id})
+
     @contextlib.asynccontextmanager
     async def open(self, call: AdapterCall, path: str, body: bytes, *, stream: bool = False,
                    content_type: str = JSON) -> AsyncIterator[HttpResponse]:
@@ -144,13 +157,7 @@ class UpstreamClient:
         how the connection is released or dropped); raises the mapped error of a failed one."""
         request = self.request(call, path, body, stream=stream, content_type=content_type)
         provider = call.candidate.endpoint.provider
-        url = urlsplit(request.url)
-        # Not made current: nothing runs under it, and it stays open across the caller's yields.
-        span = telemetry.TRACER.start_span(request.method, kind=SpanKind.CLIENT, attributes={
-            "http.request.method": request.method, "server.address": url.hostname or "",
-            "url.path": url.path, "aggregator.provider": provider,
-            "aggregator.upstream_model": call.candidate.upstream_model,
-            "aggregator.request_id": call.request_id})
+        span = self._span(call, request) if telemetry.tracing_on() else trace.INVALID_SPAN
         started = time.monotonic()
         observed = False
 

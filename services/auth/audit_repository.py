@@ -10,6 +10,7 @@ the table.
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -56,11 +57,19 @@ def client_ip(forwarded_for: str | None, peer: str | None = None) -> str | None:
         host = peer.partition(":")[2].rpartition(":")[0]
         candidates.append(host.strip("[]"))
     for candidate in candidates:
-        try:
-            return str(ipaddress.ip_address(candidate))
-        except ValueError:
-            continue
+        normal = _normal_ip(candidate)
+        if normal is not None:
+            return normal
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_ip(candidate: str) -> str | None:
+    """An address in its normal form, or None; cached: a gateway sees the same clients again."""
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
 
 
 def redact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -37,6 +37,9 @@ declared_permission: contextvars.ContextVar[str | None] = contextvars.ContextVar
 class InProcessContext:
     """Marker base of the in-process servicer context (see inproc.py)."""
 
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -121,9 +124,26 @@ def rpc_method(fn: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+# The current RPC's metadata as a dict, made once per call: grpc.aio builds a new tuple from its C
+# array on every `invocation_metadata()`, and a request reads about ten values (docs/performance.md).
+# A context variable: every RPC runs in its own task, so each sees only its own.
+_metadata: contextvars.ContextVar[tuple[Any, dict[str, str | bytes]] | None] = contextvars.ContextVar(
+    "rpc_metadata", default=None)
+
+
 def metadata_value(context: Any, key: str) -> str | None:
-    """One invocation metadata value (keys are lower case), or None."""
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else v.decode()
-    return None
+    """One invocation metadata value (keys are lower case; the first of repeated ones), or None."""
+    if isinstance(context, InProcessContext):  # an in-process call's few values: no cache to thrash
+        for k, v in context.invocation_metadata() or ():
+            if k == key:
+                return v if isinstance(v, str) else v.decode()
+        return None
+    cached = _metadata.get()
+    if cached is None or cached[0] is not context:
+        values: dict[str, str | bytes] = {}
+        for k, v in context.invocation_metadata() or ():
+            values.setdefault(k, v)
+        cached = (context, values)
+        _metadata.set(cached)
+    value = cached[1].get(key)
+    return value if value is None or isinstance(value, str) else value.decode()
