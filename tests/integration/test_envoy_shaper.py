@@ -147,3 +147,19 @@ async def test_native_grpc_failure_keeps_its_metadata_and_never_meets_lua(edge: 
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert trailers[HTTP_STATUS_KEY] == "429" and "x-openai-error" in trailers
     assert await counter(edge, "http.edge.lua.executions") == before
+
+
+async def test_envoy_replies_to_native_grpc_stay_grpc_without_lua(edge: EnvoyEdge) -> None:
+    # Internal services are refused on the public listener (a direct 404 route); local_reply_config
+    # tells the native gRPC request from a transcoded one by CEL now, not by Lua's metadata.
+    async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+        call = channel.unary_unary("/aggregator.auth.v1.AuthService/Authenticate",
+                                   request_serializer=lambda m: m, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await call(b"")
+    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert failure.value.details() == "The request could not be processed."
+    async with httpx.AsyncClient(base_url=edge.base_url, timeout=10) as http1:
+        response = await http1.post("/v1/nowhere", content=b"{}",
+                                    headers={"content-type": "application/json"})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
