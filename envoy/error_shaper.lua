@@ -1,7 +1,11 @@
--- The error shaper of the edge (docs/architecture.md §3). It runs first among the HTTP filters, so on the way
--- back it sees each response after the gRPC-JSON transcoder.
+-- The error shaper of the edge (docs/architecture.md §3). It sits at the head of the HTTP filters, so on
+-- the way back it sees each response after the gRPC-JSON transcoder. It is not run for every response:
+-- a composite filter creates it only for HTTP (non-gRPC) clients and only when the response headers
+-- ask for it (an error status, `x-openai-error` or `x-http-status`; services/runtime/envoy_shaper.py),
+-- and a C++ header mutation filter strips the gRPC plumbing of plain successes. So this script sees
+-- the response from its headers on, never the request (no envoy_on_request).
 --
--- For HTTP (non-gRPC) clients:
+-- What it does:
 --   * a failed RPC: its trailing metadata carries the final OpenAI error JSON (`x-openai-error`)
 --     and the HTTP status (`x-http-status`). A failure before the first message is a gRPC
 --     trailers-only response, which reaches us as response headers with no body; a failure after
@@ -12,13 +16,11 @@
 --   * a failed RPC without that metadata (a crash, a status from gRPC itself): the transcoder's
 --     status stays and the body becomes a generic OpenAI error for it, never the service's text.
 --   * Envoy's own replies are already OpenAI JSON (local_reply_config) and pass unchanged.
---   * success: the gRPC headers and trailers are removed; the body streams through unbuffered. A
---     service may ask for another success status with an `x-http-status` response header (a 302).
--- For native gRPC clients nothing is changed.
+--   * a success whose service asks for another status with an `x-http-status` response header (a
+--     302) gets it; the gRPC headers are removed and the body streams through unbuffered.
+-- Native gRPC clients never meet it.
 
-local GRPC_KEY = "aggregator.grpc" -- services/runtime/envoy_replies.py matches on it
-
--- Response headers (and trailers) no HTTP client should see.
+-- Response headers (and trailers) no HTTP client should see (PLUMBING in envoy_shaper.py too).
 local PLUMBING = {
   ["grpc-status"] = true, ["grpc-message"] = true, ["grpc-status-details-bin"] = true,
   ["grpc-accept-encoding"] = true, ["grpc-encoding"] = true,
@@ -116,11 +118,6 @@ local function lookup(headers, trailers, key)
   return value
 end
 
-local function is_grpc(handle)
-  local metadata = handle:streamInfo():dynamicMetadata():get(GRPC_KEY)
-  return metadata ~= nil and metadata["grpc"] == true
-end
-
 -- An error response: small, so buffering it whole is cheap. The failure's metadata is in the
 -- headers (trailers-only gRPC response) or in the trailers (the service had sent headers first).
 local function shape_error(handle)
@@ -147,17 +144,7 @@ local function shape_error(handle)
   headers:replace("content-length", tostring(#text))
 end
 
-function envoy_on_request(request_handle)
-  local content_type = request_handle:headers():get("content-type") or ""
-  if content_type:sub(1, 16) == "application/grpc" then
-    request_handle:streamInfo():dynamicMetadata():set(GRPC_KEY, "grpc", true)
-  end
-end
-
 function envoy_on_response(response_handle)
-  if is_grpc(response_handle) then
-    return
-  end
   local headers = response_handle:headers()
   local status = valid_status(headers:get(":status")) or 500
   if status >= 400 or headers:get("x-openai-error") ~= nil then
@@ -170,7 +157,6 @@ function envoy_on_response(response_handle)
   if wanted ~= nil then
     headers:replace(":status", tostring(wanted))
   end
+  -- Not waiting for the trailers: the header mutation filter strips them (envoy_shaper.py).
   strip(headers)
-  -- Waiting for the trailers (not the body) lets the body stream through chunk by chunk.
-  strip(response_handle:trailers())
 end

@@ -16,21 +16,8 @@ def _status(op: str, code: int) -> dict[str, Any]:
     return {"status_code_filter": {"comparison": comparison}}
 
 
-# Set by the Lua shaper on native gRPC requests. The request headers cannot tell: the transcoder
-# rewrites a JSON request into a gRPC one before any of its own replies.
-GRPC_METADATA_NAMESPACE = "aggregator.grpc"
-_IS_GRPC = {
-    "metadata_filter": {
-        "matcher": {
-            "filter": GRPC_METADATA_NAMESPACE,
-            "path": [{"key": "grpc"}],
-            "value": {"bool_match": True},
-        },
-        "match_if_key_not_found": False,
-    }
-}
 # Envoy names the cause of each of its replies in the response code details; only CEL reads them.
-def _details(expression: str) -> dict[str, Any]:
+def _cel(expression: str) -> dict[str, Any]:
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
@@ -42,16 +29,25 @@ def _details(expression: str) -> dict[str, Any]:
     }
 
 
+# A native gRPC request: a gRPC content type that the transcoder did not set. The transcoder rewrites
+# a JSON request into a gRPC one before any of its own replies, and marks it with
+# x-envoy-original-method, which Envoy removes from every client's request first (envoy.py).
+_IS_GRPC = _cel(
+    "'content-type' in request.headers && request.headers['content-type'].startsWith('application/grpc')"
+    " && !('x-envoy-original-method' in request.headers)"
+)
+
+
 # OpenAI's own words for a body it cannot read as JSON, minus the pointer to its help center.
 NOT_JSON_MESSAGE = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
     "JSON.)"
 )
-_NOT_JSON = _details(f"response.code_details.startsWith('{DENIED_DETAILS_PREFIX}')")
-_TRANSCODE_FAILURE = _details("response.code_details.startsWith('grpc_json_transcode_failure')")
+_NOT_JSON = _cel(f"response.code_details.startsWith('{DENIED_DETAILS_PREFIX}')")
+_TRANSCODE_FAILURE = _cel("response.code_details.startsWith('grpc_json_transcode_failure')")
 # A message from a service over the transcoder's buffer: the answer, not the service, is at fault.
-_ANSWER_TOO_LARGE = _details("response.code_details == 'response_payload_too_large'")
+_ANSWER_TOO_LARGE = _cel("response.code_details == 'response_payload_too_large'")
 _INVALID, _SERVER = "invalid_request_error", "server_error"
 
 
