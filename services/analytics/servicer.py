@@ -37,6 +37,8 @@ _GROUPS = {
 }
 Authenticate = Callable[[Any], Awaitable[auth_service_pb2.Principal]]
 Message = TypeVar("Message", pb.RequestPoint, pb.TokenPoint, pb.CostPoint)
+Answer = TypeVar("Answer", pb.GetRequestAnalyticsResponse, pb.GetTokenAnalyticsResponse,
+                 pb.GetCostAnalyticsResponse)
 
 
 def _count(value: Any) -> int:
@@ -52,6 +54,15 @@ def _placed(item: Message, point: series.Point, group: str, scope: Scope) -> Mes
     if group != "model" and scope.model:
         item.model = scope.model
     return item
+
+
+def _filled(answer: Answer, points: list[series.Point], totals: series.Point,
+            item: Callable[[series.Point], Any]) -> Answer:
+    """`answer` with one item per point in `data` and the totals' item in `totals`."""
+    for point in points:
+        answer.data.append(item(point))
+    answer.totals.CopyFrom(item(totals))
+    return answer
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
@@ -88,9 +99,8 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         """Requests per UTC day or hour: outcomes, failures per error type, latency and
         time-to-first-token percentiles (docs/analytics.md §2)."""
         interval, points, totals, scope = await self._series(request, context, detail=True)
-        answer = pb.GetRequestAnalyticsResponse(object="analytics.requests", interval=interval)
-        for point in [*points, totals]:
-            item = _placed(pb.RequestPoint(
+        def item(point: series.Point) -> pb.RequestPoint:
+            built = _placed(pb.RequestPoint(
                 requests=_count(point.requests), succeeded=_count(point.requests - point.failed),
                 failed=_count(point.failed),
                 errors=[pb.ErrorCount(type=t, count=_count(n))
@@ -99,10 +109,12 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
             for field, metric in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
                 found = point.percentiles.get(metric)
                 if found:
-                    getattr(item, field).CopyFrom(pb.Percentiles(
+                    getattr(built, field).CopyFrom(pb.Percentiles(
                         p50=round(found[0], 3), p95=round(found[1], 3), p99=round(found[2], 3)))
-            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
-        return answer
+            return built
+
+        return _filled(pb.GetRequestAnalyticsResponse(object="analytics.requests", interval=interval),
+                       points, totals, item)
 
     @rpc_method
     @requires(READ_USAGE)
@@ -110,15 +122,13 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
                                 context: Any) -> pb.GetTokenAnalyticsResponse:
         """Prompt, completion, cached, reasoning and total tokens per UTC day or hour."""
         interval, points, totals, scope = await self._series(request, context, detail=False)
-        answer = pb.GetTokenAnalyticsResponse(object="analytics.tokens", interval=interval)
-        for point in [*points, totals]:
-            item = _placed(pb.TokenPoint(
+        return _filled(
+            pb.GetTokenAnalyticsResponse(object="analytics.tokens", interval=interval), points, totals,
+            lambda point: _placed(pb.TokenPoint(
                 requests=_count(point.requests), prompt_tokens=point.prompt_tokens,
                 completion_tokens=point.completion_tokens, cached_tokens=point.cached_tokens,
                 reasoning_tokens=point.reasoning_tokens,
-                total_tokens=point.prompt_tokens + point.completion_tokens), point, request.group_by, scope)
-            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
-        return answer
+                total_tokens=point.prompt_tokens + point.completion_tokens), point, request.group_by, scope))
 
     @rpc_method
     @requires(READ_USAGE)
@@ -126,12 +136,11 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
                                context: Any) -> pb.GetCostAnalyticsResponse:
         """Exact cost (a decimal string in USD) per UTC day or hour."""
         interval, points, totals, scope = await self._series(request, context, detail=False)
-        answer = pb.GetCostAnalyticsResponse(object="analytics.cost", interval=interval)
-        for point in [*points, totals]:
-            item = _placed(pb.CostPoint(requests=_count(point.requests), cost_usd=decimal_str(point.cost)),
-                           point, request.group_by, scope)
-            (answer.totals.CopyFrom(item) if point is totals else answer.data.append(item))
-        return answer
+        return _filled(
+            pb.GetCostAnalyticsResponse(object="analytics.cost", interval=interval), points, totals,
+            lambda point: _placed(pb.CostPoint(requests=_count(point.requests),
+                                               cost_usd=decimal_str(point.cost)),
+                                  point, request.group_by, scope))
 
     @rpc_method
     @requires(READ_USAGE)

@@ -101,9 +101,14 @@ return 1
 """
 
 
-def endpoint_id(candidate: route_pb2.RouteCandidate) -> str:
+def endpoint_key(endpoint: route_pb2.Endpoint) -> str:
     """The breaker's unit: a provider endpoint (name + base URL), whatever model it serves."""
-    return f"{candidate.endpoint.provider}|{candidate.endpoint.base_url}"
+    return f"{endpoint.provider}|{endpoint.base_url}"
+
+
+def endpoint_id(candidate: route_pb2.RouteCandidate) -> str:
+    """The breaker's unit of a candidate (endpoint_key of its endpoint)."""
+    return endpoint_key(candidate.endpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,18 +305,20 @@ class RouteHealth:
         if (health.failures == 0 and health.circuit == CLOSED and self._clock() - read_at < self._cache_s
                 and (batch is None or batch.errors == 0)):
             return
+        await self._close(endpoint)
+
+    async def _close(self, endpoint: str) -> None:
+        """Closes the endpoint's breaker in Redis (one script call) and in this process's view."""
         if await self._eval(_SUCCEED, endpoint) is None:
             return
-        self._remember(endpoint, dataclasses.replace(health, circuit=CLOSED, failures=0))
+        known = self._cache.get(endpoint, (0.0, Health()))[1]
+        self._remember(endpoint, dataclasses.replace(known, circuit=CLOSED, failures=0))
 
     async def probe_succeeded(self, endpoint: str) -> None:
         """An active probe's 2xx (docs/routing.md §5): closes an open or half-open breaker at once
         and ends a run of failures, written always (one write per endpoint and interval across all
         processes, since only one process probes)."""
-        if await self._eval(_SUCCEED, endpoint) is None:
-            return
-        known = self._cache.get(endpoint, (0.0, Health()))[1]
-        self._remember(endpoint, dataclasses.replace(known, circuit=CLOSED, failures=0))
+        await self._close(endpoint)
 
     def record(self, candidate: route_pb2.RouteCandidate, *, ok: bool, ttft_s: float | None,
                output_tokens: int, duration_s: float) -> None:

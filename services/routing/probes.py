@@ -32,7 +32,7 @@ from services.core import telemetry
 from services.core.config import HealthCheck, ProviderConfig
 from services.core.errors import GatewayError, Reason
 from services.core.periodic import PeriodicJob
-from services.routing.health import REDIS_ERRORS, RouteHealth
+from services.routing.health import REDIS_ERRORS, RouteHealth, endpoint_key
 
 log = logging.getLogger(__name__)
 PROBE_PREFIX = "routing:probe:"
@@ -51,7 +51,7 @@ class Target:
 
     @property
     def endpoint_id(self) -> str:
-        return f"{self.endpoint.provider}|{self.endpoint.base_url}"
+        return endpoint_key(self.endpoint)
 
 
 def targets(providers: Iterable[ProviderConfig], deps: AdapterDeps) -> list[Target]:
