@@ -16,29 +16,78 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nw = tonumber(ARGV[1])
 local used, oldest = {}, {}
-for i = 1, nw do
-  local limit, win, amount = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
-  local step = win / 60
-  local cur = math.floor(now / step)
-  local fields = redis.call('HGETALL', KEYS[i])
-  local sum, buckets, stale = 0, {}, {}
+-- A window's hash holds its buckets (index -> amount, every amount above 0), their sum ('s') and
+-- the index of the oldest ('lo'); every script that writes a bucket keeps the two up to date, so
+-- admitting reads two fields, not the whole window. rebuild() recounts a hash from its buckets
+-- (one written before the sum was kept, or far behind); slide() drops the buckets that left the
+-- window, the oldest first, and finds the next oldest.
+local function rebuild(key, cur)
+  local fields = redis.call('HGETALL', key)
+  local sum, lo, stale = 0, nil, {}
   for j = 1, #fields, 2 do
-    local idx, v = tonumber(fields[j]), tonumber(fields[j+1])
-    if idx <= cur - 60 then stale[#stale+1] = fields[j] else sum = sum + v; buckets[#buckets+1] = {idx, v} end
+    local idx = tonumber(fields[j])
+    if idx then
+      if idx <= cur - 60 then
+        stale[#stale+1] = fields[j]
+      else
+        sum = sum + tonumber(fields[j+1])
+        if not lo or idx < lo then lo = idx end
+      end
+    end
   end
-  if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  if #fields > 0 then
+    redis.call('HSET', key, 's', sum)
+    if lo then redis.call('HSET', key, 'lo', lo) else redis.call('HDEL', key, 'lo') end
+  end
+  return sum, lo
+end
+local function slide(key, sum, lo, cur)
+  local names = {}
+  for idx = lo, cur - 60 do names[#names+1] = idx end
+  local values = redis.call('HMGET', key, unpack(names))
+  local gone = {}
+  for n = 1, #names do
+    if values[n] then sum = sum - tonumber(values[n]); gone[#gone+1] = names[n] end
+  end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+  local next_lo = nil
+  for idx = cur - 59, cur do
+    if redis.call('HEXISTS', key, idx) == 1 then next_lo = idx; break end
+  end
+  if not next_lo then sum = 0 end
+  redis.call('HSET', key, 's', sum)
+  if next_lo then redis.call('HSET', key, 'lo', next_lo) else redis.call('HDEL', key, 'lo') end
+  return sum, next_lo
+end
+for i = 1, nw do
+  local key, limit, win, amount = KEYS[i], tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local step = math.floor(win / 60)
+  local cur = math.floor(now / step)
+  local meta = redis.call('HMGET', key, 's', 'lo')
+  local sum, lo = tonumber(meta[1]), tonumber(meta[2])
+  if not sum or (lo and cur - 60 - lo >= 120) then
+    sum, lo = rebuild(key, cur)
+  elseif lo and lo <= cur - 60 then
+    sum, lo = slide(key, sum, lo, cur)
+  end
   if sum + amount > limit then
     local freed, wait = 0, -1
-    for _, b in ipairs(buckets) do
-      freed = freed + b[2]
-      if sum - freed + amount <= limit then wait = (b[1] + 60) * step - now; break end
+    if lo then
+      local names = {}
+      for idx = lo, cur do names[#names+1] = idx end
+      local values = redis.call('HMGET', key, unpack(names))
+      for n = 1, #names do
+        if values[n] then
+          freed = freed + tonumber(values[n])
+          if sum - freed + amount <= limit then wait = (names[n] + 60) * step - now; break end
+        end
+      end
     end
     return {0, now, i, sum, wait}
   end
   used[i] = sum
-  oldest[i] = cur
-  if #buckets > 0 then oldest[i] = buckets[1][1] end
+  oldest[i] = lo
 end
 local base = 3 * nw + 2
 local nb = tonumber(ARGV[base])
@@ -67,13 +116,16 @@ end
 local out = {1, now}
 for i = 1, nw do
   local win, amount = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
-  local step = win / 60
+  local step = math.floor(win / 60)
   local cur = math.floor(now / step)
-  if amount > 0 then redis.call('HINCRBY', KEYS[i], cur, amount) end
+  if amount > 0 then
+    redis.call('HINCRBY', KEYS[i], cur, amount)
+    redis.call('HINCRBY', KEYS[i], 's', amount)
+    if not oldest[i] then redis.call('HSET', KEYS[i], 'lo', cur) end
+  end
   redis.call('PEXPIRE', KEYS[i], win + step)
-  if amount > 0 and used[i] == 0 then oldest[i] = cur end
   out[#out+1] = used[i] + amount
-  out[#out+1] = (oldest[i] + 60) * step - now
+  out[#out+1] = ((oldest[i] or cur) + 60) * step - now
 end
 for j = 1, nb do
   local key, holds = KEYS[nw + 2*j - 1], KEYS[nw + 2*j]
@@ -130,9 +182,28 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
   local step, idx, delta = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  if idx > math.floor(now / step) - 60 then
+  -- A window gone (expired) stays gone: a correction never recreates it without its TTL.
+  if idx > math.floor(now / step) - 60 and redis.call('EXISTS', KEYS[i]) == 1 then
     local left = redis.call('HINCRBY', KEYS[i], ARGV[3*i-1], delta)
-    if left <= 0 then redis.call('HDEL', KEYS[i], ARGV[3*i-1]) end
+    local kept = redis.call('HEXISTS', KEYS[i], 's') == 1  -- else the next admission recounts it
+    if left <= 0 then
+      redis.call('HDEL', KEYS[i], ARGV[3*i-1])
+      if kept then
+        redis.call('HINCRBY', KEYS[i], 's', delta - left)
+        if tonumber(redis.call('HGET', KEYS[i], 'lo')) == idx then  -- the oldest is gone: the next
+          local next_lo = nil
+          for later = idx + 1, math.floor(now / step) do
+            if redis.call('HEXISTS', KEYS[i], later) == 1 then next_lo = later; break end
+          end
+          if next_lo then redis.call('HSET', KEYS[i], 'lo', next_lo)
+          else redis.call('HDEL', KEYS[i], 'lo') end
+        end
+      end
+    elseif kept then
+      redis.call('HINCRBY', KEYS[i], 's', delta)
+      local lo = tonumber(redis.call('HGET', KEYS[i], 'lo'))
+      if not lo or idx < lo then redis.call('HSET', KEYS[i], 'lo', idx) end
+    end
   end
 end
 return 1

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from services.core.config import StoreUrls
 from services.core.errors import GatewayError, Reason
 from services.core.redis import create_redis
+from services.limits import scripts
 from services.limits.limiter import REQUESTS, TOKENS, Limiter, Window
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,6 +34,67 @@ def window(kind: str = REQUESTS, limit: int = 5, seconds: int = 60) -> Window:
                      "requests per minute of this API key")
 
 
+async def counted(client: aioredis.Redis, key: str) -> int:
+    """What a window's buckets hold; the sum the window keeps beside them must agree."""
+    fields = await client.hgetall(key)
+    buckets = {int(k): int(v) for k, v in fields.items() if k not in (b"s", b"lo")}
+    assert int(fields.get(b"s", 0)) == sum(buckets.values())
+    assert (int(fields[b"lo"]) if b"lo" in fields else None) == (min(buckets) if buckets else None)
+    return sum(buckets.values())
+
+
+async def bucket_now(client: aioredis.Redis, step_ms: int) -> int:
+    seconds, micros = await client.time()
+    return (seconds * 1000 + micros // 1000) // step_ms
+
+
+async def test_a_window_written_before_its_sum_was_kept_is_recounted(
+        clients: tuple[aioredis.Redis, ...]) -> None:
+    """A hash of buckets alone (as an older gateway wrote it) is recounted once, its buckets that
+    left the window dropped; from then on its sum and oldest bucket are kept."""
+    hourly = window(limit=100, seconds=3600)
+    cur = await bucket_now(clients[0], 60_000)
+    await clients[0].hset(hourly.key, mapping={cur - 70: 40, cur - 30: 5, cur - 2: 7})
+    admission = await Limiter(clients[0]).admit([hourly], [1])
+    assert admission.used == [13]
+    assert await counted(clients[0], hourly.key) == 13
+    assert await clients[0].hexists(hourly.key, str(cur - 70)) is False
+
+
+async def test_buckets_leaving_the_window_leave_its_sum(clients: tuple[aioredis.Redis, ...]) -> None:
+    hourly = window(limit=20, seconds=3600)
+    cur = await bucket_now(clients[0], 60_000)
+    await clients[0].hset(hourly.key,
+                          mapping={cur - 61: 9, cur - 60: 4, cur - 20: 6, "s": 19, "lo": cur - 61})
+    limiter = Limiter(clients[0])
+    assert (await limiter.admit([hourly], [1])).used == [7]  # the two oldest buckets left
+    assert await counted(clients[0], hourly.key) == 7
+    refused = await _refusal(limiter.admit([hourly], [14]))  # 7 + 14 > 20: the bucket of cur - 20 must go
+    assert refused.retry_after is not None and 39 * 60 <= refused.retry_after <= 41 * 60
+
+
+async def test_a_settlement_to_nothing_moves_the_oldest_bucket(clients: tuple[aioredis.Redis, ...]) -> None:
+    """A correction that empties the oldest bucket keeps the sum and the oldest bucket exact; one to a
+    window that expired does not bring it back (it would have no TTL)."""
+    tokens = window(TOKENS, limit=10_000, seconds=3600)
+    limiter = Limiter(clients[0])
+    cur = await bucket_now(clients[0], 60_000)
+    await clients[0].hset(tokens.key, mapping={cur - 5: 30, "s": 30, "lo": cur - 5})
+    admission = await limiter.admit([tokens], [100])
+    settle = clients[0].register_script(scripts.SETTLE)
+    await settle(keys=[tokens.key], args=[60_000, cur - 5, -30])  # the oldest bucket, emptied
+    assert await counted(clients[0], tokens.key) == 100  # and the oldest is now the admission's
+    limiter.settle_soon(admission, {TOKENS: 0})
+    await limiter.drain()
+    assert await counted(clients[0], tokens.key) == 0
+    gone = window(TOKENS, limit=10_000)
+    admission = await limiter.admit([gone], [100])
+    await clients[0].delete(gone.key)
+    limiter.settle_soon(admission, {TOKENS: 400})
+    await limiter.drain()
+    assert await clients[0].exists(gone.key) == 0
+
+
 async def test_two_processes_let_exactly_n_through_per_window(clients: tuple[aioredis.Redis, ...]) -> None:
     limiters = [Limiter(client) for client in clients]
     limit = window(limit=10)
@@ -48,7 +110,7 @@ async def test_two_processes_let_exactly_n_through_per_window(clients: tuple[aio
     assert "10 requests per minute" in error.message
     assert error.retry_after is not None and 0 < error.retry_after <= 60
     # A refusal counts nothing: the window holds the ten that passed.
-    assert sum(int(v) for v in (await clients[0].hgetall(limit.key)).values()) == 10
+    assert await counted(clients[0], limit.key) == 10
 
 
 async def test_every_window_is_checked_and_a_refusal_counts_in_none(
@@ -61,7 +123,7 @@ async def test_every_window_is_checked_and_a_refusal_counts_in_none(
     with pytest.raises(GatewayError) as caught:
         await limiter.admit([roomy, tight], [1, 1])
     assert "per hour" in caught.value.message
-    assert sum(int(v) for v in (await clients[0].hgetall(roomy.key)).values()) == 2
+    assert await counted(clients[0], roomy.key) == 2
     headers = dict(admission.headers())
     # The tightest window is the hour's (nothing left), reported in both header families.
     assert headers["x-ratelimit-limit"] == "2" and headers["x-ratelimit-remaining"] == "0"
@@ -78,7 +140,7 @@ async def test_token_windows_count_the_estimate_then_the_truth(clients: tuple[ai
         await limiter.admit([tokens], [600])  # 1200 > 1000 on the estimate
     limiter.settle_soon(admission, {TOKENS: 150})
     await limiter.drain()
-    assert sum(int(v) for v in (await clients[0].hgetall(tokens.key)).values()) == 150
+    assert await counted(clients[0], tokens.key) == 150
     assert (await limiter.admit([tokens], [600])).used == [750]
     too_big = await _refusal(limiter.admit([tokens], [5000]))
     assert too_big.retry_after is None and "more than the limit" in too_big.message
