@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -68,3 +69,32 @@ def peak_rss_bytes(pid: int) -> int | None:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return None
+
+
+def redis_commands(redis_url: str) -> dict[str, tuple[int, int]]:
+    """Valkey's command statistics: command -> (calls, microseconds) since it started."""
+    import redis  # the sync client: one call per phase, outside the measured processes
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
+
+
+def redis_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                completed: int) -> dict[str, Any]:
+    """Valkey's work per request during a phase: commands and their microseconds (what Valkey spent
+    executing them, not its network work), the busiest commands first."""
+    rows = []
+    for name, (calls, usec) in after.items():
+        calls -= before.get(name, (0, 0))[0]
+        usec -= before.get(name, (0, 0))[1]
+        if calls > 0 and name != "info":
+            rows.append((usec, name, calls))
+    rows.sort(reverse=True)
+    per = max(completed, 1)
+    return {"commands_per_req": round(sum(r[2] for r in rows) / per, 3),
+            "usec_per_req": round(sum(r[0] for r in rows) / per, 2),
+            "top": {name: [round(calls / per, 3), round(usec / per, 2)] for usec, name, calls in rows[:6]}}

@@ -94,6 +94,13 @@ def _details(results: dict[str, Any]) -> list[str]:
                      f"machine busy {phase['machine_busy'] * 100:.0f}% "
                      f"(other processes {phase['machine_busy_others'] * 100:.0f}%); "
                      f"ok {phase['ok']}, errors {phase['errors']}{kinds}")
+    lines.append("Valkey per request (commands, and the microseconds Valkey spent executing them):")
+    for name, phase in results["phases"].items():
+        valkey = phase.get("valkey")
+        if phase["target"] == "gateway" and valkey:
+            top = ", ".join(f"{cmd} {calls:g}x {usec:.1f} us" for cmd, (calls, usec) in valkey["top"].items())
+            lines.append(f"  {name}: {valkey['commands_per_req']:g} commands, "
+                         f"{valkey['usec_per_req']:.1f} us ({top})")
     for name, phase in results["phases"].items():
         shares = [v for v in phase["worker_cpu_share"].values() if v is not None]
         if phase["target"] == "gateway" and len(shares) > 1 and max(shares) > 0.8:

@@ -109,6 +109,8 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
         if read_line(process, args.warmup + REQUEST_TIMEOUT_S + 30) != "warm":
             raise RuntimeError("load generator: unexpected output")
         before = measure.cpu_snapshot(pids)
+        assert stack.urls is not None
+        commands_before = measure.redis_commands(stack.urls.redis_url)
         assert process.stdin is not None
         process.stdin.write(b"go\n")
         process.stdin.flush()
@@ -118,13 +120,15 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
                                       native=args.native)
         result: dict[str, Any] = json.loads(read_line(process, args.seconds + REQUEST_TIMEOUT_S + 30))
         after = measure.cpu_snapshot(pids)
+        commands = measure.redis_delta(commands_before, measure.redis_commands(stack.urls.redis_url),
+                                       result["completed"])
         process.wait(10)
     finally:
         stop_process(process)
         profile.finish(recorders)
     stack.check_alive()
-    return _with_cpu(result, target, stream, measure.cpu_delta(before, after),
-                     measure.machine_busy_fraction(before, after))
+    return {**_with_cpu(result, target, stream, measure.cpu_delta(before, after),
+                        measure.machine_busy_fraction(before, after)), "valkey": commands}
 
 
 def _phase_name(target: str, stream: bool) -> str:

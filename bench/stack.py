@@ -105,6 +105,7 @@ class BenchStack:
         self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.envoy: EnvoyProcess | None = None
         self.stores: dict[str, EmbeddedServer] = {}
+        self.urls: StoreUrls | None = None  # the stores' URLs, once started
         self._exit = contextlib.ExitStack()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -146,7 +147,8 @@ class BenchStack:
             self._exit.callback(server.stop)
             urls.append(server.start())
             self.stores[server_type.name] = server
-        return StoreUrls(*urls)
+        self.urls = StoreUrls(*urls)
+        return self.urls
 
     def _start_upstream(self) -> None:
         log = open(self.root / "upstream.log", "ab")  # noqa: SIM115 - closed with the stack
