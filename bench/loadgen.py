@@ -40,6 +40,7 @@ class Tally:
 
     latencies: list[float] = field(default_factory=list)
     first_content: list[float] = field(default_factory=list)
+    transit: list[float] = field(default_factory=list)  # content chunks: upstream write -> read here
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -52,6 +53,19 @@ def completion_ok(body: bytes) -> bool:
         return False
 
 
+STAMP = b'"system_fingerprint":"fp_t'  # the fake upstream's --stamp-frames (tests/fakes/openai_upstream.py)
+
+
+def transit_s(data: bytes, now_ns: int) -> float | None:
+    """Seconds since the upstream wrote this chunk, from its stamp; None for an unstamped one."""
+    start = data.find(STAMP)
+    if start < 0:
+        return None
+    start += len(STAMP)
+    end = data.find(b'"', start)
+    return (now_ns - int(data[start:end])) / 1e9 if end > start else None
+
+
 def has_content(data: bytes) -> bool:
     """Whether one SSE `data:` payload is a chunk carrying content text."""
     try:
@@ -62,8 +76,9 @@ def has_content(data: bytes) -> bool:
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-                      stream: bool, tally: Tally | None) -> None:
-    """Sends one request and records it in `tally` (None: warm-up, nothing recorded)."""
+                      stream: bool, tally: Tally | None, transit: bool = False) -> None:
+    """Sends one request and records it in `tally` (None: warm-up, nothing recorded); with
+    `transit`, the transit time of every content chunk of a stream too."""
     started = time.perf_counter()
     first: float | None = None
     error: str | None = None
@@ -83,6 +98,12 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, hea
                     data = line[6:].rstrip()
                     if data == b"[DONE]":
                         done = True
+                    elif transit and has_content(data):
+                        if first is None:
+                            first = time.perf_counter() - started
+                        took = transit_s(data, time.time_ns())
+                        if took is not None and tally is not None:
+                            tally.transit.append(took)
                     elif first is None and has_content(data):
                         first = time.perf_counter() - started
                     elif data.startswith(b'{"error"'):
@@ -112,7 +133,7 @@ async def run_phase(session: aiohttp.ClientSession, args: argparse.Namespace, se
 
     async def loop() -> None:
         while time.perf_counter() < deadline:
-            await one_request(session, url, body, headers, args.stream, tally)
+            await one_request(session, url, body, headers, args.stream, tally, args.transit)
 
     await asyncio.gather(*(loop() for _ in range(args.concurrency)))
     return time.perf_counter() - started
@@ -163,6 +184,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "rps": round(completed / elapsed, 2) if elapsed > 0 else 0.0,
             "latency_ms": summary_ms(tally.latencies),
             "first_content_ms": summary_ms(tally.first_content) if args.stream else None,
+            "chunk_transit_ms": summary_ms(tally.transit) if tally.transit else None,
             "client_cpu_s": round(cpu_used, 4)}
 
 
@@ -175,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--transit", action="store_true",
+                        help="time each content chunk from its upstream stamp (a paced fake upstream)")
     args = parser.parse_args(argv)
     try:
         import uvloop

@@ -94,6 +94,13 @@ def _details(results: dict[str, Any]) -> list[str]:
                      f"machine busy {phase['machine_busy'] * 100:.0f}% "
                      f"(other processes {phase['machine_busy_others'] * 100:.0f}%); "
                      f"ok {phase['ok']}, errors {phase['errors']}{kinds}")
+    transit = {name: phase.get("chunk_transit_ms") for name, phase in results["phases"].items()}
+    if transit.get("gateway_stream") and transit.get("direct_stream"):
+        gateway, direct = transit["gateway_stream"], transit["direct_stream"]
+        lines.append(f"Chunk transit, upstream write to client read (content chunks, ms): direct p50 "
+                     f"{_ms(direct['p50'])} p99 {_ms(direct['p99'])}; gateway p50 {_ms(gateway['p50'])} "
+                     f"p99 {_ms(gateway['p99'])}; added p50 {_ms(_minus(gateway['p50'], direct['p50']))} "
+                     f"p99 {_ms(_minus(gateway['p99'], direct['p99']))}")
     lines.append("Valkey per request (commands, and the microseconds Valkey spent executing them):")
     for name, phase in results["phases"].items():
         valkey = phase.get("valkey")
@@ -111,6 +118,10 @@ def _details(results: dict[str, Any]) -> list[str]:
     shown = ", ".join(f"{name} {value / MIB:.0f}" for name, value in rss["per_process"].items() if value)
     lines.append(f"peak RSS MiB: {shown}; gateway total {rss['gateway_total'] / MIB:.0f}")
     return lines
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _ms(value: float | None) -> str:

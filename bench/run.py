@@ -96,7 +96,8 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
         url, key = stack.upstream_url, stack.upstream_key
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", MODEL,
             "--seconds", str(args.seconds), "--warmup", str(args.warmup),
-            "--concurrency", str(args.concurrency), *(["--stream"] if stream else [])]
+            "--concurrency", str(args.concurrency), *(["--stream"] if stream else []),
+            *(["--transit"] if stream and args.pace else [])]
     assert stack.upstream is not None
     pids = {**stack.gateway_pids(), "upstream": stack.upstream.pid,
             **{f"store-{name}": pid for name, pid in stack.store_pids().items()}}
@@ -129,6 +130,11 @@ def run_phase(stack: BenchStack, args: argparse.Namespace, target: str, stream: 
     stack.check_alive()
     return {**_with_cpu(result, target, stream, measure.cpu_delta(before, after),
                         measure.machine_busy_fraction(before, after)), "valkey": commands}
+
+
+# The fake upstream paced as the side-by-side harness paces its mock (docs/performance.md): a
+# model's time to first token, then one chunk every 10 ms, each stamped with the time it leaves.
+PACED_UPSTREAM = ("--first-frame-delay-ms", "50", "--chunk-delay-ms", "10", "--stamp-frames")
 
 
 def _phase_name(target: str, stream: bool) -> str:
@@ -169,7 +175,9 @@ def _peak_rss(stack: BenchStack) -> dict[str, Any]:
 def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     started = time.monotonic()
     print(f"bench: starting stores, upstream, {args.workers} workers and Envoy under {root}", flush=True)
-    with BenchStack(root, workers=args.workers, distinct_ports=args.ports == "distinct") as stack:
+    upstream_args = PACED_UPSTREAM if args.pace else ()
+    with BenchStack(root, workers=args.workers, distinct_ports=args.ports == "distinct",
+                    upstream_args=upstream_args) as stack:
         print(f"  ready in {time.monotonic() - started:.1f} s; gateway {stack.base_url}", flush=True)
         check_answers(stack.upstream_url, stack.upstream_key, "direct")
         args.gateway_key = limited_key(stack.base_url, stack.admin_key) if args.limits else stack.admin_key
@@ -183,7 +191,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print("bench: stopping", flush=True)
     return {"meta": {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": args.seconds,
                      "warmup_s": args.warmup, "concurrency": args.concurrency, "workers": args.workers,
-                     "limits": args.limits,
+                     "limits": args.limits, "pace": args.pace,
                      "ports": args.ports,
                      "cpu_count": os.cpu_count(), "python": platform.python_version(),
                      "wall_s": round(time.monotonic() - started, 1)},
@@ -208,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy every worker during the gateway phases; raw stacks and top lists in DIR")
     parser.add_argument("--native", action="store_true", help="with --profile: C frames too (grpc, uvloop)")
+    parser.add_argument("--pace", action="store_true",
+                        help="streams paced as a model writes them: 50 ms to the first chunk, 10 ms "
+                             "between chunks; each content chunk's transit is timed")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
         parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")

@@ -88,8 +88,10 @@ class BenchStack:
     Use as a context manager: leaving it stops every process it started, in reverse order.
     """
 
-    def __init__(self, root: Path, *, workers: int, distinct_ports: bool = False) -> None:
+    def __init__(self, root: Path, *, workers: int, distinct_ports: bool = False,
+                 upstream_args: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.upstream_args = upstream_args  # extra options of the fake upstream (bench.run --pace)
         self.workers = workers
         # Shared (what `aggregator up` does): one gRPC port for all workers, SO_REUSEPORT spreads
         # Envoy's few HTTP/2 connections. Distinct: a port per worker, each an endpoint of Envoy's
@@ -154,7 +156,7 @@ class BenchStack:
         log = open(self.root / "upstream.log", "ab")  # noqa: SIM115 - closed with the stack
         self._exit.callback(log.close)
         argv = [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0",
-                "--api-key", self.upstream_key]
+                "--api-key", self.upstream_key, *self.upstream_args]
         self.upstream = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         self._exit.callback(stop_process, self.upstream)

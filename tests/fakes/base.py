@@ -85,6 +85,10 @@ class FakeUpstream:
         self.record = record  # False: no bookkeeping at all (the benchmark's serving path)
         self.chunk_delay_s = chunk_delay_s
         self.first_byte_delay_s = 0.0  # before any response header, for timeout tests
+        self.first_frame_delay_s = 0.0  # after a stream's headers, before its first frame (a model's TTFT)
+        # Each streamed frame carries the wall-clock time it was written (subclasses that support
+        # it: the OpenAI fake's `system_fingerprint`), so a client can time a chunk's transit.
+        self.stamp_frames = False
         # While set, the vendor's model list (what health probes read) answers this failure.
         self.models_failure: Failure | None = None
         self.requests: deque[RecordedRequest] = deque(maxlen=10_000)
@@ -159,7 +163,8 @@ class FakeUpstream:
         self._failures.clear()
         self._released.set()
         self._hold_after = None
-        self.chunk_delay_s = self.first_byte_delay_s = 0.0
+        self.chunk_delay_s = self.first_byte_delay_s = self.first_frame_delay_s = 0.0
+        self.stamp_frames = False
         self.models_failure = None
         self.requests.clear()
         self.disconnects = 0
@@ -200,6 +205,8 @@ class FakeUpstream:
         A client that leaves before the end is counted in `disconnects`."""
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
+        if self.first_frame_delay_s:
+            await asyncio.sleep(self.first_frame_delay_s)
         if self._hold_after is not None:
             hold_after = self._hold_after
         try:
@@ -230,6 +237,8 @@ class FakeUpstream:
 async def _serve(make: Callable[..., FakeUpstream], args: argparse.Namespace) -> None:
     fake = make(host=args.host, port=args.port, api_key=args.api_key, record=False,
                 chunk_delay_s=args.chunk_delay_ms / 1000.0)
+    fake.first_frame_delay_s = args.first_frame_delay_ms / 1000.0
+    fake.stamp_frames = args.stamp_frames
     await fake.start()
     print(fake.port, flush=True)
     stop = asyncio.Event()
@@ -244,12 +253,16 @@ def run_standalone(make: Callable[..., FakeUpstream], argv: list[str] | None, *,
                    key_help: str) -> None:
     """Runs a fake as a process until SIGINT/SIGTERM, printing its port once it listens (the
     benchmark and manual use). Options: --host, --port (0 picks a free one), --api-key,
-    --chunk-delay-ms; nothing is recorded."""
+    --chunk-delay-ms, --first-frame-delay-ms, --stamp-frames; nothing is recorded."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed when ready)")
     parser.add_argument("--api-key", default=None, help=key_help)
-    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="pause after each streamed frame")
+    parser.add_argument("--first-frame-delay-ms", type=float, default=0.0,
+                        help="pause between a stream's headers and its first frame")
+    parser.add_argument("--stamp-frames", action="store_true",
+                        help="stamp each streamed frame with the time it was written (where supported)")
     args = parser.parse_args(argv)
     try:
         import uvloop

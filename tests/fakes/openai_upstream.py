@@ -134,8 +134,10 @@ class FakeOpenAI(FakeUpstream):
     async def _sse(self, request: web.Request, chunks: list[dict[str, Any]],
                    failure: Failure | None) -> web.StreamResponse:
         """`data:` events ending with `data: [DONE]`; an in-stream failure is one `data:` event."""
+        # Encoded lazily, each as it is written: a stamp is the time of its own write.
+        frames = (_data(orjson.dumps(stamped(chunk) if self.stamp_frames else chunk)) for chunk in chunks)
         return await self._stream(
-            request, (_data(orjson.dumps(chunk)) for chunk in chunks), failure,
+            request, frames, failure,
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"},
             failure_frame=_data, end=b"data: [DONE]\n\n")
 
@@ -172,6 +174,16 @@ class FakeOpenAI(FakeUpstream):
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return json_response(401, _unauthorized(request.headers.get("Authorization")))
         return json_response(200, payloads.models_list(self.models, created=1_700_000_000))
+
+
+STAMP_PREFIX = "fp_t"
+
+
+def stamped(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The chunk with the time it leaves (ns since the epoch) as its `system_fingerprint`, a field
+    the gateway passes through untouched: the benchmark's load generator times each chunk's
+    transit with it (bench/loadgen.py)."""
+    return {**chunk, "system_fingerprint": f"{STAMP_PREFIX}{time.time_ns()}"}
 
 
 def _data(payload: bytes) -> bytes:

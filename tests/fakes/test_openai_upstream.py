@@ -20,6 +20,7 @@ import pytest
 from openai.types import CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from bench.loadgen import transit_s
 from tests.fakes import openai_failures as failures
 from tests.fakes.client import post
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -247,3 +248,20 @@ def test_standalone_process_prints_port_and_serves() -> None:
         assert process.wait(timeout=10) == 0
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_paced_stamped_stream_times_each_chunk(fake: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    """The benchmark's paced upstream (bench.run --pace): the first frame after a model's time to
+    first token, each frame stamped with the time it was written, which the load generator turns
+    into a chunk's transit time; the chunks stay valid OpenAI chunks."""
+    fake.first_frame_delay_s, fake.chunk_delay_s, fake.stamp_frames = 0.05, 0.01, True
+    started = asyncio.get_running_loop().time()
+    chunks = await stream(http, fake, {"model": "gpt-4o-mini", "messages": [user("one two three")]})
+    assert asyncio.get_running_loop().time() - started >= 0.05 + 0.01 * (len(chunks) - 1)
+    stamps = [int(c.system_fingerprint.removeprefix("fp_t")) for c in chunks if c.system_fingerprint]
+    assert len(stamps) == len(chunks) and stamps == sorted(stamps)
+    assert stamps[-1] - stamps[0] >= 10_000_000 * (len(chunks) - 1)  # 10 ms apart, in ns
+    line = orjson.dumps(chunks[1].model_dump(exclude_unset=True))
+    took = transit_s(line, stamps[1] + 2_500_000)
+    assert took is not None and abs(took - 0.0025) < 1e-9
+    assert transit_s(b'{"system_fingerprint":"fp_abc"}', 0) is None
