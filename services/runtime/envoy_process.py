@@ -126,6 +126,20 @@ class EnvoyProcess:
         except (urllib.error.URLError, OSError):
             pass  # Envoy is gone or going: nothing left to drain
 
+    def rotate_access_log(self, path: Path, max_bytes: int) -> bool:
+        """Once the access log at `path` holds more than `max_bytes`, moves it to `<path>.1` (the
+        one before goes) and has Envoy reopen its logs (admin `/reopen_logs`), so a long-running
+        gateway keeps at most two files of it. Answers whether it rotated. Envoy writes the lines
+        it buffered to whichever file it has open: nothing is lost in the move."""
+        try:
+            if path.stat().st_size <= max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+        self._admin_post("/reopen_logs")
+        return True
+
     def active_requests(self) -> int | None:
         """Requests in flight on the public listener, from the admin stats; None if unknown."""
         text = self._admin_get("/stats?filter=^http\\.edge\\.downstream_rq_active$")

@@ -502,3 +502,18 @@ async def test_native_grpc_health_and_reflection(channel: grpc.aio.Channel) -> N
     names = {service.name for service in listed.list_services_response.service}
     assert {"aggregator.openai.v1.OpenAIService", "aggregator.openai.v1.InferenceService"} <= names
     await info.done_writing()
+
+
+async def test_access_log_rotates_past_its_size_and_envoy_writes_the_new_file(
+        http: httpx.AsyncClient, edge: EnvoyEdge) -> None:
+    """`aggregator up` keeps the access log to two files: past its size it moves to `.1` and Envoy,
+    told to reopen its logs, carries on in a new file (services/runtime/up.py rotate_logs)."""
+    before = (await http.post("/v1/chat/completions", json=chat("fail-rate-limit"))).headers["x-request-id"]
+    edge.wait_access_log(lambda e: e.get("request_id") == before)
+    assert edge.process.rotate_access_log(edge.access_log_path, 10**9) is False  # small: stays
+    assert edge.process.rotate_access_log(edge.access_log_path, 1) is True
+    rotated = edge.access_log_path.with_name(edge.access_log_path.name + ".1")
+    assert before in rotated.read_text()
+    after = (await http.post("/v1/chat/completions", json=chat("fail-rate-limit"))).headers["x-request-id"]
+    edge.wait_access_log(lambda e: e.get("request_id") == after)  # the new file, reopened by Envoy
+    assert before not in edge.access_log_path.read_text() and after not in rotated.read_text()
