@@ -34,6 +34,13 @@ USAGE_SUBJECT_PREFIX = "usage."
 # (docs/ledger.md §1); the limit only bites when the ledger is away for that long.
 USAGE_STREAM_MAX_BYTES = 1 << 30
 
+# How long JetStream remembers a request id to store a republished event once. A republish is the
+# outbox replaying an event whose publish timed out (every 5 s, services/core/events.py), so a
+# minute covers it; past it the ledger's unique request id dedupes. nats-server keeps every id of
+# the window in its heap, about a quarter of a KiB each: 10 minutes at 860 requests a second are
+# 500,000 ids and over 100 MiB (docs/performance.md §Memory).
+USAGE_DUPLICATE_WINDOW_S = 60
+
 # The ledger's durable consumer (services/analytics/ledger.py), shared by every ledger process. It
 # is created with the stream (ensure_streams): an interest stream keeps only what a consumer wants.
 LEDGER_CONSUMER = "ledger-writer"
@@ -41,15 +48,15 @@ LEDGER_ACK_WAIT_S = 30  # seconds before JetStream delivers an unacknowledged ba
 
 
 def usage_stream_config(replicas: int = 1, max_bytes: int = USAGE_STREAM_MAX_BYTES) -> StreamConfig:
-    """Usage events, deduplicated by request id (`Nats-Msg-Id`) for 10 minutes, kept until every
-    consumer acknowledged them (interest retention), and at most `max_bytes` (then the oldest go
-    first). No age limit: an event waits for the ledger however long the ledger is away, and the
-    alert on the ledger's backlog fires long before the oldest unread event could be pushed out
-    (docs/ledger.md §1)."""
+    """Usage events, deduplicated by request id (`Nats-Msg-Id`) for USAGE_DUPLICATE_WINDOW_S, kept
+    until every consumer acknowledged them (interest retention), and at most `max_bytes` (then the
+    oldest go first). No age limit: an event waits for the ledger however long the ledger is away,
+    and the alert on the ledger's backlog fires long before the oldest unread event could be
+    pushed out (docs/ledger.md §1)."""
     return StreamConfig(
         name=USAGE_STREAM, subjects=[USAGE_SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
         retention=RetentionPolicy.INTEREST, discard=DiscardPolicy.OLD, num_replicas=replicas,
-        duplicate_window=10 * 60, max_age=0, max_bytes=max_bytes)
+        duplicate_window=USAGE_DUPLICATE_WINDOW_S, max_age=0, max_bytes=max_bytes)
 
 
 def ledger_consumer_config(durable: str = LEDGER_CONSUMER, subject: str = USAGE_SUBJECT_PREFIX + ">",

@@ -20,6 +20,7 @@ from services.core.config import StoreUrls
 from services.core.events import UsagePublisher
 from services.core.nats import (
     LEDGER_CONSUMER,
+    USAGE_DUPLICATE_WINDOW_S,
     USAGE_STREAM,
     USAGE_STREAM_MAX_BYTES,
     connect_nats,
@@ -102,7 +103,7 @@ async def test_ensure_streams_configures_usage(nc: Client) -> None:
     config = (await js.stream_info(USAGE_STREAM)).config
     assert config.subjects == ["usage.>"]
     assert config.storage == StorageType.FILE
-    assert config.duplicate_window == 600
+    assert config.duplicate_window == USAGE_DUPLICATE_WINDOW_S == 60
     # Kept until acknowledged, with no age limit: an unread event never ages out while the ledger
     # is away; the size limit is a safety net (docs/ledger.md §1).
     assert config.max_age in (0, None) and config.max_bytes == USAGE_STREAM_MAX_BYTES
