@@ -19,18 +19,22 @@ from typing import Any
 
 import asyncpg
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.analytics import bodies
 from services.analytics.bodies import Redact
 from services.core import telemetry
 from services.core.consumer import PullConsumer
-from services.core.nats import USAGE_STREAM, USAGE_SUBJECT_PREFIX
+from services.core.nats import (
+    LEDGER_ACK_WAIT_S,
+    LEDGER_CONSUMER,
+    USAGE_STREAM,
+    USAGE_SUBJECT_PREFIX,
+    ledger_consumer_config,
+)
 
 log = logging.getLogger(__name__)
 
-LEDGER_CONSUMER = "ledger-writer"
 # Between batches smaller than a full one: a request reaches the ledger at most about this much
 # later, and each transaction carries many requests rather than one (docs/architecture.md §4).
 LINGER_S = 1.0
@@ -164,13 +168,12 @@ class Ledger(PullConsumer):
         self._durable = durable
         self._subject = subject
         self._redact = redact  # applied to stored bodies (services/analytics/bodies.py)
-        self.ack_wait = 30  # seconds before JetStream delivers an unacknowledged batch again
+        self.ack_wait = LEDGER_ACK_WAIT_S  # seconds before JetStream delivers an unacked batch again
 
     async def _subscribe(self) -> Any:
         return await self._nc.jetstream().pull_subscribe(
             self._subject, durable=self._durable, stream=USAGE_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-                                  max_ack_pending=20_000))
+            config=ledger_consumer_config(self._durable, self._subject, self.ack_wait))
 
     async def write(self, messages: list[Any]) -> int:
         """Writes a batch, then acknowledges every message of it; answers the events written."""

@@ -2,7 +2,7 @@
 
 No usage is ever lost (docs/architecture.md §2.6). `publish` sends the event to `usage.<organization_id>`
 with the request id as `Nats-Msg-Id`, so JetStream stores a republished event once (within the
-stream's 10-minute duplicate window; past it the consumers' unique request id still dedupes).
+stream's one-minute duplicate window; past it the consumers' unique request id still dedupes).
 When NATS is down or slow, the event is written to one file per request in the outbox directory
 (tmp file, fsync, rename, fsync of the directory) and a background task replays the directory.
 """

@@ -43,6 +43,13 @@ _log = logging.getLogger(__name__)
 # wheel's binaries per wheel content, and `data/<id>/`, one cluster per data dir.
 SYSTEM_DIR = Path("/var/lib/aggregator")
 
+# The embedded server's settings (one-machine installs; an external PostgreSQL is the operator's):
+# 32 MB of shared buffers rather than the default 128 MB, which the ledger's inserts into three
+# unique indexes on random request ids filled within minutes; the OS page cache holds what they
+# no longer do. WAL buffers stay at the 4 MB the default shared buffers gave them
+# (docs/embedded-stores.md §Memory).
+SETTINGS = (("max_connections", "200"), ("shared_buffers", "32MB"), ("wal_buffers", "4MB"))
+
 
 @functools.cache
 def _postgres_package() -> Path:
@@ -236,8 +243,7 @@ class EmbeddedPostgres(EmbeddedServer):
             _HOST,
             "-k",
             self._socket_dir(),
-            "-c",
-            "max_connections=200",
+            *(part for name, value in SETTINGS for part in ("-c", f"{name}={value}")),
         ]
 
     def _spawn_kwargs(self) -> dict[str, Any]:

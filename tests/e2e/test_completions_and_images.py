@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from services.core.config import StoreUrls
-from tests.e2e.test_usage_events import _events_for
+from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes.openai_upstream import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
@@ -49,10 +49,12 @@ async def test_image_generation_priced_by_tokens_and_by_image(
     assert len(images.data) == 2 and images.data[0].b64_json
     assert images.usage is not None and images.usage.output_tokens > 0
 
-    response = await http.post("/v1/images/generations", json={"model": "dall-e-3", "prompt": "a red dot"})
-    assert response.status_code == 200, response.text
-    assert response.json()["provider"]["name"] == "fakeai"
-    events = await _events_for(store_urls, response.headers["x-request-id"])
+    async with UsageWatch(store_urls) as watch:
+        response = await http.post("/v1/images/generations",
+                                   json={"model": "dall-e-3", "prompt": "a red dot"})
+        assert response.status_code == 200, response.text
+        assert response.json()["provider"]["name"] == "fakeai"
+        events = await watch.events_for(response.headers["x-request-id"])
     assert len(events) == 1 and events[0].images == 1 and events[0].endpoint == "images.generations"
     assert Decimal(events[0].cost_usd) == Decimal("0.04")
 

@@ -20,7 +20,7 @@ from aggregator.events.v1 import usage_event_pb2 as ev
 from services.core.config import Breakers, Resilience, StoreUrls
 from services.runtime.stores import free_port
 from tests.e2e.harness import Gateway, gateway_config, start_gateway
-from tests.e2e.test_usage_events import _events_for
+from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes import openai_failures as failures
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -237,14 +237,15 @@ async def test_hedging_cuts_the_time_to_first_token(client: openai.AsyncOpenAI, 
     headers, _, unhedged = await _stream(client, "hedged", {"x-aggregator-hedge-ms": "0"})
     _served(headers, "flaky", 1)
     assert unhedged >= STALL_S  # without hedging the stall is the client's
-    headers, _, hedged = await _stream(client, "hedged")
-    _served(headers, "steady", 2)
-    assert hedged < STALL_S / 2 and hedged < unhedged / 2  # the hedge (300 ms) served instead
-    # The loser is billed on its own for the prompt it consumed.
-    [loser] = await _events_for(store_urls, headers["x-request-id"] + ".hedge")
+    async with UsageWatch(store_urls) as watch:
+        headers, _, hedged = await _stream(client, "hedged")
+        _served(headers, "steady", 2)
+        assert hedged < STALL_S / 2 and hedged < unhedged / 2  # the hedge (300 ms) served instead
+        # The loser is billed on its own for the prompt it consumed.
+        [loser] = await watch.events_for(headers["x-request-id"] + ".hedge")
+        [winner] = await watch.events_for(headers["x-request-id"])
     assert (loser.provider, loser.status) == ("flaky", ev.REQUEST_STATUS_CANCELLED)
     assert loser.prompt_tokens > 0 and Decimal(loser.cost_usd) > 0
-    [winner] = await _events_for(store_urls, headers["x-request-id"])
     assert (winner.provider, winner.attempts, winner.status) == ("steady", 2, ev.REQUEST_STATUS_SUCCEEDED)
 
 

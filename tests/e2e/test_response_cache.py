@@ -15,7 +15,7 @@ import pytest
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.auth import admin
 from services.core.config import StoreUrls
-from tests.e2e.test_usage_events import _events_for
+from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes.openai_upstream import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
@@ -31,21 +31,23 @@ def chat(**extra: object) -> dict[str, object]:
 async def test_a_hit_replays_the_miss_byte_for_byte(http: httpx.AsyncClient, upstream: FakeOpenAI,
                                                      store_urls: StoreUrls) -> None:
     body = chat(temperature=0.7)
-    miss = await http.post("/v1/chat/completions", json=body, headers=USE)
-    assert miss.status_code == 200 and miss.headers["x-cache"] == "MISS"
-    asked = len(upstream.requests)
-    hit = await http.post("/v1/chat/completions", json=body, headers=USE)
-    assert hit.status_code == 200 and hit.headers["x-cache"] == "HIT"
-    assert hit.content == miss.content and len(upstream.requests) == asked
-    # The same request with its keys in another order and other spacing is the same entry.
-    reordered = httpx.Request("POST", "/", json={k: body[k] for k in reversed(list(body))}).content
-    again = await http.post("/v1/chat/completions", content=reordered + b"  ",
-                            headers={**USE, "content-type": "application/json"})
-    assert again.headers["x-cache"] == "HIT" and again.content == miss.content
-    events = await _events_for(store_urls, hit.headers["x-request-id"])
+    async with UsageWatch(store_urls) as watch:
+        miss = await http.post("/v1/chat/completions", json=body, headers=USE)
+        assert miss.status_code == 200 and miss.headers["x-cache"] == "MISS"
+        asked = len(upstream.requests)
+        hit = await http.post("/v1/chat/completions", json=body, headers=USE)
+        assert hit.status_code == 200 and hit.headers["x-cache"] == "HIT"
+        assert hit.content == miss.content and len(upstream.requests) == asked
+        # The same request with its keys in another order and other spacing is the same entry.
+        reordered = httpx.Request("POST", "/", json={k: body[k] for k in reversed(list(body))}).content
+        again = await http.post("/v1/chat/completions", content=reordered + b"  ",
+                                headers={**USE, "content-type": "application/json"})
+        assert again.headers["x-cache"] == "HIT" and again.content == miss.content
+        events = await watch.events_for(hit.headers["x-request-id"])
+        missed = await watch.events_for(miss.headers["x-request-id"])
     assert len(events) == 1 and events[0].cache_hit and events[0].cost_usd == "0"
     assert events[0].status == ev.REQUEST_STATUS_SUCCEEDED
-    assert (await _events_for(store_urls, miss.headers["x-request-id"]))[0].cost_usd != "0"
+    assert missed[0].cost_usd != "0"
 
 
 async def test_a_streamed_hit_replays_the_same_events(http: httpx.AsyncClient, upstream: FakeOpenAI) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import httpx
 import nats
 import pytest
+from nats.js.api import DeliverPolicy
 
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.core.config import StoreUrls
@@ -17,40 +19,53 @@ from services.core.nats import USAGE_STREAM
 pytestmark = pytest.mark.e2e
 
 
-async def _events_for(store_urls: StoreUrls, request_id: str, timeout_s: float = 5.0) -> list[ev.UsageEvent]:
-    """Every message of the USAGE stream whose Nats-Msg-Id is `request_id` (waits for the first)."""
-    nc = await nats.connect(store_urls.nats_url)
-    try:
-        js = nc.jetstream()
+class UsageWatch:
+    """An ordered consumer of stream USAGE, opened before the request. The ledger acknowledges an
+    event a second or two after it is published and the stream (interest retention) drops it then,
+    so a consumer opened after the request could find nothing; this one wants every new event."""
+
+    def __init__(self, store_urls: StoreUrls) -> None:
+        self._url = store_urls.nats_url
+        self._nc: nats.NATS | None = None
+        self._subscription: Any = None
+        self._seen: list[Any] = []  # every message received, for several look-ups
+
+    async def __aenter__(self) -> UsageWatch:
+        self._nc = await nats.connect(self._url)
+        self._subscription = await self._nc.jetstream().subscribe(
+            "usage.>", stream=USAGE_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._nc is not None
+        await self._subscription.unsubscribe()
+        await self._nc.close()
+
+    async def events_for(self, request_id: str, timeout_s: float = 5.0) -> list[ev.UsageEvent]:
+        """Every event seen whose Nats-Msg-Id is `request_id`: waits for the first, then for a
+        quiet half second (a duplicate would show then)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
-            found = []
-            subscription = await js.subscribe("usage.>", stream=USAGE_STREAM, ordered_consumer=True)
             try:
-                while True:
-                    try:
-                        message = await subscription.next_msg(timeout=0.5)
-                    except (TimeoutError, nats.errors.TimeoutError):
-                        break
-                    if (message.headers or {}).get("Nats-Msg-Id") == request_id:
-                        found.append(ev.UsageEvent.FromString(message.data))
-            finally:
-                await subscription.unsubscribe()
+                self._seen.append(await self._subscription.next_msg(timeout=0.5))
+                continue
+            except (TimeoutError, nats.errors.TimeoutError):
+                pass
+            found = [ev.UsageEvent.FromString(message.data) for message in self._seen
+                     if (message.headers or {}).get("Nats-Msg-Id") == request_id]
             if found or asyncio.get_running_loop().time() > deadline:
                 return found
-            await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
 
 
 async def test_chat_usage_event_is_published_once(http: httpx.AsyncClient, store_urls: StoreUrls) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count my tokens"}]}
-    response = await http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 200
-    request_id = response.headers["x-request-id"]
-    usage = response.json()["usage"]
+    async with UsageWatch(store_urls) as watch:
+        response = await http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        usage = response.json()["usage"]
+        events = await watch.events_for(request_id)
 
-    events = await _events_for(store_urls, request_id)
     assert len(events) == 1
     event = events[0]
     assert event.request_id == request_id and event.endpoint == "chat.completions"
@@ -72,9 +87,10 @@ async def test_failed_request_is_recorded_with_its_reason(
     http: httpx.AsyncClient, store_urls: StoreUrls
 ) -> None:
     body = {"model": "only-dead", "messages": [{"role": "user", "content": "hi"}]}
-    response = await http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 503
-    events = await _events_for(store_urls, response.headers["x-request-id"])
+    async with UsageWatch(store_urls) as watch:
+        response = await http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 503
+        events = await watch.events_for(response.headers["x-request-id"])
     assert len(events) == 1
     assert events[0].status == ev.REQUEST_STATUS_FAILED and events[0].error_reason == "UPSTREAM_UNAVAILABLE"
     assert events[0].cost_usd == "0"
@@ -85,16 +101,17 @@ async def test_a_stream_cut_by_the_client_is_billed_for_what_was_generated(
     upstream.chunk_delay_s = 0.2  # a slow answer: the client leaves after the first words
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a long answer please"}],
             "stream": True}
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
-                                 headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
+    async with UsageWatch(store_urls) as watch, httpx.AsyncClient(
+            base_url=gateway.base_url, timeout=30,
+            headers={"authorization": f"Bearer {gateway.admin_key}"}) as raw:
         async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
             request_id = response.headers["x-request-id"]
             async for line in response.aiter_lines():
                 if line.startswith("data: {") and '"content":"' in line.replace(" ", "") and \
                         '"content":""' not in line.replace(" ", ""):
                     break  # the first words reached the client
-    await upstream.wait_for_disconnect(within_s=5)
-    events = await _events_for(store_urls, request_id)
+        await upstream.wait_for_disconnect(within_s=5)
+        events = await watch.events_for(request_id)
     assert len(events) == 1
     event = events[0]
     assert event.status == ev.REQUEST_STATUS_CANCELLED and event.http_status == 499

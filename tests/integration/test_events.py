@@ -12,13 +12,21 @@ from urllib.parse import urlsplit
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType
 from prometheus_client import REGISTRY
 
 from aggregator.events.v1 import usage_event_pb2
 from services.core.config import StoreUrls
 from services.core.events import UsagePublisher
-from services.core.nats import USAGE_STREAM, USAGE_STREAM_MAX_BYTES, connect_nats, ensure_streams
+from services.core.nats import (
+    LEDGER_CONSUMER,
+    USAGE_DUPLICATE_WINDOW_S,
+    USAGE_STREAM,
+    USAGE_STREAM_MAX_BYTES,
+    connect_nats,
+    ensure_streams,
+    ledger_consumer_config,
+)
 from services.runtime.stores import free_port
 from tests.support.tcp_proxy import TcpProxy
 
@@ -66,6 +74,21 @@ async def nc(store_urls: StoreUrls) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
+async def org(nc: Client) -> AsyncIterator[str]:
+    """A fresh organization id whose events stay in the stream for the test to count: a consumer
+    of its own that never acknowledges keeps them there (an interest stream), whatever the ledgers
+    of the e2e gateways alive in the same session acknowledge."""
+    org_id = str(uuid.uuid4())
+    js = nc.jetstream()
+    holder = f"test-events-{org_id}"
+    await js.add_consumer(USAGE_STREAM, ConsumerConfig(name=holder, durable_name=holder,
+                                                       filter_subject=f"usage.{org_id}",
+                                                       ack_policy=AckPolicy.EXPLICIT))
+    yield org_id
+    await js.delete_consumer(USAGE_STREAM, holder)
+
+
+@pytest.fixture
 async def proxy(store_urls: StoreUrls) -> AsyncIterator[TcpProxy]:
     target = urlsplit(store_urls.nats_url)
     tcp_proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 4222)
@@ -80,14 +103,20 @@ async def test_ensure_streams_configures_usage(nc: Client) -> None:
     config = (await js.stream_info(USAGE_STREAM)).config
     assert config.subjects == ["usage.>"]
     assert config.storage == StorageType.FILE
-    assert config.duplicate_window == 600
-    # Kept by size only: an unread event never ages out while the ledger is away (docs/ledger.md §1).
+    assert config.duplicate_window == USAGE_DUPLICATE_WINDOW_S == 60
+    # Kept until acknowledged, with no age limit: an unread event never ages out while the ledger
+    # is away; the size limit is a safety net (docs/ledger.md §1).
     assert config.max_age in (0, None) and config.max_bytes == USAGE_STREAM_MAX_BYTES
-    assert config.retention == RetentionPolicy.LIMITS and config.discard == DiscardPolicy.OLD
+    assert config.retention == RetentionPolicy.INTEREST and config.discard == DiscardPolicy.OLD
+    # The ledger's consumer exists with the stream, as the ledger defines it: an interest stream
+    # would drop the events published before the first ledger process subscribed.
+    consumer = (await js.consumer_info(USAGE_STREAM, LEDGER_CONSUMER)).config
+    expected = ledger_consumer_config()
+    assert (consumer.filter_subject, consumer.ack_policy, consumer.ack_wait, consumer.max_ack_pending) == (
+        expected.filter_subject, expected.ack_policy, expected.ack_wait, expected.max_ack_pending)
 
 
-async def test_same_request_id_is_stored_once(nc: Client, tmp_path: Path) -> None:
-    org = str(uuid.uuid4())
+async def test_same_request_id_is_stored_once(org: str, nc: Client, tmp_path: Path) -> None:
     publisher = UsagePublisher(nc, tmp_path / "outbox")
     event = _event(org)
     await publisher.publish(event)
@@ -101,8 +130,8 @@ async def test_same_request_id_is_stored_once(nc: Client, tmp_path: Path) -> Non
     assert first.headers is not None and first.headers["Nats-Msg-Id"] == event.request_id
 
 
-async def test_event_survives_an_outage_in_the_outbox(nc: Client, proxy: TcpProxy, tmp_path: Path) -> None:
-    org = str(uuid.uuid4())
+async def test_event_survives_an_outage_in_the_outbox(org: str, nc: Client, proxy: TcpProxy,
+                                                      tmp_path: Path) -> None:
     reconnected = asyncio.Event()
 
     async def on_reconnected() -> None:
@@ -158,8 +187,8 @@ async def test_a_publish_that_times_out_goes_to_the_outbox(nc: Client, store_url
         await proxy.cut()
 
 
-async def test_background_replay_and_drain_on_stop(nc: Client, proxy: TcpProxy, tmp_path: Path) -> None:
-    org = str(uuid.uuid4())
+async def test_background_replay_and_drain_on_stop(org: str, nc: Client, proxy: TcpProxy,
+                                                   tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
     through_proxy = await connect_nats(f"nats://127.0.0.1:{proxy.port}", "test-replay")
     try:

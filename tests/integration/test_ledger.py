@@ -1,7 +1,9 @@
 """The usage ledger on real NATS JetStream and PostgreSQL (services/analytics/ledger.py): events
 published to stream USAGE land once in api_requests, api_responses and request_analytics with
 their exact cost, a duplicate changes nothing, a batch is acknowledged only after its commit (a
-PostgreSQL outage loses nothing), and an event of a month without a partition creates it."""
+PostgreSQL outage loses nothing), an event of a month without a partition creates it, and the
+stream keeps an event only until the ledger acknowledged it (interest retention, on a NATS server
+of the test's own)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import pytest
+from nats.aio.client import Client
+from nats.js.api import RetentionPolicy
 from prometheus_client import REGISTRY
 
 from aggregator.events.v1 import usage_event_pb2 as ev
@@ -24,12 +29,15 @@ from services.core.config import StoreUrls
 from services.core.db import create_pool
 from services.core.migrate import apply_migrations
 from services.core.nats import (
+    LEDGER_CONSUMER,
     USAGE_STREAM,
     USAGE_SUBJECT_PREFIX,
     connect_nats,
-    upsert_stream,
+    ensure_streams,
+    ledger_consumer_config,
     usage_stream_config,
 )
+from services.runtime.stores import EmbeddedNats, free_port
 from tests.support.stores import create_database, drop_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -54,7 +62,7 @@ def event(org_id: str, cost: str = "0.0012345678", created: datetime | None = No
 
 async def publish(nc: object, events: list[ev.UsageEvent], *, msg_id: bool = True) -> None:
     js = nc.jetstream()  # type: ignore[attr-defined]
-    await upsert_stream(js, usage_stream_config())
+    await ensure_streams(js)
     for message in events:
         headers = {"Nats-Msg-Id": message.request_id} if msg_id else {"Nats-Msg-Id": str(uuid.uuid4())}
         await js.publish(USAGE_SUBJECT_PREFIX + message.organization_id, message.SerializeToString(),
@@ -218,3 +226,100 @@ async def test_values_postgresql_refuses_never_hold_back_a_batch(
     assert tuple(stored) == ("gpt-4o", "agent", {"model": "gpt-4o"})
     refused = await pool.fetchval("SELECT count(*) FROM api_requests WHERE request_id = $1", huge.request_id)
     assert refused == 0
+
+
+@pytest.fixture
+async def own_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
+    """A NATS server of this test's own: the session's stream has the e2e gateways' ledgers."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), free_port())
+    url = await asyncio.to_thread(server.start)
+    try:
+        nc = await connect_nats(url, "ledger-retention-test")
+        try:
+            yield nc
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def stored(nc: Client) -> int:
+    return int((await nc.jetstream().stream_info(USAGE_STREAM)).state.messages)
+
+
+async def until_stored(nc: Client, count: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while (found := await stored(nc)) != count:
+        assert time.monotonic() < deadline, f"the stream holds {found} events, not {count}"
+        await asyncio.sleep(0.1)
+
+
+async def test_the_stream_keeps_an_event_until_the_ledger_acknowledged_it(
+        pool: asyncpg.Pool, migrated_database_url: str, own_nats: Client) -> None:
+    """Events published before any ledger ran are kept (the ledger's consumer exists with the
+    stream); a batch the ledger fetched but could not write stays; once written and acknowledged,
+    every event leaves the stream."""
+    nc = own_nats
+    org_id = await admin.create_org(pool, f"ledger-{uuid.uuid4().hex[:8]}")
+    early = [event(org_id) for _ in range(5)]
+    await publish(nc, early)  # creates the stream with the ledger's consumer: no ledger runs yet
+    info = await nc.jetstream().stream_info(USAGE_STREAM)
+    assert info.config.retention == RetentionPolicy.INTEREST and info.state.messages == 5
+    broken = await create_pool(migrated_database_url, max_size=1)
+    await broken.close()  # PostgreSQL away for this ledger: every batch is handed back (nak)
+    failing = Ledger(nc, broken, wait_s=0.2)
+    await failing.start()
+    try:
+        deadline = time.monotonic() + 15
+        while (await nc.jetstream().consumer_info(USAGE_STREAM, LEDGER_CONSUMER)).num_redelivered == 0:
+            assert time.monotonic() < deadline, "the failing ledger never fetched the events"
+            await asyncio.sleep(0.1)
+    finally:
+        await failing.stop()
+    assert await stored(nc) == 5  # delivered, not acknowledged: kept
+    ledger = Ledger(nc, pool, wait_s=0.2)
+    await ledger.start()
+    try:
+        # A batch the failing ledger fetched as it stopped comes back after the ack wait (30 s).
+        assert len(await rows(pool, [e.request_id for e in early], within=60.0)) == 5
+        await until_stored(nc, 0)
+        late = [event(org_id) for _ in range(20)]
+        await publish(nc, late)
+        assert len(await rows(pool, [e.request_id for e in late])) == 20
+        await until_stored(nc, 0)
+    finally:
+        await ledger.stop()
+    state = (await nc.jetstream().stream_info(USAGE_STREAM)).state
+    assert state.messages == 0 and state.last_seq == 25
+
+
+async def test_a_limits_stream_of_an_older_release_migrates_in_place(
+        pool: asyncpg.Pool, own_nats: Client) -> None:
+    """A stream of an older release (limits retention) whose ledger acknowledged some events:
+    ensure_streams switches it to interest in place; the acknowledged events leave, the others
+    stay and are written afterwards."""
+    nc = own_nats
+    js = nc.jetstream()
+    org_id = await admin.create_org(pool, f"ledger-{uuid.uuid4().hex[:8]}")
+    await js.add_stream(replace(usage_stream_config(), retention=RetentionPolicy.LIMITS))
+    subscription = await js.pull_subscribe(USAGE_SUBJECT_PREFIX + ">", durable=LEDGER_CONSUMER,
+                                           stream=USAGE_STREAM, config=ledger_consumer_config())
+    events = [event(org_id) for _ in range(10)]
+    for message in events:
+        await js.publish(USAGE_SUBJECT_PREFIX + org_id, message.SerializeToString(), stream=USAGE_STREAM,
+                         headers={"Nats-Msg-Id": message.request_id})
+    for message in await subscription.fetch(4, timeout=5):
+        await message.ack_sync()  # as the old ledger did, after writing them (not here)
+    await subscription.unsubscribe()
+    assert await stored(nc) == 10  # limits retention: acknowledged events stay
+    await ensure_streams(js)
+    info = await js.stream_info(USAGE_STREAM)
+    assert info.config.retention == RetentionPolicy.INTEREST
+    await until_stored(nc, 6)
+    ledger = Ledger(nc, pool, wait_s=0.2)
+    await ledger.start()
+    try:
+        assert len(await rows(pool, [e.request_id for e in events[4:]])) == 6
+        await until_stored(nc, 0)
+    finally:
+        await ledger.stop()
