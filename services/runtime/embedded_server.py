@@ -4,8 +4,10 @@ shares (start, wait until ready, stop, stop an orphan), and the checks of its di
 `aggregator up` and the test fixtures start the embedded stores when no external store URLs are
 given (docs/architecture.md §2.2): the same binaries as production, no in-memory substitutes. Each
 server keeps everything under its own `data_dir` (data, `logs/<name>.log`, a pid file), so a
-second `start()` on the same directory resumes the same data, and a server orphaned by a killed
-parent is shut down before a new one takes the directory. Before a server starts, `preflight()`
+second `start()` on the same directory resumes the same data. A server dies with the process that
+started it, even when that one is killed (Linux's parent-death signal, its own stop signal), so a
+killed `aggregator up` leaves no store running; one orphaned anyway (another OS, a server left by
+an older release) is shut down before a new one takes the directory. Before a server starts, `preflight()`
 proves that it can work with its directories; where it cannot, it raises DataDirError with one
 line naming the path, the user and the ways out.
 """
@@ -13,6 +15,8 @@ line naming the path, the user and the ways out.
 from __future__ import annotations
 
 import abc
+import ctypes
+import functools
 import logging
 import os
 import pwd
@@ -106,6 +110,22 @@ def _works_in(proc: psutil.Process, directory: Path) -> bool:
         return Path(proc.cwd()).is_relative_to(directory)
     except (psutil.Error, OSError):
         return False
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, before any fork: the child only calls it
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: orphans are still stopped by the next start
+    _prctl = None
+
+
+def _dying_with_parent(stop_signal: int) -> Any:
+    """A preexec_fn: the server gets `stop_signal` when the thread that started it ends (the
+    process dying, even by SIGKILL). It runs after Popen's user switch (PostgreSQL's system user),
+    which would otherwise clear it; the servers are not set-user-ID binaries, so exec keeps it."""
+    if _prctl is None:
+        return None
+    return functools.partial(_prctl, _PR_SET_PDEATHSIG, int(stop_signal))
 
 
 def _terminate(proc: psutil.Process | subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -213,6 +233,7 @@ class EmbeddedServer(abc.ABC):
             stderr=subprocess.STDOUT,
             cwd=self.work_dir,
             start_new_session=True,
+            preexec_fn=_dying_with_parent(self.stop_signal),
             **self._spawn_kwargs(),
         )
         self._pid_path.write_text(str(self._proc.pid))

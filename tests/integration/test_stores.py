@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,8 @@ from services.runtime.stores import (
     free_port,
     remove_data,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -97,6 +102,30 @@ async def test_postgres_recovers_from_a_killed_run(root: Path) -> None:
         await conn.close()
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("server_type", [EmbeddedPostgres, EmbeddedValkey, EmbeddedNats])
+def test_a_server_dies_with_its_killed_parent(root: Path, server_type: type[EmbeddedServer]) -> None:
+    """A killed `aggregator up` (SIGKILL: no cleanup runs) leaves no store behind."""
+    script = (f"import sys; from services.runtime.stores import {server_type.__name__} as S; "
+              f"s = S(__import__('pathlib').Path(sys.argv[1]), int(sys.argv[2])); s.start(); "
+              "print(s.pid, flush=True); sys.stdin.read()")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(root / "store"), str(free_port())],
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    processes: list[psutil.Process] = []
+    try:
+        assert parent.stdout is not None
+        processes = _tree(int(parent.stdout.readline()))
+        parent.kill()
+        parent.wait(10)
+        _gone, alive = psutil.wait_procs(processes, timeout=30)
+        assert not alive, f"{server_type.name} outlived its killed parent: {alive}"
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 @pytest.mark.parametrize("server_type", [EmbeddedPostgres, EmbeddedValkey, EmbeddedNats])
