@@ -21,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ USAGE_STREAM_MAX_BYTES = 1 << 30
 # the window in its heap, about a quarter of a KiB each: 10 minutes at 860 requests a second are
 # 500,000 ids and over 100 MiB (docs/performance.md §Memory).
 USAGE_DUPLICATE_WINDOW_S = 60
+
+# JetStream's error code for a stream update that changes its retention (nats-server before 2.10).
+RETENTION_FIXED = 10052
 
 # The ledger's durable consumer (services/analytics/ledger.py), shared by every ledger process. It
 # is created with the stream (ensure_streams): an interest stream keeps only what a consumer wants.
@@ -140,7 +143,17 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1,
         except BadRequestError:
             pass  # another worker created it between our two calls
     await js.add_consumer(USAGE_STREAM, ledger_consumer_config())  # creates, or updates in place
-    await upsert_stream(js, config)
+    try:
+        await upsert_stream(js, config)
+    except APIError as exc:
+        if exc.err_code != RETENTION_FIXED:
+            raise
+        # nats-server before 2.10 cannot change a stream's retention: USAGE keeps limits retention
+        # there, so acknowledged events stay until the size limit. Nothing is lost; only the memory
+        # interest retention saves is not.
+        _log.warning("this nats-server cannot change a stream's retention (2.10 or later can): "
+                     "stream %s keeps limits retention", USAGE_STREAM)
+        await upsert_stream(js, replace(config, retention=RetentionPolicy.LIMITS))
 
 
 async def unsubscribe_quietly(subscription: Any) -> None:
