@@ -121,7 +121,9 @@ except (OSError, AttributeError):  # not Linux: orphans are still stopped by the
 
 def _dying_with_parent(stop_signal: int) -> Any:
     """A preexec_fn: the server gets `stop_signal` when the thread that started it ends (the
-    process dying, even by SIGKILL). It runs after Popen's user switch (PostgreSQL's system user),
+    process dying, even by SIGKILL). Linux ties the signal to the thread, so start a server from
+    a thread that lives as long as it should: the main thread (`aggregator up`, the fixtures), or
+    an executor's, whose threads live until its loop shuts down. It runs after Popen's user switch (PostgreSQL's system user),
     which would otherwise clear it; the servers are not set-user-ID binaries, so exec keeps it."""
     if _prctl is None:
         return None
