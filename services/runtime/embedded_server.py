@@ -123,8 +123,9 @@ def _dying_with_parent(stop_signal: int) -> Any:
     """A preexec_fn: the server gets `stop_signal` when the thread that started it ends (the
     process dying, even by SIGKILL). Linux ties the signal to the thread, so start a server from
     a thread that lives as long as it should: the main thread (`aggregator up`, the fixtures), or
-    an executor's, whose threads live until its loop shuts down. It runs after Popen's user switch (PostgreSQL's system user),
-    which would otherwise clear it; the servers are not set-user-ID binaries, so exec keeps it."""
+    an executor's, whose threads live until its loop shuts down. It runs after Popen's user
+    switch (PostgreSQL's system user), which would otherwise clear it; the servers are not
+    set-user-ID binaries, so exec keeps it."""
     if _prctl is None:
         return None
     return functools.partial(_prctl, _PR_SET_PDEATHSIG, int(stop_signal))
