@@ -11,16 +11,30 @@ TAG = "{rl}"  # every limiter key starts with it: one Cluster slot, so a script 
 # {0, now, i, used_i, wait_i} for the first window i it would overflow (wait -1: the amount alone
 # is over the limit), {2, j} when budget j's hash must be seeded first, or {3, j, used_j} when
 # budget j cannot hold this request. A refusal counts nothing anywhere.
-ADMIT = """
+# A window's hash holds its buckets (index -> amount, every amount above 0), their sum ('s') and
+# the index of the oldest ('lo'); every script that writes a bucket (ADMIT, SETTLE) keeps the two
+# up to date, so admitting reads two fields, not the whole window. These functions are part of both.
+_WINDOW_FUNCTIONS = """
+local function set_oldest(key, lo)
+  if lo then redis.call('HSET', key, 'lo', lo) else redis.call('HDEL', key, 'lo') end
+  return lo
+end
+-- The first bucket from `first` to `last` that holds something becomes the oldest (none: no 'lo').
+local function find_oldest(key, first, last)
+  for idx = first, last do
+    if redis.call('HEXISTS', key, idx) == 1 then return set_oldest(key, idx) end
+  end
+  return set_oldest(key, nil)
+end
+"""
+
+ADMIT = _WINDOW_FUNCTIONS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nw = tonumber(ARGV[1])
 local used, oldest = {}, {}
--- A window's hash holds its buckets (index -> amount, every amount above 0), their sum ('s') and
--- the index of the oldest ('lo'); every script that writes a bucket keeps the two up to date, so
--- admitting reads two fields, not the whole window. rebuild() recounts a hash from its buckets
--- (one written before the sum was kept, or far behind); slide() drops the buckets that left the
--- window, the oldest first, and finds the next oldest.
+-- rebuild() recounts a hash from its buckets (one written before the sum was kept, or far
+-- behind); slide() drops the buckets that left the window, the oldest first, and finds the next.
 local function rebuild(key, cur)
   local fields = redis.call('HGETALL', key)
   local sum, lo, stale = 0, nil, {}
@@ -38,7 +52,7 @@ local function rebuild(key, cur)
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
   if #fields > 0 then
     redis.call('HSET', key, 's', sum)
-    if lo then redis.call('HSET', key, 'lo', lo) else redis.call('HDEL', key, 'lo') end
+    set_oldest(key, lo)
   end
   return sum, lo
 end
@@ -51,13 +65,9 @@ local function slide(key, sum, lo, cur)
     if values[n] then sum = sum - tonumber(values[n]); gone[#gone+1] = names[n] end
   end
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
-  local next_lo = nil
-  for idx = cur - 59, cur do
-    if redis.call('HEXISTS', key, idx) == 1 then next_lo = idx; break end
-  end
+  local next_lo = find_oldest(key, cur - 59, cur)
   if not next_lo then sum = 0 end
   redis.call('HSET', key, 's', sum)
-  if next_lo then redis.call('HSET', key, 'lo', next_lo) else redis.call('HDEL', key, 'lo') end
   return sum, next_lo
 end
 for i = 1, nw do
@@ -177,7 +187,7 @@ return 1
 
 # KEYS: windows to correct (a key may repeat). ARGV: per key, its bucket length (ms), the bucket
 # its request was counted in, and the correction. A bucket that has left its window is not touched.
-SETTLE = """
+SETTLE = _WINDOW_FUNCTIONS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
@@ -191,12 +201,7 @@ for i = 1, #KEYS do
       if kept then
         redis.call('HINCRBY', KEYS[i], 's', delta - left)
         if tonumber(redis.call('HGET', KEYS[i], 'lo')) == idx then  -- the oldest is gone: the next
-          local next_lo = nil
-          for later = idx + 1, math.floor(now / step) do
-            if redis.call('HEXISTS', KEYS[i], later) == 1 then next_lo = later; break end
-          end
-          if next_lo then redis.call('HSET', KEYS[i], 'lo', next_lo)
-          else redis.call('HDEL', KEYS[i], 'lo') end
+          find_oldest(KEYS[i], idx + 1, math.floor(now / step))
         end
       end
     elseif kept then
