@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import aiohttp
 import orjson
 import psutil
 
+from bench.loadgen import cpu_seconds
 from bench.stack import REPO, die_with_parent, read_line, stop_process
 
 CHUNKS = 20
@@ -93,11 +93,6 @@ async def _closed_loop(one: Any, cpu: Any, seconds: float, streams: int) -> dict
             "cpu_us_per_chunk": round(used_ms * 1000 / chunks, 1)}
 
 
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def _aiohttp_floor(url: str, key: str, seconds: float, streams: int, parse: bool) -> dict[str, float]:
     from services.adapters.json_values import parse_object
     from services.adapters.sse import SSEDecoder
@@ -121,7 +116,7 @@ async def _aiohttp_floor(url: str, key: str, seconds: float, streams: int, parse
             return count
 
         await one()
-        return await _closed_loop(one, _own_cpu, seconds, streams)
+        return await _closed_loop(one, cpu_seconds, seconds, streams)
 
 
 def main(argv: list[str] | None = None) -> int:

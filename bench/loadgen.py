@@ -98,14 +98,12 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, hea
                     data = line[6:].rstrip()
                     if data == b"[DONE]":
                         done = True
-                    elif transit and has_content(data):
+                    elif (first is None or transit) and has_content(data):
                         if first is None:
                             first = time.perf_counter() - started
-                        took = transit_s(data, time.time_ns())
+                        took = transit_s(data, time.time_ns()) if transit else None
                         if took is not None and tally is not None:
                             tally.transit.append(took)
-                    elif first is None and has_content(data):
-                        first = time.perf_counter() - started
                     elif data.startswith(b'{"error"'):
                         error = "stream_error_event"
                 if error is None and (first is None or not done):
