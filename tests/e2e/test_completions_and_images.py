@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from services.core.config import StoreUrls
-from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.usage_watch import UsageWatch
 
 pytestmark = pytest.mark.e2e
 PNG = base64.b64decode(

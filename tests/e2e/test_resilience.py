@@ -20,9 +20,9 @@ from aggregator.events.v1 import usage_event_pb2 as ev
 from services.core.config import Breakers, Resilience, StoreUrls
 from services.runtime.stores import free_port
 from tests.e2e.harness import Gateway, gateway_config, start_gateway
-from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes import openai_failures as failures
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.usage_watch import UsageWatch
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import pytest
 from aggregator.events.v1 import usage_event_pb2 as ev
 from services.auth import admin
 from services.core.config import StoreUrls
-from tests.e2e.test_usage_events import UsageWatch
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.usage_watch import UsageWatch
 
 pytestmark = pytest.mark.e2e
 USE = {"x-aggregator-cache": "use"}
